@@ -1,0 +1,271 @@
+//! Configuration from the environment, read once at start-up by every host.
+//!
+//! Reading goes through a lookup function rather than `std::env` directly, so tests can
+//! give any environment without mutating the process's own (which is `unsafe` in Rust 2024).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::auth::{AuthConfig, JwtKey};
+use crate::fanout::FanoutConfig;
+
+/// A configuration problem, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable has a value that cannot be used.
+    #[error("{var}: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A variable this host needs is not set.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+}
+
+/// Where connection state lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In this process only (`herald-local`'s default, and tests).
+    Memory,
+    /// A Redis server, shared by several hosts.
+    Redis,
+    /// A DynamoDB table (the default choice on AWS).
+    DynamoDb,
+}
+
+impl FromStr for StoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "memory" => Ok(Self::Memory),
+            "redis" => Ok(Self::Redis),
+            "dynamodb" => Ok(Self::DynamoDb),
+            other => Err(format!("{other:?} is not one of memory, redis, dynamodb")),
+        }
+    }
+}
+
+/// Limits the handlers enforce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections one user may hold at once; `None` for no limit.
+    pub max_connections_per_user: Option<usize>,
+    /// How long a connection record lives without `$disconnect`: API Gateway's 2-hour
+    /// maximum connection duration plus a margin, so a lost `$disconnect` leaves no zombie.
+    pub connection_lifetime: Duration,
+    /// How long a publish idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_user: Some(100),
+            connection_lifetime: Duration::from_secs(2 * 3600 + 300),
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything a host reads from its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `HERALD_STORE`.
+    pub store: StoreKind,
+    /// `HERALD_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `HERALD_TABLE`.
+    pub table: Option<String>,
+    /// `HERALD_WS_ENDPOINT`: the management API endpoint to post to.
+    pub ws_endpoint: Option<String>,
+    /// The JWT configuration, when a key is set.
+    pub auth: Option<AuthConfig>,
+    /// Limits.
+    pub limits: Limits,
+    /// Fan-out pacing.
+    pub fanout: FanoutConfig,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`; empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let store = match get("HERALD_STORE") {
+            Some(s) => s.parse().map_err(|reason| ConfigError::Invalid {
+                var: "HERALD_STORE",
+                reason,
+            })?,
+            None => StoreKind::Memory,
+        };
+        let auth = match (get("HERALD_JWT_SECRET"), get("HERALD_JWT_PUBLIC_KEY")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    var: "HERALD_JWT_PUBLIC_KEY",
+                    reason: "set HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY, not both".into(),
+                });
+            }
+            (Some(secret), None) => Some(JwtKey::Secret(secret.into_bytes())),
+            (None, Some(pem)) => Some(JwtKey::PublicKeyPem(pem)),
+            (None, None) => None,
+        }
+        .map(|key| AuthConfig {
+            key,
+            issuer: get("HERALD_JWT_ISSUER"),
+            audience: get("HERALD_JWT_AUDIENCE"),
+        });
+
+        let defaults = Limits::default();
+        let max_per_user = number(&get, "HERALD_MAX_CONNECTIONS_PER_USER")?
+            .map_or(defaults.max_connections_per_user, |n: usize| {
+                (n > 0).then_some(n)
+            });
+        let secs = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            Ok(number(&get, var)?.map_or(default, Duration::from_secs))
+        };
+        let limits = Limits {
+            max_connections_per_user: max_per_user,
+            connection_lifetime: secs(
+                "HERALD_CONNECTION_LIFETIME_SECS",
+                defaults.connection_lifetime,
+            )?,
+            idempotency_window: secs(
+                "HERALD_IDEMPOTENCY_WINDOW_SECS",
+                defaults.idempotency_window,
+            )?,
+        };
+
+        let fanout_defaults = FanoutConfig::default();
+        let fanout = FanoutConfig {
+            concurrency: positive(&get, "HERALD_FANOUT_CONCURRENCY")?
+                .unwrap_or(fanout_defaults.concurrency),
+            max_retries: number(&get, "HERALD_FANOUT_MAX_RETRIES")?
+                .unwrap_or(fanout_defaults.max_retries),
+            ..fanout_defaults
+        };
+
+        Ok(Self {
+            store,
+            redis_url: get("HERALD_REDIS_URL"),
+            table: get("HERALD_TABLE"),
+            ws_endpoint: get("HERALD_WS_ENDPOINT"),
+            auth,
+            limits,
+            fanout,
+        })
+    }
+}
+
+fn number<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    get(var)
+        .map(|v| {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var,
+                reason: format!("{v:?}: {e}"),
+            })
+        })
+        .transpose()
+}
+
+fn positive(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<usize>, ConfigError> {
+    match number::<usize>(get, var)? {
+        Some(0) => Err(ConfigError::Invalid {
+            var,
+            reason: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.store, StoreKind::Memory);
+        assert_eq!(c.auth, None);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.fanout, FanoutConfig::default());
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = config(&[
+            ("HERALD_STORE", "DynamoDB"),
+            ("HERALD_TABLE", "herald"),
+            ("HERALD_REDIS_URL", "redis://127.0.0.1:1"),
+            ("HERALD_WS_ENDPOINT", "http://127.0.0.1:3001/local"),
+            ("HERALD_JWT_SECRET", "s3cret"),
+            ("HERALD_JWT_ISSUER", "iss"),
+            ("HERALD_JWT_AUDIENCE", "aud"),
+            ("HERALD_MAX_CONNECTIONS_PER_USER", "0"),
+            ("HERALD_CONNECTION_LIFETIME_SECS", "60"),
+            ("HERALD_IDEMPOTENCY_WINDOW_SECS", "10"),
+            ("HERALD_FANOUT_CONCURRENCY", "8"),
+            ("HERALD_FANOUT_MAX_RETRIES", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.store, StoreKind::DynamoDb);
+        assert_eq!(c.table.as_deref(), Some("herald"));
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:1"));
+        assert_eq!(
+            c.ws_endpoint.as_deref(),
+            Some("http://127.0.0.1:3001/local")
+        );
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.key, JwtKey::Secret(b"s3cret".to_vec()));
+        assert_eq!(auth.issuer.as_deref(), Some("iss"));
+        assert_eq!(auth.audience.as_deref(), Some("aud"));
+        assert_eq!(
+            c.limits.max_connections_per_user, None,
+            "0 turns the limit off"
+        );
+        assert_eq!(c.limits.connection_lifetime, Duration::from_secs(60));
+        assert_eq!(c.limits.idempotency_window, Duration::from_secs(10));
+        assert_eq!(c.fanout.concurrency, 8);
+        assert_eq!(c.fanout.max_retries, 1);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("HERALD_STORE", "postgres"),
+            ("HERALD_MAX_CONNECTIONS_PER_USER", "-1"),
+            ("HERALD_FANOUT_CONCURRENCY", "0"),
+            ("HERALD_FANOUT_CONCURRENCY", "many"),
+            ("HERALD_IDEMPOTENCY_WINDOW_SECS", "1.5"),
+        ] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{var}={value}: {err}");
+        }
+        let both = config(&[("HERALD_JWT_SECRET", "a"), ("HERALD_JWT_PUBLIC_KEY", "b")]);
+        assert!(both.is_err());
+    }
+}

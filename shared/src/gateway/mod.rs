@@ -1,0 +1,69 @@
+//! Pushing to connections: the API Gateway Management API (`@connections`) as a trait.
+//!
+//! [`Gateway`] is what handlers and fan-out post through. [`ApiGatewayManagement`] is the
+//! real one over HTTP (on AWS, and against `herald-local`'s own `@connections` endpoint);
+//! `herald-local` also has an in-process one that writes straight to its sockets.
+//! [`RecordingGateway`] (feature `test-support`) records posts and answers what a test tells it.
+//!
+//! A gone connection (410) is its own error: it is the one answer after which the store
+//! must forget the connection. Throttling (429) is retried by fan-out; other failures are
+//! counted and never retried blindly.
+
+mod apigw;
+#[cfg(any(test, feature = "test-support"))]
+mod recording;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use apigw::{ApiGatewayManagement, ManagementClients};
+#[cfg(any(test, feature = "test-support"))]
+pub use recording::{RecordingGateway, Scripted};
+
+use crate::ids::ConnectionId;
+
+/// Errors of a push to one connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// 410 `GoneException`: the connection no longer exists.
+    #[error("connection is gone")]
+    Gone,
+    /// 429 `LimitExceededException`: slow down and retry.
+    #[error("throttled")]
+    Throttled,
+    /// 413 `PayloadTooLargeException`: over API Gateway's 128 KiB.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 403 `ForbiddenException`: the caller may not manage this API's connections.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Anything else: a 5xx, a timeout, a broken connection.
+    #[error("push failed: {0}")]
+    Other(String),
+}
+
+/// What `GET @connections/{id}` tells about a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// When it connected, ms since the epoch.
+    pub connected_at: i64,
+    /// When it last sent or received, ms since the epoch.
+    pub last_active_at: i64,
+    /// The client's address.
+    pub source_ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// The API Gateway Management API: post to, inspect and close connections.
+#[async_trait]
+pub trait Gateway: Send + Sync + 'static {
+    /// Sends one message to a connection.
+    async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError>;
+
+    /// Describes a connection.
+    async fn get(&self, id: &ConnectionId) -> Result<ConnectionInfo, PushError>;
+
+    /// Closes a connection (its `$disconnect` then runs).
+    async fn delete(&self, id: &ConnectionId) -> Result<(), PushError>;
+}

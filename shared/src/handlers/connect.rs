@@ -1,0 +1,66 @@
+//! `$connect`: record the connection with the identity the authorizer established, unless
+//! the user is over the per-user connection limit.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use tracing::{error, info, warn};
+
+use super::{Services, response};
+use crate::auth::Identity;
+use crate::ids::{ConnectionId, now_ms};
+use crate::store::Connection;
+
+/// Stores the connection. Answers 200, or: 400 without a connection id, 401 without an
+/// authorizer context, 429 over the per-user limit, 500 when the store fails. API Gateway
+/// (and `herald-local`) refuse the handshake on any non-2xx.
+pub async fn connect(
+    services: &Services,
+    event: &ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let ctx = &event.request_context;
+    let Some(id) = ctx.connection_id.as_deref().filter(|id| !id.is_empty()) else {
+        return response(400, "no connectionId in the event");
+    };
+    let id = ConnectionId::new(id);
+    let identity = match Identity::from_context(&ctx.authorizer.fields) {
+        Ok(identity) => identity,
+        Err(e) => {
+            warn!(connection_id = %id, error = %e, "connect without an authorizer context");
+            return response(401, "Unauthorized");
+        }
+    };
+    let store = &services.store;
+    if let Some(max) = services.limits.max_connections_per_user {
+        match store.count_user(&identity.user).await {
+            Ok(n) if n >= max => {
+                info!(user = %identity.user, connections = n, "per-user connection limit reached");
+                return response(429, "too many connections for this user");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!(connection_id = %id, error = %e, "could not count the user's connections");
+                return response(500, "store unavailable");
+            }
+        }
+    }
+    let connected_at = if ctx.connected_at > 0 {
+        ctx.connected_at
+    } else {
+        now_ms()
+    };
+    let lifetime =
+        i64::try_from(services.limits.connection_lifetime.as_millis()).unwrap_or(i64::MAX);
+    let connection = Connection {
+        id: id.clone(),
+        user: identity.user,
+        source_ip: ctx.identity.source_ip.clone(),
+        connected_at,
+        expires_at: connected_at.saturating_add(lifetime),
+    };
+    match store.add(&connection).await {
+        Ok(()) => response(200, ""),
+        Err(e) => {
+            error!(connection_id = %id, error = %e, "could not store the connection");
+            response(500, "store unavailable")
+        }
+    }
+}

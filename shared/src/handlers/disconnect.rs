@@ -1,0 +1,36 @@
+//! `$disconnect`: forget the connection and its memberships. Idempotent, since API Gateway
+//! may deliver it more than once and a gone post may have removed the connection already.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use tracing::{error, info};
+
+use super::{Services, response};
+use crate::ids::ConnectionId;
+
+/// Removes the connection; 200 whether or not it was known, 500 if the store failed.
+pub async fn disconnect(
+    services: &Services,
+    event: &ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let ctx = &event.request_context;
+    let Some(id) = ctx.connection_id.as_deref().filter(|id| !id.is_empty()) else {
+        return response(400, "no connectionId in the event");
+    };
+    let id = ConnectionId::new(id);
+    match services.store.remove(&id).await {
+        Ok(removed) => {
+            info!(
+                connection_id = %id,
+                known = removed.is_some(),
+                status = ctx.disconnect_status_code,
+                reason = ctx.disconnect_reason.as_deref().unwrap_or(""),
+                "disconnected"
+            );
+            response(200, "")
+        }
+        Err(e) => {
+            error!(connection_id = %id, error = %e, "could not forget the connection");
+            response(500, "store unavailable")
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The handlers every host runs: the Lambda functions call them with API Gateway's events,
+//! `herald-local` calls them with the same events built in-process.
+//!
+//! Each takes its dependencies as arguments ([`Services`], a [`Gateway`](crate::gateway::Gateway))
+//! and returns what API Gateway expects back, so tests drive them directly with recorded
+//! events and in-memory doubles.
+
+mod authorize;
+mod connect;
+mod disconnect;
+mod message;
+mod publish;
+
+use std::sync::Arc;
+
+use aws_lambda_events::apigw::ApiGatewayProxyResponse;
+use aws_lambda_events::encodings::Body;
+
+pub use authorize::authorize;
+pub use connect::connect;
+pub use disconnect::disconnect;
+pub use message::message;
+pub use publish::{PublishError, publish, publish_one};
+
+use crate::config::{Config, Limits};
+use crate::fanout::FanoutConfig;
+use crate::store::ConnectionStore;
+
+/// What the connect, disconnect, message and publish handlers share.
+#[derive(Clone)]
+pub struct Services {
+    /// Connection state.
+    pub store: Arc<dyn ConnectionStore>,
+    /// Limits to enforce.
+    pub limits: Limits,
+    /// Fan-out pacing.
+    pub fanout: FanoutConfig,
+}
+
+impl Services {
+    /// Services on `store` with the limits and pacing of `config`.
+    pub fn new(store: Arc<dyn ConnectionStore>, config: &Config) -> Self {
+        Self {
+            store,
+            limits: config.limits.clone(),
+            fanout: config.fanout.clone(),
+        }
+    }
+}
+
+/// A route response with a status and a short text body.
+fn response(status: i64, body: &str) -> ApiGatewayProxyResponse {
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = status;
+    if !body.is_empty() {
+        response.body = Some(Body::Text(body.to_owned()));
+    }
+    response
+}

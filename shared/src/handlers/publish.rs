@@ -1,0 +1,169 @@
+//! The `publish` function: direct invocations (one request or a batch) and SQS events.
+//!
+//! With SQS, a record is reported as a `batchItemFailure` only when it is invalid or could
+//! not be processed (the store failed). Recipients that were gone or failed are counted in
+//! the result and not retried through SQS, which would re-deliver to everyone else.
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use serde_json::Value;
+use tracing::{error, warn};
+
+use super::Services;
+use crate::fanout::deliver;
+use crate::gateway::Gateway;
+use crate::ids::{notification_id, now_ms};
+use crate::protocol::{
+    BatchOutcome, Notification, ProtocolError, PublishInput, PublishOutcome, PublishRequest,
+};
+
+/// Why a publish did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The request is invalid; retrying it will not help.
+    #[error("{0}")]
+    BadRequest(ProtocolError),
+    /// Herald could not complete it (the store failed); a retry may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PublishError {
+    /// The Lambda `errorType` this error is reported under.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "BadRequest",
+            Self::Unavailable(_) => "Unavailable",
+        }
+    }
+}
+
+/// Handles one invocation of the `publish` function: a publish request, a batch, or an
+/// SQS event. Returns the JSON answer.
+pub async fn publish(
+    services: &Services,
+    gateway: &dyn Gateway,
+    payload: Value,
+) -> Result<Value, PublishError> {
+    if payload.get("Records").is_some() {
+        let event: SqsEvent = serde_json::from_value(payload).map_err(|e| {
+            PublishError::BadRequest(ProtocolError::bad_request(format!("not an SQS event: {e}")))
+        })?;
+        let answer = sqs(services, gateway, event).await;
+        return Ok(serde_json::to_value(answer).expect("an SQS batch response serializes"));
+    }
+    let input = PublishInput::parse(&payload).map_err(PublishError::BadRequest)?;
+    let answer = match input {
+        PublishInput::Single(request) => {
+            serde_json::to_value(publish_one(services, gateway, &request).await?)
+        }
+        PublishInput::Batch(requests) => {
+            serde_json::to_value(publish_batch(services, gateway, &requests).await?)
+        }
+    };
+    Ok(answer.expect("publish outcomes serialize"))
+}
+
+/// Publishes a batch in list order, stopping at the first message that cannot be done.
+async fn publish_batch(
+    services: &Services,
+    gateway: &dyn Gateway,
+    requests: &[PublishRequest],
+) -> Result<BatchOutcome, PublishError> {
+    let mut results = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        match publish_one(services, gateway, request).await {
+            Ok(outcome) => results.push(outcome),
+            Err(e) => {
+                let context = format!("messages[{i}] (the {i} before it were published)");
+                return Err(match e {
+                    PublishError::BadRequest(p) => PublishError::BadRequest(ProtocolError {
+                        code: p.code,
+                        message: format!("{context}: {}", p.message),
+                    }),
+                    PublishError::Unavailable(m) => {
+                        PublishError::Unavailable(format!("{context}: {m}"))
+                    }
+                });
+            }
+        }
+    }
+    Ok(BatchOutcome { results })
+}
+
+async fn sqs(services: &Services, gateway: &dyn Gateway, event: SqsEvent) -> SqsBatchResponse {
+    let mut failures = Vec::new();
+    for record in event.records {
+        let message_id = record.message_id.clone().unwrap_or_default();
+        let input = serde_json::from_str::<Value>(record.body.as_deref().unwrap_or(""))
+            .map_err(|e| ProtocolError::bad_request(format!("body is not JSON: {e}")))
+            .and_then(|body| PublishInput::parse(&body));
+        let result = match input {
+            Err(e) => Err(PublishError::BadRequest(e)),
+            Ok(PublishInput::Single(request)) => {
+                publish_one(services, gateway, &request).await.map(drop)
+            }
+            Ok(PublishInput::Batch(requests)) => {
+                publish_batch(services, gateway, &requests).await.map(drop)
+            }
+        };
+        if let Err(e) = result {
+            warn!(message_id = %message_id, error = %e, "SQS record not published");
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = message_id;
+            failures.push(failure);
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failures;
+    response
+}
+
+/// Publishes one validated request: serialize once, honour the idempotency key, fan out.
+pub async fn publish_one(
+    services: &Services,
+    gateway: &dyn Gateway,
+    request: &PublishRequest,
+) -> Result<PublishOutcome, PublishError> {
+    let id = notification_id();
+    let payload = Notification::new(&id, &request.target, &request.data, now_ms())
+        .encode()
+        .map_err(PublishError::BadRequest)?;
+    let store = &services.store;
+    if let Some(key) = &request.idempotency_key {
+        let claimed = store
+            .claim_idempotency_key(key, &id, services.limits.idempotency_window)
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        if let Some(first) = claimed {
+            return Ok(PublishOutcome {
+                id: first,
+                ..PublishOutcome::default()
+            });
+        }
+    }
+    match deliver(
+        &**store,
+        gateway,
+        &request.target,
+        payload,
+        &services.fanout,
+    )
+    .await
+    {
+        Ok(counts) => Ok(PublishOutcome {
+            id,
+            delivered: counts.delivered,
+            gone: counts.gone,
+            failed: counts.failed,
+        }),
+        Err(e) => {
+            error!(notification_id = %id, error = %e, "fan-out interrupted");
+            if let Some(key) = &request.idempotency_key
+                && let Err(release) = store.release_idempotency_key(key, &id).await
+            {
+                warn!(key = %key, error = %release, "could not release the idempotency key");
+            }
+            Err(PublishError::Unavailable(e.to_string()))
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Herald's core: everything the five Lambda functions and `herald-local` share.
+//!
+//! A Lambda binary and the local gateway run the very same handlers; they differ only in
+//! how events arrive and which [`ConnectionStore`](store::ConnectionStore) and
+//! [`Gateway`](gateway::Gateway) implementations they pass in.
+//!
+//! # Layout
+//!
+//! | module | file | what |
+//! |---|---|---|
+//! | [`ids`] | `src/ids.rs` | connection ids in API Gateway's shape, notification ids, the clock |
+//! | [`protocol`] | `src/protocol.rs` | client frames, replies, notifications, the publish API, validation |
+//! | [`auth`] | `src/auth.rs` | JWT verification, room patterns, the identity in the authorizer context |
+//! | [`store`] | `src/store/` | `ConnectionStore`, `MemoryStore`, the shared store test suite |
+//! | [`gateway`] | `src/gateway/` | `Gateway` (`@connections`), `ApiGatewayManagement`, a recording double |
+//! | [`fanout`] | `src/fanout.rs` | paged recipients, bounded concurrency, 410 cleanup, 429 backoff |
+//! | [`handlers`] | `src/handlers/` | `authorize`, `connect`, `disconnect`, `message`, `publish` |
+//! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables |
+//! | [`telemetry`] | `src/telemetry.rs` | tracing set-up for Lambda |
+
+pub mod auth;
+pub mod config;
+pub mod fanout;
+pub mod gateway;
+pub mod handlers;
+pub mod ids;
+pub mod protocol;
+pub mod store;
+pub mod telemetry;
+
+/// The AWS SDK configuration type hosts build clients from.
+pub use aws_config;
+/// The AWS event types the handlers take, re-exported so hosts need no extra dependency.
+pub use aws_lambda_events as events;

@@ -1,0 +1,287 @@
+//! `MemoryStore`: connection state in this process, for `herald-local`'s embedded default
+//! and for tests of handler logic.
+//!
+//! One mutex guards all maps, so every operation is atomic; it is never held across an
+//! `.await`. Sets are ordered (`BTreeSet`) so a page cursor is simply the last id returned.
+//! Expired records are skipped on read and dropped when met.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Connection, ConnectionStore, Page, StoreError};
+use crate::ids::{ConnectionId, now_ms};
+use crate::protocol::RoomName;
+
+/// In-process [`ConnectionStore`].
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: BTreeMap<ConnectionId, Entry>,
+    rooms: HashMap<RoomName, BTreeSet<ConnectionId>>,
+    users: HashMap<String, BTreeSet<ConnectionId>>,
+    /// Idempotency key -> (publish id, expiry in ms).
+    keys: HashMap<String, (String, i64)>,
+}
+
+struct Entry {
+    connection: Connection,
+    rooms: BTreeSet<RoomName>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing the whole store, so keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    fn live(&self, id: &ConnectionId, now: i64) -> Option<&Entry> {
+        self.connections
+            .get(id)
+            .filter(|e| e.connection.expires_at > now)
+    }
+
+    fn remove(&mut self, id: &ConnectionId) -> Option<Entry> {
+        let entry = self.connections.remove(id)?;
+        for room in &entry.rooms {
+            if let Some(members) = self.rooms.get_mut(room) {
+                members.remove(id);
+                if members.is_empty() {
+                    self.rooms.remove(room);
+                }
+            }
+        }
+        if let Some(ids) = self.users.get_mut(&entry.connection.user) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.users.remove(&entry.connection.user);
+            }
+        }
+        Some(entry)
+    }
+
+    /// The live ids of `ids` (already positioned after the cursor), at most `limit`.
+    fn page<'a>(
+        &self,
+        mut ids: impl Iterator<Item = &'a ConnectionId>,
+        limit: usize,
+        now: i64,
+    ) -> Page<ConnectionId> {
+        let mut items = Vec::new();
+        let mut last = None;
+        for id in ids.by_ref().take(limit.max(1)) {
+            last = Some(id);
+            if self.live(id, now).is_some() {
+                items.push(id.clone());
+            }
+        }
+        let next = match (last, ids.next()) {
+            (Some(last), Some(_)) => Some(last.as_str().to_owned()),
+            _ => None,
+        };
+        Page { items, next }
+    }
+}
+
+/// The range bound that starts a page after `cursor`.
+fn after(cursor: Option<&str>) -> (Bound<ConnectionId>, Bound<ConnectionId>) {
+    let start = match cursor {
+        Some(c) => Bound::Excluded(ConnectionId::new(c)),
+        None => Bound::Unbounded,
+    };
+    (start, Bound::Unbounded)
+}
+
+#[async_trait]
+impl ConnectionStore for MemoryStore {
+    async fn add(&self, connection: &Connection) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.remove(&connection.id);
+        inner
+            .users
+            .entry(connection.user.clone())
+            .or_default()
+            .insert(connection.id.clone());
+        inner.connections.insert(
+            connection.id.clone(),
+            Entry {
+                connection: connection.clone(),
+                rooms: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        match inner.connections.get(id) {
+            Some(e) if e.connection.expires_at > now => Ok(Some(e.connection.clone())),
+            Some(_) => {
+                inner.remove(id);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        match inner.connections.get_mut(id) {
+            Some(e) if e.connection.expires_at > now => {
+                e.connection.expires_at = expires_at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let now = now_ms();
+        let removed = self.lock().remove(id);
+        Ok(removed.map(|e| e.connection).filter(|c| c.expires_at > now))
+    }
+
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        if inner.live(id, now).is_none() {
+            return Err(StoreError::NotFound);
+        }
+        inner
+            .rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(id.clone());
+        if let Some(entry) = inner.connections.get_mut(id) {
+            entry.rooms.insert(room.clone());
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let was_member = inner
+            .connections
+            .get_mut(id)
+            .is_some_and(|e| e.rooms.remove(room));
+        if let Some(members) = inner.rooms.get_mut(room) {
+            members.remove(id);
+            if members.is_empty() {
+                inner.rooms.remove(room);
+            }
+        }
+        Ok(was_member)
+    }
+
+    async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .live(id, now_ms())
+            .map(|e| e.rooms.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn room_members(
+        &self,
+        room: &RoomName,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        let inner = self.lock();
+        Ok(match inner.rooms.get(room) {
+            Some(members) => inner.page(members.range(after(cursor)), limit, now_ms()),
+            None => Page {
+                items: vec![],
+                next: None,
+            },
+        })
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
+        let now = now_ms();
+        let inner = self.lock();
+        Ok(inner
+            .users
+            .get(user)
+            .map(|ids| {
+                ids.iter()
+                    .filter(|id| inner.live(id, now).is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn count_user(&self, user: &str) -> Result<usize, StoreError> {
+        self.user_connections(user).await.map(|ids| ids.len())
+    }
+
+    async fn all_connections(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        let inner = self.lock();
+        let ids = inner.connections.range(after(cursor)).map(|(id, _)| id);
+        Ok(inner.page(ids, limit, now_ms()))
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        id: &str,
+        window: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        if let Some((first, expires_at)) = inner.keys.get(key)
+            && *expires_at > now
+        {
+            return Ok(Some(first.clone()));
+        }
+        // Forget expired keys now and then so a long-running gateway does not grow forever.
+        if inner.keys.len() >= 1024 && inner.keys.len().is_power_of_two() {
+            inner.keys.retain(|_, (_, expires_at)| *expires_at > now);
+        }
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        inner.keys.insert(
+            key.to_owned(),
+            (id.to_owned(), now.saturating_add(window_ms)),
+        );
+        Ok(None)
+    }
+
+    async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.keys.get(key).is_some_and(|(holder, _)| holder == id) {
+            inner.keys.remove(key);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::store_suite!(async { MemoryStore::new() });
+}
