@@ -42,10 +42,11 @@ pub async fn connect(
             }
         }
     }
+    let now = now_ms();
     let connected_at = if ctx.connected_at > 0 {
         ctx.connected_at
     } else {
-        now_ms()
+        now
     };
     let lifetime =
         i64::try_from(services.limits.connection_lifetime.as_millis()).unwrap_or(i64::MAX);
@@ -54,7 +55,9 @@ pub async fn connect(
         user: identity.user,
         source_ip: ctx.identity.source_ip.clone(),
         connected_at,
-        expires_at: connected_at.saturating_add(lifetime),
+        // From the time the record is written, not `connectedAt`: a redelivered or
+        // replayed event must not create a record that is already expired.
+        expires_at: now.saturating_add(lifetime),
     };
     match store.add(&connection).await {
         Ok(()) => response(200, ""),

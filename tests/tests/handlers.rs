@@ -1,0 +1,637 @@
+//! The handlers driven by recorded API Gateway and SQS events (`tests/fixtures/`), on the
+//! memory store, with a recording gateway standing in for `@connections`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::auth::{AuthConfig, AuthError, JwtKey, Verifier};
+use herald::config::Config;
+use herald::events::apigw::{
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayWebsocketProxyRequest,
+};
+use herald::events::iam::IamPolicyEffect;
+use herald::gateway::{RecordingGateway, Scripted};
+use herald::handlers::{self, PublishError, Services};
+use herald::ids::ConnectionId;
+use herald::protocol::RoomName;
+use herald::store::{ConnectionStore, MemoryStore};
+use serde_json::{Value, json};
+
+const AUTHORIZER: &str = include_str!("../fixtures/authorizer-request.json");
+const CONNECT: &str = include_str!("../fixtures/connect.json");
+const SUBSCRIBE: &str = include_str!("../fixtures/message-subscribe.json");
+const DEFAULT: &str = include_str!("../fixtures/message-default.json");
+const DISCONNECT: &str = include_str!("../fixtures/disconnect.json");
+const SQS: &str = include_str!("../fixtures/publish-sqs.json");
+
+/// The connection id every route fixture carries.
+const FIXTURE_ID: &str = "Qm3xLcB5joECFYg=";
+
+fn fixture(text: &str) -> Value {
+    serde_json::from_str(text).expect("fixtures are JSON")
+}
+
+fn ws_event(value: Value) -> ApiGatewayWebsocketProxyRequest {
+    serde_json::from_value(value).expect("a WebSocket route event")
+}
+
+/// A route fixture re-addressed to `id` (for `user`), with `body` when given.
+fn route(text: &str, id: &str, user: &str, body: Option<Value>) -> ApiGatewayWebsocketProxyRequest {
+    let mut event = fixture(text);
+    event["requestContext"]["connectionId"] = json!(id);
+    event["requestContext"]["authorizer"]["sub"] = json!(user);
+    event["requestContext"]["authorizer"]["principalId"] = json!(user);
+    if let Some(body) = body {
+        event["body"] = json!(body.to_string());
+    }
+    ws_event(event)
+}
+
+struct World {
+    services: Services,
+    store: Arc<MemoryStore>,
+    gateway: RecordingGateway,
+}
+
+fn world() -> World {
+    world_with(&[])
+}
+
+fn world_with(vars: &[(&str, &str)]) -> World {
+    let vars: std::collections::HashMap<_, _> = vars.iter().copied().collect();
+    let config = Config::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    World {
+        services: Services::new(store.clone(), &config),
+        store,
+        gateway: RecordingGateway::new(),
+    }
+}
+
+impl World {
+    /// Connects `id` for `user` through the connect handler, as the fixture's `$connect`.
+    async fn connect(&self, id: &str, user: &str) -> i64 {
+        handlers::connect(&self.services, &route(CONNECT, id, user, None))
+            .await
+            .status_code
+    }
+
+    /// Sends `body` from `id` (user alice unless re-addressed) through the message handler.
+    async fn send(&self, id: &str, body: Value) -> i64 {
+        let event = route(SUBSCRIBE, id, "alice", Some(body));
+        handlers::message(&self.services, &self.gateway, &event)
+            .await
+            .status_code
+    }
+
+    fn replies(&self, id: &str) -> Vec<Value> {
+        self.gateway.messages_to(&ConnectionId::new(id))
+    }
+
+    fn last_reply(&self, id: &str) -> Value {
+        self.replies(id).pop().expect("a reply was posted")
+    }
+
+    async fn publish(&self, payload: Value) -> Result<Value, PublishError> {
+        handlers::publish(&self.services, &self.gateway, payload).await
+    }
+}
+
+// --- authorizer ---------------------------------------------------------------------------
+
+fn fixture_verifier() -> Verifier {
+    Verifier::new(&AuthConfig {
+        key: JwtKey::Secret(b"herald-fixture-secret".to_vec()),
+        issuer: None,
+        audience: None,
+    })
+    .unwrap()
+}
+
+fn authorizer_event(edit: impl FnOnce(&mut Value)) -> ApiGatewayCustomAuthorizerRequestTypeRequest {
+    let mut event = fixture(AUTHORIZER);
+    edit(&mut event);
+    serde_json::from_value(event).expect("an authorizer event")
+}
+
+#[test]
+fn authorizer_allows_the_method_arn_with_the_identity_as_context() {
+    let response = handlers::authorize(&fixture_verifier(), &authorizer_event(|_| {})).unwrap();
+    assert_eq!(response.principal_id.as_deref(), Some("alice"));
+    let policy = &response.policy_document;
+    assert_eq!(policy.version.as_deref(), Some("2012-10-17"));
+    assert_eq!(policy.statement.len(), 1);
+    assert_eq!(policy.statement[0].effect, IamPolicyEffect::Allow);
+    assert_eq!(policy.statement[0].action, vec!["execute-api:Invoke"]);
+    assert_eq!(
+        policy.statement[0].resource,
+        vec!["arn:aws:execute-api:eu-west-1:123456789012:k3lzx8qv2d/prod/$connect"]
+    );
+    assert_eq!(
+        response.context,
+        json!({"sub":"alice","rooms":"orders,team:*","publish":"chat:*"})
+    );
+    // Serialized as API Gateway reads it.
+    let wire = serde_json::to_value(&response).unwrap();
+    assert_eq!(wire["principalId"], "alice");
+    assert_eq!(wire["policyDocument"]["Statement"][0]["Effect"], "Allow");
+}
+
+#[test]
+fn authorizer_takes_a_bearer_header_when_there_is_no_query_token() {
+    let event = authorizer_event(|e| {
+        let token = e["queryStringParameters"]["token"].clone();
+        e["queryStringParameters"] = json!({});
+        e["multiValueQueryStringParameters"] = json!({});
+        e["headers"]["Authorization"] = json!(format!("Bearer {}", token.as_str().unwrap()));
+    });
+    let response = handlers::authorize(&fixture_verifier(), &event).unwrap();
+    assert_eq!(response.principal_id.as_deref(), Some("alice"));
+}
+
+#[test]
+fn authorizer_refuses_missing_and_bad_tokens() {
+    let no_token = authorizer_event(|e| {
+        e["queryStringParameters"] = json!({});
+        e["multiValueQueryStringParameters"] = json!({});
+    });
+    assert_eq!(
+        handlers::authorize(&fixture_verifier(), &no_token).unwrap_err(),
+        AuthError::MissingToken
+    );
+    let other_secret = Verifier::new(&AuthConfig {
+        key: JwtKey::Secret(b"another-secret".to_vec()),
+        issuer: None,
+        audience: None,
+    })
+    .unwrap();
+    assert_eq!(
+        handlers::authorize(&other_secret, &authorizer_event(|_| {})).unwrap_err(),
+        AuthError::BadSignature
+    );
+}
+
+// --- connect / disconnect -----------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_stores_the_connection_with_its_identity() {
+    let w = world();
+    let response = handlers::connect(&w.services, &ws_event(fixture(CONNECT))).await;
+    assert_eq!(response.status_code, 200);
+    let stored = w
+        .store
+        .get(&ConnectionId::new(FIXTURE_ID))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.user, "alice");
+    assert_eq!(stored.source_ip.as_deref(), Some("203.0.113.24"));
+    assert_eq!(stored.connected_at, 1_795_945_200_000);
+    let lifetime = i64::try_from(w.services.limits.connection_lifetime.as_millis()).unwrap();
+    let expected = herald::ids::now_ms() + lifetime;
+    assert!((expected - 5_000..=expected).contains(&stored.expires_at));
+}
+
+#[tokio::test]
+async fn connect_refuses_a_user_over_the_limit_with_429() {
+    let w = world_with(&[("HERALD_MAX_CONNECTIONS_PER_USER", "2")]);
+    assert_eq!(w.connect("c1", "bob").await, 200);
+    assert_eq!(w.connect("c2", "bob").await, 200);
+    assert_eq!(w.connect("c3", "bob").await, 429);
+    assert_eq!(w.connect("c4", "carol").await, 200, "the limit is per user");
+    assert_eq!(w.store.count_user("bob").await.unwrap(), 2);
+    handlers::disconnect(&w.services, &route(DISCONNECT, "c1", "bob", None)).await;
+    assert_eq!(
+        w.connect("c3", "bob").await,
+        200,
+        "a freed slot can be used"
+    );
+}
+
+#[tokio::test]
+async fn connect_without_authorizer_context_is_refused() {
+    let w = world();
+    let mut event = fixture(CONNECT);
+    event["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorizer");
+    let response = handlers::connect(&w.services, &ws_event(event)).await;
+    assert_eq!(response.status_code, 401);
+    assert_eq!(
+        w.store.get(&ConnectionId::new(FIXTURE_ID)).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn disconnect_forgets_the_connection_and_its_rooms_idempotently() {
+    let w = world();
+    assert_eq!(w.connect(FIXTURE_ID, "alice").await, 200);
+    handlers::message(&w.services, &w.gateway, &ws_event(fixture(SUBSCRIBE))).await;
+    let room = RoomName::parse("orders").unwrap();
+    assert_eq!(
+        w.store
+            .room_members(&room, None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    let event = ws_event(fixture(DISCONNECT));
+    assert_eq!(event.request_context.disconnect_status_code, Some(1001));
+    assert_eq!(
+        handlers::disconnect(&w.services, &event).await.status_code,
+        200
+    );
+    assert_eq!(
+        w.store.get(&ConnectionId::new(FIXTURE_ID)).await.unwrap(),
+        None
+    );
+    assert!(
+        w.store
+            .room_members(&room, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        handlers::disconnect(&w.services, &event).await.status_code,
+        200
+    );
+}
+
+// --- message ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn subscribe_fixture_joins_the_room_and_replies_with_the_ref() {
+    let w = world();
+    w.connect(FIXTURE_ID, "alice").await;
+    let event = ws_event(fixture(SUBSCRIBE));
+    assert_eq!(
+        event.request_context.message_id.as_deref(),
+        Some("Qm3xQeTujoECJ8A=")
+    );
+    let response = handlers::message(&w.services, &w.gateway, &event).await;
+    assert_eq!(response.status_code, 200);
+    assert_eq!(
+        w.last_reply(FIXTURE_ID),
+        json!({"type":"subscribed","room":"orders","ref":"r1"})
+    );
+    let rooms = w
+        .store
+        .rooms_of(&ConnectionId::new(FIXTURE_ID))
+        .await
+        .unwrap();
+    assert_eq!(rooms, vec![RoomName::parse("orders").unwrap()]);
+}
+
+#[tokio::test]
+async fn default_route_answers_garbage_with_an_error_frame() {
+    let w = world();
+    w.connect(FIXTURE_ID, "alice").await;
+    let response = handlers::message(&w.services, &w.gateway, &ws_event(fixture(DEFAULT))).await;
+    assert_eq!(response.status_code, 200);
+    let reply = w.last_reply(FIXTURE_ID);
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["code"], "bad_request");
+    // Still connected and usable.
+    assert_eq!(w.send(FIXTURE_ID, json!({"action":"ping"})).await, 200);
+    assert_eq!(w.last_reply(FIXTURE_ID), json!({"type":"pong"}));
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_input_gets_its_error_code() {
+    let w = world();
+    w.connect("c1", "alice").await;
+    let cases = [
+        (json!({"action":"dance"}), "unknown_action"),
+        (json!({"room":"orders"}), "bad_request"),
+        (json!({"action":"subscribe"}), "bad_request"),
+        (json!({"action":"subscribe","room":"a b"}), "bad_request"),
+        (json!({"action":"subscribe","room":"secret"}), "forbidden"),
+        // Input errors come before permission errors.
+        (
+            json!({"action":"subscribe","room":"secret","bogus":1}),
+            "bad_request",
+        ),
+        (
+            json!({"action":"publish","room":"orders","data":1}),
+            "forbidden",
+        ),
+        (json!({"action":"publish","room":"chat:x"}), "bad_request"),
+        (
+            json!({"action":"publish","room":"chat:x","data":"x".repeat(140 * 1024)}),
+            "too_large",
+        ),
+    ];
+    for (body, code) in cases {
+        w.send("c1", body.clone()).await;
+        let reply = w.last_reply("c1");
+        assert_eq!(reply["type"], "error", "{body}");
+        assert_eq!(reply["code"], code, "{body}: {reply}");
+    }
+    w.send("c1", json!({"action":"whoami","ref":9})).await;
+    assert_eq!(
+        w.last_reply("c1"),
+        json!({"type":"whoami","connectionId":"c1","user":"alice","ref":9})
+    );
+}
+
+#[tokio::test]
+async fn subscribe_checks_patterns_and_unsubscribe_leaves() {
+    let w = world();
+    w.connect("c1", "alice").await;
+    w.send("c1", json!({"action":"subscribe","room":"team:blue"}))
+        .await;
+    assert_eq!(
+        w.last_reply("c1"),
+        json!({"type":"subscribed","room":"team:blue"})
+    );
+    w.send(
+        "c1",
+        json!({"action":"subscribe","room":"team:red","since":"0193"}),
+    )
+    .await;
+    assert_eq!(
+        w.last_reply("c1"),
+        json!({"type":"subscribed","room":"team:red","recovered":false})
+    );
+    w.send(
+        "c1",
+        json!({"action":"unsubscribe","room":"team:blue","ref":"u"}),
+    )
+    .await;
+    assert_eq!(
+        w.last_reply("c1"),
+        json!({"type":"unsubscribed","room":"team:blue","ref":"u"})
+    );
+    let rooms = w.store.rooms_of(&ConnectionId::new("c1")).await.unwrap();
+    assert_eq!(rooms, vec![RoomName::parse("team:red").unwrap()]);
+}
+
+#[tokio::test]
+async fn publish_rights_are_not_subscribe_rights() {
+    let w = world();
+    for id in ["pub", "other"] {
+        w.connect(id, "alice").await;
+    }
+    // The fixture's alice may publish to chat:* but not subscribe to it.
+    w.send("other", json!({"action":"subscribe","room":"chat:lobby"}))
+        .await;
+    assert_eq!(w.last_reply("other")["code"], "forbidden");
+    w.send(
+        "pub",
+        json!({"action":"publish","room":"chat:lobby","data":{"hi":1},"ref":"p"}),
+    )
+    .await;
+    let reply = w.last_reply("pub");
+    assert_eq!(reply["type"], "published");
+    assert_eq!(reply["room"], "chat:lobby");
+    assert_eq!(reply["ref"], "p");
+    assert_eq!(reply["id"].as_str().unwrap().len(), 32);
+    assert_eq!(
+        w.replies("other").len(),
+        1,
+        "a non-subscriber receives nothing"
+    );
+}
+
+#[tokio::test]
+async fn socket_publish_delivers_to_members_including_the_sender() {
+    let w = world();
+    for id in ["a", "b", "c"] {
+        w.connect(id, "alice").await;
+    }
+    let event = |id: &str, body: Value| {
+        let mut event = route(SUBSCRIBE, id, "alice", Some(body));
+        event
+            .request_context
+            .authorizer
+            .fields
+            .insert("rooms".into(), json!("chat:*"));
+        event
+    };
+    for id in ["a", "b"] {
+        handlers::message(
+            &w.services,
+            &w.gateway,
+            &event(id, json!({"action":"subscribe","room":"chat:1"})),
+        )
+        .await;
+    }
+    handlers::message(
+        &w.services,
+        &w.gateway,
+        &event(
+            "a",
+            json!({"action":"publish","room":"chat:1","data":{"n":1}}),
+        ),
+    )
+    .await;
+    let to_a = w.replies("a");
+    let notification = &to_a[1];
+    assert_eq!(notification["type"], "notification");
+    assert_eq!(notification["room"], "chat:1");
+    assert_eq!(notification["data"], json!({"n":1}));
+    assert_eq!(to_a[2]["type"], "published");
+    assert_eq!(to_a[2]["id"], notification["id"]);
+    assert_eq!(w.replies("b")[1], *notification);
+    assert!(w.replies("c").is_empty());
+}
+
+#[tokio::test]
+async fn a_sender_that_has_gone_is_forgotten() {
+    let w = world();
+    w.connect("c1", "alice").await;
+    w.gateway.script(&ConnectionId::new("c1"), Scripted::Gone);
+    assert_eq!(w.send("c1", json!({"action":"ping"})).await, 200);
+    assert_eq!(w.store.get(&ConnectionId::new("c1")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_message_from_an_expired_connection_is_told_to_reconnect() {
+    let w = world();
+    w.connect("c1", "alice").await;
+    w.store.remove(&ConnectionId::new("c1")).await.unwrap();
+    w.send("c1", json!({"action":"subscribe","room":"orders"}))
+        .await;
+    let reply = w.last_reply("c1");
+    assert_eq!(reply["code"], "internal");
+    assert!(reply["message"].as_str().unwrap().contains("reconnect"));
+}
+
+// --- publish ------------------------------------------------------------------------------
+
+async fn subscribed(w: &World, id: &str, user: &str, room: &str) {
+    assert_eq!(w.connect(id, user).await, 200);
+    w.store
+        .join(&ConnectionId::new(id), &RoomName::parse(room).unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn publish_reaches_each_kind_of_target() {
+    let w = world();
+    subscribed(&w, "r1", "u1", "orders").await;
+    subscribed(&w, "r2", "u2", "orders").await;
+    subscribed(&w, "x", "u2", "elsewhere").await;
+
+    let room = w
+        .publish(json!({"room":"orders","data":{"n":1}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            room["delivered"].clone(),
+            room["gone"].clone(),
+            room["failed"].clone()
+        ),
+        (json!(2), json!(0), json!(0))
+    );
+    let got = w.last_reply("r1");
+    assert_eq!(got["room"], "orders");
+    assert_eq!(got["id"], room["id"]);
+    assert!(w.replies("x").is_empty());
+
+    let user = w.publish(json!({"user":"u2","data":"hi"})).await.unwrap();
+    assert_eq!(user["delivered"], 2);
+    assert_eq!(w.last_reply("x")["user"], "u2");
+
+    // The recording double accepts any id; script the unknown one as API Gateway answers it.
+    w.gateway
+        .script(&ConnectionId::new("missing"), Scripted::Gone);
+    let listed = w
+        .publish(json!({"connections":["r1","missing"],"data":1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (listed["delivered"].clone(), listed["gone"].clone()),
+        (json!(1), json!(1))
+    );
+
+    let everyone = w.publish(json!({"broadcast":true,"data":1})).await.unwrap();
+    assert_eq!(everyone["delivered"], 3);
+    assert!(w.last_reply("x").get("room").is_none());
+}
+
+#[tokio::test]
+async fn publish_batches_deliver_in_list_order() {
+    let w = world();
+    subscribed(&w, "r1", "u1", "orders").await;
+    let answer = w
+        .publish(json!({"messages":[
+            {"room":"orders","data":1},
+            {"room":"orders","data":2},
+            {"user":"u1","data":3}
+        ]}))
+        .await
+        .unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r["delivered"] == 1));
+    let data: Vec<Value> = w.replies("r1").iter().map(|m| m["data"].clone()).collect();
+    assert_eq!(data, vec![json!(1), json!(2), json!(3)]);
+}
+
+#[tokio::test]
+async fn invalid_publishes_are_bad_requests_and_deliver_nothing() {
+    let w = world();
+    subscribed(&w, "r1", "u1", "orders").await;
+    for payload in [
+        json!({"data":1}),
+        json!({"room":"orders","user":"u1","data":1}),
+        json!({"messages":[{"room":"orders","data":1},{"room":"bad room","data":2}]}),
+        json!({"room":"orders","data":"x".repeat(130 * 1024)}),
+        json!("just a string"),
+    ] {
+        let err = w.publish(payload.clone()).await.unwrap_err();
+        assert_eq!(err.error_type(), "BadRequest", "{payload}");
+    }
+    assert!(
+        w.replies("r1").is_empty(),
+        "a batch is validated before anything is sent"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_first_id_and_delivers_nothing() {
+    let w = world();
+    subscribed(&w, "r1", "u1", "orders").await;
+    let first = w
+        .publish(json!({"room":"orders","data":1,"id":"order-42"}))
+        .await
+        .unwrap();
+    let again = w
+        .publish(json!({"room":"orders","data":1,"id":"order-42"}))
+        .await
+        .unwrap();
+    assert_eq!(first["delivered"], 1);
+    assert_eq!(
+        again,
+        json!({"id": first["id"], "delivered":0, "gone":0, "failed":0})
+    );
+    assert_eq!(w.replies("r1").len(), 1);
+    let other = w
+        .publish(json!({"room":"orders","data":1,"id":"order-43"}))
+        .await
+        .unwrap();
+    assert_ne!(other["id"], first["id"]);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_the_window() {
+    let w = world_with(&[("HERALD_IDEMPOTENCY_WINDOW_SECS", "1")]);
+    subscribed(&w, "r1", "u1", "orders").await;
+    w.publish(json!({"room":"orders","data":1,"id":"k"}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let later = w
+        .publish(json!({"room":"orders","data":1,"id":"k"}))
+        .await
+        .unwrap();
+    assert_eq!(later["delivered"], 1);
+}
+
+#[tokio::test]
+async fn sqs_reports_only_invalid_records_as_failures() {
+    let w = world();
+    subscribed(&w, "r1", "alice", "orders").await;
+    let answer = w.publish(fixture(SQS)).await.unwrap();
+    let failed: Vec<&str> = answer["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            "5d9f2e71-8c3b-4a6d-b1e0-2c7a9e4f6b02",
+            "9e1c7b3a-4d2f-4e8b-a5c6-7f0d2b1e3c03"
+        ]
+    );
+    let data: Vec<Value> = w.replies("r1").iter().map(|m| m["data"].clone()).collect();
+    assert_eq!(
+        data,
+        vec![
+            json!({"order":42,"status":"shipped"}),
+            json!("first"),
+            json!("second")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqs_does_not_retry_records_whose_recipients_failed() {
+    let w = world();
+    subscribed(&w, "r1", "alice", "orders").await;
+    w.gateway.script(&ConnectionId::new("r1"), Scripted::Fails);
+    let answer = w.publish(fixture(SQS)).await.unwrap();
+    assert_eq!(answer["batchItemFailures"].as_array().unwrap().len(), 2);
+}
