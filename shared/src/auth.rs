@@ -314,6 +314,27 @@ impl Identity {
     }
 }
 
+/// Signs an HS256 token for `user` valid for `ttl_secs`, with the given room patterns: what
+/// `herald-local` prints in dev mode, and what tests connect with.
+pub fn sign_hs256(
+    secret: &[u8],
+    user: &str,
+    rooms: &[&str],
+    publish: &[&str],
+    ttl_secs: i64,
+) -> Result<String, AuthError> {
+    let claims = serde_json::json!({
+        "sub": user,
+        "exp": crate::ids::now_ms() / 1000 + ttl_secs,
+        "rooms": rooms,
+        "publish": publish,
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(secret)
+        .map_err(|e| AuthError::Config(e.to_string()))?;
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+        .map_err(|e| AuthError::Config(e.to_string()))
+}
+
 /// Finds the token of a handshake: the `token` query parameter, else the token of a
 /// Bearer `Authorization` header.
 pub fn token_from_request<'a>(
@@ -601,6 +622,17 @@ mod tests {
             Identity::from_context(&HashMap::new()),
             Err(AuthError::NoContext(_))
         ));
+    }
+
+    #[test]
+    fn signed_tokens_verify() {
+        let token = sign_hs256(SECRET, "dev", &["*"], &["a"], 60).unwrap();
+        let identity = secret_verifier().verify(&token).unwrap();
+        assert_eq!(identity.user, "dev");
+        assert!(identity.can_subscribe(&RoomName::parse("x").unwrap()));
+        assert!(identity.can_publish(&RoomName::parse("a").unwrap()));
+        let expired = sign_hs256(SECRET, "dev", &[], &[], -60).unwrap();
+        assert_eq!(secret_verifier().verify(&expired), Err(AuthError::Expired));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 /// An API Gateway connection id: opaque to Herald, compared and stored as given.
 ///
-/// API Gateway's ids are 16 characters of standard base64 (11 random bytes, one `=`), for
-/// example `L0SM9cOFvHcCIhw=`; [`ConnectionId::generate`] makes ids of that shape so
-/// clients written against AWS see what they expect from `herald-local`.
+/// API Gateway's ids are 16 characters of base64 (11 random bytes, one `=`), for example
+/// `L0SM9cOFvHcCIhw=`; [`ConnectionId::generate`] makes ids of that shape so clients
+/// written against AWS see what they expect from `herald-local`. It uses the URL-safe
+/// alphabet, so an id pasted into an `@connections` URL by hand needs no escaping.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ConnectionId(String);
@@ -26,7 +27,7 @@ impl ConnectionId {
     pub fn generate() -> Self {
         // uuid v4 draws from the operating system's CSPRNG; 11 of its bytes are enough.
         let random = uuid::Uuid::new_v4();
-        Self(base64::engine::general_purpose::STANDARD.encode(&random.as_bytes()[..11]))
+        Self(base64::engine::general_purpose::URL_SAFE.encode(&random.as_bytes()[..11]))
     }
 
     /// The id as text.

@@ -52,6 +52,26 @@ impl ApiGatewayManagement {
         }
     }
 
+    /// A client for a local endpoint (such as `herald-local`'s own), which accepts any
+    /// signature: fixed dummy credentials and region, nothing read from the environment.
+    pub fn local(endpoint: &str) -> Self {
+        let credentials = aws_sdk_apigatewaymanagement::config::Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "herald-local",
+        );
+        let sdk = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(
+                aws_sdk_apigatewaymanagement::config::SharedCredentialsProvider::new(credentials),
+            )
+            .build();
+        Self::new(&sdk, endpoint)
+    }
+
     /// The endpoint this client posts to.
     pub fn endpoint(&self) -> &str {
         &self.endpoint

@@ -1,0 +1,141 @@
+//! `herald-local`: flags (each with an environment fallback), logging, signals; then the
+//! gateway library does the rest.
+
+use std::time::Duration;
+
+use clap::Parser;
+use herald::config::Config;
+use herald_local::{AuthMode, Settings, SocketLimits};
+use tokio::net::TcpListener;
+
+/// A local API Gateway for WebSockets running Herald's handlers.
+///
+/// Store, JWT and per-user settings come from the environment as in the contract:
+/// HERALD_STORE, HERALD_REDIS_URL, HERALD_TABLE, HERALD_JWT_SECRET, HERALD_JWT_PUBLIC_KEY,
+/// HERALD_JWT_ISSUER, HERALD_JWT_AUDIENCE, HERALD_IDEMPOTENCY_WINDOW_SECS,
+/// HERALD_FANOUT_CONCURRENCY. With no JWT key it runs in dev mode and prints a token.
+#[derive(Parser, Debug)]
+#[command(name = "herald-local", version)]
+struct Flags {
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (the bound address is printed).
+    #[arg(long, env = "HERALD_PORT", default_value_t = 3001)]
+    port: u16,
+    /// Stage name, the first path segment of every endpoint.
+    #[arg(long, env = "HERALD_STAGE", default_value = "local")]
+    stage: String,
+    /// Push through the real AWS SDK client to this gateway's own @connections endpoint.
+    #[arg(long, env = "HERALD_PUSH_VIA_HTTP")]
+    push_via_http: bool,
+    /// Largest message in bytes (larger closes with 1009).
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 128 * 1024)]
+    max_message_bytes: usize,
+    /// Largest frame in bytes (larger closes with 1009).
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 32 * 1024)]
+    max_frame_bytes: usize,
+    /// Seconds without client traffic before a connection is closed.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    idle_timeout_secs: u64,
+    /// Seconds a connection may live.
+    #[arg(long, env = "HERALD_MAX_CONNECTION_SECS", default_value_t = 7200)]
+    max_connection_secs: u64,
+    /// Messages queued per client before it is closed as a slow consumer (1008).
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 1024)]
+    outbound_queue: usize,
+    /// Connections per user (0: no limit).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    max_connections_per_user: usize,
+    /// Connections per source IP (0: no limit).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    max_connections_per_ip: usize,
+    /// Connections in all (0: no limit).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
+    /// Function names the Lambda Invoke API runs `publish` for (comma-separated).
+    #[arg(
+        long,
+        env = "HERALD_PUBLISH_FUNCTIONS",
+        default_value = "publish,herald-publish",
+        value_delimiter = ','
+    )]
+    publish_functions: Vec<String>,
+}
+
+fn non_zero(n: usize) -> Option<usize> {
+    (n > 0).then_some(n)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let mut config = Config::from_env()?;
+    config.limits.max_connections_per_user = non_zero(flags.max_connections_per_user);
+    let settings = Settings {
+        stage: flags.stage,
+        limits: SocketLimits {
+            max_message_bytes: flags.max_message_bytes,
+            max_frame_bytes: flags.max_frame_bytes,
+            idle_timeout: Duration::from_secs(flags.idle_timeout_secs),
+            max_duration: Duration::from_secs(flags.max_connection_secs),
+            outbound_queue: flags.outbound_queue,
+            max_per_ip: non_zero(flags.max_connections_per_ip),
+            max_total: non_zero(flags.max_connections),
+        },
+        push_via_http: flags.push_via_http,
+        publish_functions: flags.publish_functions,
+        config,
+        store: None,
+    };
+    let stage = settings.stage.clone();
+    let listener = TcpListener::bind((flags.host.as_str(), flags.port)).await?;
+    let ready = herald_local::prepare(listener, settings).await?;
+    let addr = ready.addr;
+    if let AuthMode::Dev { token } = &ready.auth {
+        tracing::warn!(
+            "DEV MODE: no HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY is set, so tokens are \
+             signed with a random secret that lives only in this process. Never expose this."
+        );
+        println!("dev token (user `dev`, every room, 24 h): {token}");
+    }
+    println!("herald-local listening on ws://{addr}/{stage}");
+    println!("  @connections: http://{addr}/{stage}/@connections/{{connectionId}}");
+    println!("  Lambda Invoke: http://{addr}/2015-03-31/functions/publish/invocations");
+    ready.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

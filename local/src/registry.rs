@@ -1,0 +1,197 @@
+//! The sockets this gateway holds, and the in-process [`Gateway`] that writes to them.
+//!
+//! Each connection has a bounded outbound queue drained by its writer task. A post only
+//! enqueues, so one slow client never slows a fan-out to the others. When a client's queue
+//! is full the client is too slow to keep up: it is closed with 1008 (policy violation,
+//! reason `slow consumer`) and counted, and the post answers 410 so the publisher's
+//! `delivered` count stays exact and the store forgets it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald::gateway::{ConnectionInfo, Gateway, PushError};
+use herald::ids::{ConnectionId, now_ms};
+use herald::protocol::MAX_NOTIFICATION_BYTES;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::ConnectionMeta;
+
+/// Close code for a client whose outbound queue overflowed.
+pub const SLOW_CONSUMER_CODE: u16 = 1008;
+/// Close reason for a client whose outbound queue overflowed.
+pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue full";
+
+/// One live socket as the rest of the gateway sees it.
+pub struct Socket {
+    /// What the handshake established.
+    pub meta: ConnectionMeta,
+    queue: mpsc::Sender<Bytes>,
+    /// Cancelled when the gateway decides to close the socket.
+    pub closing: CancellationToken,
+    close_reason: Mutex<Option<(u16, String)>>,
+    last_active: AtomicI64,
+    disconnected: AtomicBool,
+}
+
+impl Socket {
+    /// A socket and the receiving end of its outbound queue.
+    pub fn new(meta: ConnectionMeta, queue_len: usize) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
+        let (queue, rx) = mpsc::channel(queue_len.max(1));
+        let socket = Arc::new(Self {
+            last_active: AtomicI64::new(meta.connected_at),
+            meta,
+            queue,
+            closing: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            disconnected: AtomicBool::new(false),
+        });
+        (socket, rx)
+    }
+
+    /// Asks the socket to close with `code` and `reason`; the first request wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        {
+            let mut current = self.close_reason.lock().unwrap_or_else(|p| p.into_inner());
+            if current.is_none() {
+                *current = Some((code, reason.to_owned()));
+            }
+        }
+        self.closing.cancel();
+    }
+
+    /// The close requested by the gateway, if any.
+    pub fn close_reason(&self) -> Option<(u16, String)> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records activity for the Management API's `lastActiveAt`.
+    pub fn touch(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// True exactly once: whoever gets `true` runs `$disconnect`.
+    pub fn claim_disconnect(&self) -> bool {
+        !self.disconnected.swap(true, Ordering::SeqCst)
+    }
+}
+
+/// Live sockets by connection id.
+#[derive(Default)]
+pub struct Registry {
+    sockets: RwLock<HashMap<ConnectionId, Arc<Socket>>>,
+    slow_consumers: AtomicU64,
+}
+
+impl Registry {
+    /// Adds a socket.
+    pub fn insert(&self, socket: Arc<Socket>) {
+        self.write().insert(socket.meta.id.clone(), socket);
+    }
+
+    /// Removes a socket.
+    pub fn remove(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
+        self.write().remove(id)
+    }
+
+    /// A socket by id.
+    pub fn get(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
+        self.sockets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Every socket held now.
+    pub fn all(&self) -> Vec<Arc<Socket>> {
+        self.sockets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// How many sockets are held.
+    pub fn len(&self) -> usize {
+        self.sockets.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no socket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many from `ip` are held.
+    pub fn count_ip(&self, ip: &str) -> usize {
+        self.sockets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.meta.source_ip == ip)
+            .count()
+    }
+
+    /// Clients closed for being too slow, since start.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ConnectionId, Arc<Socket>>> {
+        self.sockets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self, id: &ConnectionId) -> Result<Arc<Socket>, PushError> {
+        match self.get(id) {
+            Some(socket) if !socket.closing.is_cancelled() => Ok(socket),
+            _ => Err(PushError::Gone),
+        }
+    }
+}
+
+/// The in-process `@connections`: posts go straight into the sockets' queues.
+#[async_trait]
+impl Gateway for Registry {
+    async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError> {
+        if payload.len() > MAX_NOTIFICATION_BYTES {
+            return Err(PushError::PayloadTooLarge);
+        }
+        let socket = self.live(id)?;
+        match socket.queue.try_send(payload) {
+            Ok(()) => {
+                socket.touch();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(connection_id = %id, "outbound queue full; closing the slow consumer");
+                socket.close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON);
+                Err(PushError::Gone)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Gone),
+        }
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<ConnectionInfo, PushError> {
+        let socket = self.live(id)?;
+        Ok(ConnectionInfo {
+            connected_at: socket.meta.connected_at,
+            last_active_at: socket.last_active.load(Ordering::Relaxed),
+            source_ip: Some(socket.meta.source_ip.clone()),
+            user_agent: socket.meta.user_agent.clone(),
+        })
+    }
+
+    async fn delete(&self, id: &ConnectionId) -> Result<(), PushError> {
+        let socket = self.live(id)?;
+        socket.close(1000, "Connection closed by the server");
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! The WebSocket side: the handshake as API Gateway runs it, then one reader and one writer
+//! per connection.
+//!
+//! Handshake: connection limits (429), the token (401 without calling the authorizer when
+//! there is none), the `authorizer` handler (401 on refusal, 403 on a Deny policy), then
+//! `connect` (its non-2xx refuses the upgrade with that status). The socket's queue is in
+//! the registry before `connect` stores the connection, so a publish that sees the stored
+//! connection always finds a socket to queue into, even before the upgrade has finished.
+//!
+//! Connection: the writer drains the bounded queue into the socket, all that is queued,
+//! then one flush. The reader runs each text frame through `message` in order, enforces
+//! the size, binary, idle and duration limits, and watches for a close requested by the
+//! gateway (DELETE, slow consumer, shutdown). When the reader ends, the writer sends the
+//! close frame, and `$disconnect` runs exactly once with the close code and reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use herald::auth::token_from_request;
+use herald::events::iam::IamPolicyEffect;
+use herald::ids::{ConnectionId, now_ms};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+use crate::App;
+use crate::events::ConnectionMeta;
+use crate::http::{decode_query, message_response};
+use crate::registry::{SLOW_CONSUMER_CODE, Socket};
+
+/// `GET /{stage}` with an upgrade: the handshake.
+pub(crate) async fn handshake(
+    State(app): State<Arc<App>>,
+    Path(stage): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if stage != app.settings.stage {
+        return message_response(StatusCode::FORBIDDEN, "Forbidden");
+    }
+    if app.shutdown.is_cancelled() {
+        return message_response(StatusCode::SERVICE_UNAVAILABLE, "Shutting down");
+    }
+    let limits = &app.settings.limits;
+    let source_ip = peer.ip().to_string();
+    if limits
+        .max_total
+        .is_some_and(|max| app.registry.len() >= max)
+        || limits
+            .max_per_ip
+            .is_some_and(|max| app.registry.count_ip(&source_ip) >= max)
+    {
+        return message_response(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+    }
+
+    let query = decode_query(query.as_deref().unwrap_or(""));
+    let header_pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let query_token = query
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str());
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    // API Gateway answers 401 itself, without invoking the authorizer, when the identity
+    // source is missing.
+    if token_from_request(query_token, authorization).is_none() {
+        return message_response(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+
+    let mut meta = ConnectionMeta {
+        id: ConnectionId::generate(),
+        connected_at: now_ms(),
+        source_ip,
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        domain_name: headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+            .to_owned(),
+        context: serde_json::Map::new(),
+    };
+    let request = app.events.authorizer_request(&meta, &header_pairs, &query);
+    let allowed = match herald::handlers::authorize(&app.verifier, &request) {
+        Ok(allowed) => allowed,
+        Err(e) => {
+            info!(error = %e, "handshake refused by the authorizer");
+            return message_response(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+    };
+    let statement = allowed.policy_document.statement.first();
+    if !statement.is_some_and(|s| s.effect == IamPolicyEffect::Allow) {
+        return message_response(StatusCode::FORBIDDEN, "Forbidden");
+    }
+    if let Value::Object(context) = allowed.context {
+        meta.context = context;
+    }
+
+    let (socket, rx) = Socket::new(meta, limits.outbound_queue);
+    app.registry.insert(socket.clone());
+    let connect = app.events.connect(&socket.meta, &header_pairs, &query);
+    let answer = herald::handlers::connect(&app.services, &connect).await;
+    if !(200..300).contains(&answer.status_code) {
+        app.registry.remove(&socket.meta.id);
+        let status = u16::try_from(answer.status_code)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = match answer.body {
+            Some(herald::events::encodings::Body::Text(text)) => text,
+            _ => status.canonical_reason().unwrap_or("").to_owned(),
+        };
+        return message_response(status, &body);
+    }
+
+    let failed = {
+        let (app, socket) = (app.clone(), socket.clone());
+        move |error: axum::Error| {
+            warn!(connection_id = %socket.meta.id, %error, "upgrade failed after $connect");
+            app.registry.remove(&socket.meta.id);
+            let task = finish(
+                app.clone(),
+                socket,
+                1006,
+                "Connection was closed abnormally".into(),
+            );
+            app.connections.spawn(task);
+        }
+    };
+    let tracker = app.connections.clone();
+    upgrade
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .on_failed_upgrade(failed)
+        .on_upgrade(move |ws| tracker.track_future(serve(app, socket, ws, rx)))
+        .into_response()
+}
+
+/// Runs one connection to its end, then `$disconnect`.
+async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: WebSocket, rx: mpsc::Receiver<Bytes>) {
+    debug!(connection_id = %socket.meta.id, "connected");
+    let (sink, stream) = ws.split();
+    let writer = tokio::spawn(write(sink, rx, socket.clone()));
+    let (code, reason) = read(&app, &socket, stream).await;
+    socket.close(code, &reason);
+    if let Err(e) = writer.await {
+        warn!(connection_id = %socket.meta.id, error = %e, "writer task failed");
+    }
+    app.registry.remove(&socket.meta.id);
+    // A close the gateway asked for names the reason; otherwise the client's.
+    let (code, reason) = socket.close_reason().unwrap_or((code, reason));
+    finish(app, socket, code, reason).await;
+}
+
+/// Runs `$disconnect`, once per connection whatever path got here.
+async fn finish(app: Arc<App>, socket: Arc<Socket>, code: u16, reason: String) {
+    if !socket.claim_disconnect() {
+        return;
+    }
+    let event = app.events.disconnect(&socket.meta, code, &reason);
+    let answer = herald::handlers::disconnect(&app.services, &event).await;
+    debug!(connection_id = %socket.meta.id, code, reason, status = answer.status_code, "disconnected");
+}
+
+/// Why a WebSocket read failed: 1009 for a message or frame over the limits, else 1006.
+fn read_error_close(error: axum::Error) -> (u16, String) {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match error.into_inner().downcast::<WsError>() {
+        Ok(e) if matches!(*e, WsError::Capacity(_)) => (1009, "Message too big".into()),
+        Ok(e) => (1006, format!("Connection was closed abnormally: {e}")),
+        Err(e) => (1006, format!("Connection was closed abnormally: {e}")),
+    }
+}
+
+/// Reads until the connection ends; returns the close code and reason for `$disconnect`.
+async fn read(app: &App, socket: &Socket, mut stream: SplitStream<WebSocket>) -> (u16, String) {
+    let limits = &app.settings.limits;
+    let ends_at = Instant::now() + limits.max_duration;
+    let mut idle_at = Instant::now() + limits.idle_timeout;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = socket.closing.cancelled() => {
+                return socket.close_reason().unwrap_or((1000, String::new()));
+            }
+            () = app.shutdown.cancelled() => {
+                socket.close(1001, "Going away");
+                continue;
+            }
+            () = sleep_until(ends_at) => {
+                socket.close(1001, "Going away: maximum connection duration reached");
+                continue;
+            }
+            () = sleep_until(idle_at) => {
+                socket.close(1001, "Going away: idle timeout");
+                continue;
+            }
+            frame = stream.next() => frame,
+        };
+        idle_at = Instant::now() + limits.idle_timeout;
+        match frame {
+            None => return (1006, "Connection was closed abnormally".into()),
+            Some(Err(e)) => {
+                let (code, reason) = read_error_close(e);
+                socket.close(code, &reason);
+                return (code, reason);
+            }
+            Some(Ok(Message::Text(text))) => {
+                socket.touch();
+                let event = app.events.message(&socket.meta, text.as_str());
+                herald::handlers::message(&app.services, &*app.gateway, &event).await;
+            }
+            Some(Ok(Message::Binary(_))) => {
+                socket.close(1003, "Binary frames are not supported");
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => socket.touch(),
+            Some(Ok(Message::Close(frame))) => {
+                return match frame {
+                    Some(f) => (f.code, f.reason.to_string()),
+                    None => (1005, "Client-side close frame status not set".into()),
+                };
+            }
+        }
+    }
+}
+
+/// Drains the queue into the socket, flushing once per batch; on close, sends what was
+/// already queued (unless the client is the slow one) and the close frame.
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Bytes>,
+    socket: Arc<Socket>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            next = rx.recv() => {
+                let Some(first) = next else { break };
+                if let Err(e) = send_batch(&mut sink, &mut rx, first).await {
+                    debug!(connection_id = %socket.meta.id, error = %e, "write failed");
+                    socket.close(1006, "Connection was closed abnormally");
+                    return;
+                }
+            }
+            () = socket.closing.cancelled() => break,
+        }
+    }
+    let (code, reason) = socket.close_reason().unwrap_or((1000, String::new()));
+    let goodbye = async {
+        if code != SLOW_CONSUMER_CODE
+            && let Ok(first) = rx.try_recv()
+        {
+            send_batch(&mut sink, &mut rx, first).await?;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.as_str()),
+        };
+        sink.send(Message::Close(Some(frame))).await?;
+        sink.close().await
+    };
+    // A client that stopped reading must not hold the gateway's shutdown hostage.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
+}
+
+async fn send_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Bytes>,
+    first: Bytes,
+) -> Result<(), axum::Error> {
+    sink.feed(text(first)).await?;
+    while let Ok(more) = rx.try_recv() {
+        sink.feed(text(more)).await?;
+    }
+    sink.flush().await
+}
+
+fn text(payload: Bytes) -> Message {
+    // Every payload is JSON that Herald serialized itself, or a post whose bytes a client
+    // sent through @connections; the latter may not be UTF-8, and then goes out as binary
+    // (API Gateway forwards posted bytes as they are).
+    match Utf8Bytes::try_from(payload.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(payload),
+    }
+}
+
+/// The JSON body API Gateway gives its own errors.
+pub(crate) fn error_body(message: &str) -> String {
+    json!({ "message": message }).to_string()
+}

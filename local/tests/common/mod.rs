@@ -1,0 +1,348 @@
+//! A `herald-local` started in-process on `127.0.0.1:0`, and real clients for it:
+//! tokio-tungstenite for WebSockets, the AWS SDK's Lambda and Management API clients.
+
+#![allow(dead_code)] // Each test file uses its own part of the harness.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_apigatewaymanagement::config::{Credentials, Region};
+use futures::{SinkExt, StreamExt};
+use herald::config::Config;
+use herald_local::Settings;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The HS256 secret every test gateway verifies with.
+pub const SECRET: &[u8] = b"herald-local-test-secret";
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Settings for a test gateway: the test secret, API Gateway's default limits.
+pub fn settings() -> Settings {
+    let config = Config::from_lookup(|k| {
+        (k == "HERALD_JWT_SECRET").then(|| String::from_utf8(SECRET.to_vec()).unwrap())
+    })
+    .unwrap();
+    Settings::new(config)
+}
+
+impl Gateway {
+    pub async fn start() -> Self {
+        Self::start_with(settings()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ready = herald_local::prepare(listener, settings).await.unwrap();
+        let addr = ready.addr;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            ready
+                .serve(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/local", self.addr)
+    }
+
+    pub fn token(&self, user: &str, rooms: &[&str], publish: &[&str]) -> String {
+        herald::auth::sign_hs256(SECRET, user, rooms, publish, 3600).unwrap()
+    }
+
+    /// Connects `user` with the given rights and learns its connection id.
+    pub async fn connect(&self, user: &str, rooms: &[&str], publish: &[&str]) -> Client {
+        let url = format!("{}?token={}", self.url(), self.token(user, rooms, publish));
+        let mut client = Client::open(&url).await.expect("handshake");
+        client.id = client.whoami().await;
+        client
+    }
+
+    /// Tries a handshake; the HTTP status on refusal.
+    pub async fn handshake(&self, url: &str, bearer: Option<&str>) -> Result<Client, u16> {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(token) = bearer {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Client {
+                ws,
+                id: String::new(),
+            }),
+            Err(WsError::Http(response)) => Err(response.status().as_u16()),
+            Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
+        }
+    }
+
+    pub fn lambda(&self) -> aws_sdk_lambda::Client {
+        let config = aws_sdk_lambda::Config::builder()
+            .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(format!("http://{}", self.addr))
+            .build();
+        aws_sdk_lambda::Client::from_conf(config)
+    }
+
+    pub fn management(&self) -> aws_sdk_apigatewaymanagement::Client {
+        let config = aws_sdk_apigatewaymanagement::Config::builder()
+            .behavior_version(aws_sdk_apigatewaymanagement::config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(format!("http://{}/local", self.addr))
+            .build();
+        aws_sdk_apigatewaymanagement::Client::from_conf(config)
+    }
+
+    /// Invokes `publish` through the Lambda Invoke API; the answer, or the function error.
+    pub async fn invoke(&self, payload: Value) -> Result<Value, Value> {
+        let out = self
+            .lambda()
+            .invoke()
+            .function_name("publish")
+            .payload(aws_sdk_lambda::primitives::Blob::new(payload.to_string()))
+            .send()
+            .await
+            .expect("the Invoke API answers");
+        let body: Value = serde_json::from_slice(out.payload().unwrap().as_ref()).unwrap();
+        match out.function_error() {
+            Some(_) => Err(body),
+            None => Ok(body),
+        }
+    }
+
+    /// Stops the gateway as SIGTERM would, and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the gateway stops promptly")
+            .unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A WebSocket client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub id: String,
+}
+
+impl Client {
+    pub async fn open(url: &str) -> Result<Self, WsError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Self {
+            ws,
+            id: String::new(),
+        })
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next JSON message; panics after [`PATIENCE`].
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a message in time")
+                .expect("the socket is open")
+                .expect("a readable frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_nothing(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.ws.next()).await {
+            panic!("expected nothing, got {message:?}");
+        }
+    }
+
+    /// Sends `request` and returns the next message.
+    pub async fn ask(&mut self, request: Value) -> Value {
+        self.send(request).await;
+        self.recv().await
+    }
+
+    pub async fn whoami(&mut self) -> String {
+        let reply = self.ask(json!({"action":"whoami"})).await;
+        reply["connectionId"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn subscribe(&mut self, room: &str) {
+        let reply = self.ask(json!({"action":"subscribe","room":room})).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+
+    /// Waits for the server's close frame; its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return (code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket failed before a close frame: {e}"),
+                None => panic!("socket ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// A store that counts removals per connection, to prove `$disconnect` runs once.
+pub struct CountingStore {
+    pub inner: herald::store::MemoryStore,
+    pub removals: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl CountingStore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: herald::store::MemoryStore::new(),
+            removals: Default::default(),
+        })
+    }
+
+    pub fn removals(&self, id: &str) -> usize {
+        self.removals.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait::async_trait]
+impl herald::store::ConnectionStore for CountingStore {
+    async fn add(&self, c: &herald::store::Connection) -> Result<(), herald::store::StoreError> {
+        self.inner.add(c).await
+    }
+    async fn get(
+        &self,
+        id: &herald::ids::ConnectionId,
+    ) -> Result<Option<herald::store::Connection>, herald::store::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn refresh(
+        &self,
+        id: &herald::ids::ConnectionId,
+        expires_at: i64,
+    ) -> Result<bool, herald::store::StoreError> {
+        self.inner.refresh(id, expires_at).await
+    }
+    async fn remove(
+        &self,
+        id: &herald::ids::ConnectionId,
+    ) -> Result<Option<herald::store::Connection>, herald::store::StoreError> {
+        *self
+            .removals
+            .lock()
+            .unwrap()
+            .entry(id.as_str().to_owned())
+            .or_default() += 1;
+        self.inner.remove(id).await
+    }
+    async fn join(
+        &self,
+        id: &herald::ids::ConnectionId,
+        room: &herald::protocol::RoomName,
+    ) -> Result<(), herald::store::StoreError> {
+        self.inner.join(id, room).await
+    }
+    async fn leave(
+        &self,
+        id: &herald::ids::ConnectionId,
+        room: &herald::protocol::RoomName,
+    ) -> Result<bool, herald::store::StoreError> {
+        self.inner.leave(id, room).await
+    }
+    async fn rooms_of(
+        &self,
+        id: &herald::ids::ConnectionId,
+    ) -> Result<Vec<herald::protocol::RoomName>, herald::store::StoreError> {
+        self.inner.rooms_of(id).await
+    }
+    async fn room_members(
+        &self,
+        room: &herald::protocol::RoomName,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<herald::store::Page<herald::ids::ConnectionId>, herald::store::StoreError> {
+        self.inner.room_members(room, cursor, limit).await
+    }
+    async fn user_connections(
+        &self,
+        user: &str,
+    ) -> Result<Vec<herald::ids::ConnectionId>, herald::store::StoreError> {
+        self.inner.user_connections(user).await
+    }
+    async fn count_user(&self, user: &str) -> Result<usize, herald::store::StoreError> {
+        self.inner.count_user(user).await
+    }
+    async fn all_connections(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<herald::store::Page<herald::ids::ConnectionId>, herald::store::StoreError> {
+        self.inner.all_connections(cursor, limit).await
+    }
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        id: &str,
+        window: Duration,
+    ) -> Result<Option<String>, herald::store::StoreError> {
+        self.inner.claim_idempotency_key(key, id, window).await
+    }
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        id: &str,
+    ) -> Result<(), herald::store::StoreError> {
+        self.inner.release_idempotency_key(key, id).await
+    }
+}
