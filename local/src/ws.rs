@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -249,24 +250,29 @@ async fn write(
     socket: Arc<Socket>,
 ) {
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             biased;
-            next = rx.recv() => {
-                let Some(first) = next else { break };
-                if let Err(e) = send_batch(&mut sink, &mut rx, first).await {
-                    debug!(connection_id = %socket.meta.id, error = %e, "write failed");
-                    socket.close(1006, "Connection was closed abnormally");
-                    return;
-                }
-            }
+            next = rx.recv() => match next {
+                Some(first) => first,
+                None => break,
+            },
             () = socket.closing.cancelled() => break,
+        };
+        // A client that stops reading blocks the flush; a close must still get through.
+        let sent = tokio::select! {
+            sent = send_batch(&mut sink, &mut rx, first) => sent,
+            () = socket.closing.cancelled() => break,
+        };
+        if let Err(e) = sent {
+            debug!(connection_id = %socket.meta.id, error = %e, "write failed");
+            socket.close(1006, "Connection was closed abnormally");
+            return;
         }
     }
     let (code, reason) = socket.close_reason().unwrap_or((1000, String::new()));
+    let slow = code == SLOW_CONSUMER_CODE;
     let goodbye = async {
-        if code != SLOW_CONSUMER_CODE
-            && let Ok(first) = rx.try_recv()
-        {
+        if !slow && let Ok(first) = rx.try_recv() {
             send_batch(&mut sink, &mut rx, first).await?;
         }
         let frame = CloseFrame {
@@ -276,8 +282,10 @@ async fn write(
         sink.send(Message::Close(Some(frame))).await?;
         sink.close().await
     };
-    // A client that stopped reading must not hold the gateway's shutdown hostage.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), goodbye).await;
+    // A client that stopped reading must not hold the connection open, nor the gateway's
+    // shutdown: a slow consumer's socket is most likely full, so it gets only a moment.
+    let patience = Duration::from_millis(if slow { 50 } else { 1_000 });
+    let _ = tokio::time::timeout(patience, goodbye).await;
 }
 
 async fn send_batch(

@@ -179,6 +179,21 @@ impl Client {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
+    /// Sends `text` as one message split into frames of at most `frame` bytes, as browsers
+    /// and careful clients do for large messages.
+    pub async fn send_fragmented(&mut self, text: &str, frame: usize) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(frame).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+            let last = i + 1 == chunks.len();
+            let frame = Frame::message(chunk.to_vec(), opcode, last);
+            self.ws.feed(Message::Frame(frame)).await.unwrap();
+        }
+        self.ws.flush().await.unwrap();
+    }
+
     /// The next JSON message; panics after [`PATIENCE`].
     pub async fn recv(&mut self) -> Value {
         loop {

@@ -1,0 +1,193 @@
+//! API Gateway's limits and the connection lifecycle: close codes 1009 and 1003, idle
+//! timeout, maximum duration, `$disconnect` exactly once however a connection ends, the
+//! slow-consumer policy, and graceful shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use common::{CountingStore, Gateway, settings};
+use futures::SinkExt;
+use herald_local::{SLOW_CONSUMER_CODE, Settings};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Settings on a counting store, so tests can see every `$disconnect`.
+fn counted() -> (Settings, Arc<CountingStore>) {
+    let store = CountingStore::new();
+    let mut s = settings();
+    s.store = Some(store.clone());
+    (s, store)
+}
+
+/// Waits until `id` was removed once, then makes sure it stays at once.
+async fn disconnected_once(store: &CountingStore, id: &str) {
+    for _ in 0..200 {
+        if store.removals(id) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(store.removals(id), 1, "$disconnect for {id} ran once");
+}
+
+#[tokio::test]
+async fn a_single_frame_over_32_kib_closes_with_1009() {
+    let (s, store) = counted();
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    c.send_text(&"x".repeat(33 * 1024)).await;
+    assert_eq!(c.closed().await.0, 1009);
+    disconnected_once(&store, &c.id).await;
+}
+
+#[tokio::test]
+async fn a_message_over_128_kib_closes_with_1009_even_in_small_frames() {
+    let gw = Gateway::start().await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    c.send_fragmented(&"x".repeat(129 * 1024), 16 * 1024).await;
+    assert_eq!(c.closed().await.0, 1009);
+}
+
+#[tokio::test]
+async fn a_binary_frame_closes_with_1003() {
+    let (s, store) = counted();
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(c.closed().await.0, 1003);
+    disconnected_once(&store, &c.id).await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_active_ones_kept() {
+    let (mut s, store) = counted();
+    s.limits.idle_timeout = Duration::from_millis(400);
+    let gw = Gateway::start_with(s).await;
+    let mut idle = gw.connect("idle", &[], &[]).await;
+    let mut busy = gw.connect("busy", &[], &[]).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(busy.ask(json!({"action":"ping"})).await["type"], "pong");
+    }
+    let (code, reason) = idle.closed().await;
+    assert_eq!(code, 1001);
+    assert!(reason.contains("idle"), "{reason}");
+    disconnected_once(&store, &idle.id).await;
+    assert_eq!(
+        store.removals(&busy.id),
+        0,
+        "the active client is still connected"
+    );
+}
+
+#[tokio::test]
+async fn connections_end_at_the_maximum_duration() {
+    let mut s = settings();
+    s.limits.max_duration = Duration::from_millis(300);
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    let (code, reason) = c.closed().await;
+    assert_eq!(code, 1001);
+    assert!(reason.contains("duration"), "{reason}");
+}
+
+#[tokio::test]
+async fn disconnect_runs_once_however_the_connection_ends() {
+    let (s, store) = counted();
+    let gw = Gateway::start_with(s).await;
+    let api = gw.management();
+
+    // The client closes.
+    let mut by_client = gw.connect("a", &[], &[]).await;
+    by_client.ws.close(None).await.unwrap();
+    disconnected_once(&store, &by_client.id).await;
+
+    // The client vanishes without a close frame.
+    let vanished = gw.connect("b", &[], &[]).await;
+    let vanished_id = vanished.id.clone();
+    drop(vanished);
+    disconnected_once(&store, &vanished_id).await;
+
+    // DELETE through @connections, twice.
+    let mut deleted = gw.connect("c", &[], &[]).await;
+    api.delete_connection()
+        .connection_id(&deleted.id)
+        .send()
+        .await
+        .unwrap();
+    let _ = api
+        .delete_connection()
+        .connection_id(&deleted.id)
+        .send()
+        .await;
+    assert_eq!(deleted.closed().await.0, 1000);
+    disconnected_once(&store, &deleted.id).await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_without_slowing_the_others() {
+    let (mut s, store) = counted();
+    s.limits.outbound_queue = 4;
+    let gw = Gateway::start_with(s).await;
+    let api = gw.management();
+    // The slow client never reads.
+    let slow = gw.connect("slow", &[], &[]).await;
+    let mut fast = gw.connect("fast", &[], &[]).await;
+    let chunk = format!("\"{}\"", "x".repeat(120 * 1024));
+    let mut refused = false;
+    for _ in 0..2_000 {
+        let result = api
+            .post_to_connection()
+            .connection_id(&slow.id)
+            .data(Blob::new(chunk.clone()))
+            .send()
+            .await;
+        if let Err(e) = result {
+            assert!(e.into_service_error().is_gone_exception());
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "the slow consumer's queue overflowed and it was closed"
+    );
+    // Meanwhile the others are served promptly.
+    api.post_to_connection()
+        .connection_id(&fast.id)
+        .data(Blob::new("1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fast.recv().await, json!(1));
+    disconnected_once(&store, &slow.id).await;
+    assert_eq!(SLOW_CONSUMER_CODE, 1008);
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_client_and_runs_each_disconnect() {
+    let (s, store) = counted();
+    let gw = Gateway::start_with(s).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(gw.connect(&format!("u{i}"), &[], &[]).await);
+    }
+    let addr = gw.addr;
+    gw.stop().await;
+    for c in &mut clients {
+        assert_eq!(c.closed().await.0, 1001);
+        assert_eq!(
+            store.removals(&c.id),
+            1,
+            "disconnect ran before the gateway stopped"
+        );
+    }
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port is closed after shutdown"
+    );
+}
