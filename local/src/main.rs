@@ -74,6 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Logs go to stderr; stdout carries only what a user or script reads: the
+        // address and, in dev mode, the token.
+        .with_writer(std::io::stderr)
         .init();
 
     let mut config = Config::from_env()?;

@@ -191,3 +191,18 @@ async fn shutdown_closes_every_client_and_runs_each_disconnect() {
         "the port is closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn websocket_pings_are_answered() {
+    let gw = Gateway::start().await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    c.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(common::PATIENCE, futures::StreamExt::next(&mut c.ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, Message::Pong(b"are you there".to_vec().into()));
+}

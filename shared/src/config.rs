@@ -253,6 +253,13 @@ mod tests {
         assert_eq!(c.fanout.max_retries, 1);
     }
 
+    #[tokio::test]
+    async fn lambda_functions_refuse_the_memory_store() {
+        let err = crate::store::open_shared(&config(&[]).unwrap()).await.err();
+        assert!(err.unwrap().to_string().contains("shared store"));
+        assert!(crate::store::open(&config(&[]).unwrap()).await.is_ok());
+    }
+
     #[test]
     fn bad_values_name_their_variable() {
         for (var, value) in [

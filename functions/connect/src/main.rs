@@ -9,7 +9,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     herald::telemetry::init_lambda();
     let config = Config::from_env()?;
-    let services = Services::new(herald::store::open(&config).await?, &config);
+    let services = Services::new(herald::store::open_shared(&config).await?, &config);
     let services = &services;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {

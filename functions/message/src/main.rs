@@ -12,7 +12,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     herald::telemetry::init_lambda();
     let config = Config::from_env()?;
-    let services = Services::new(herald::store::open(&config).await?, &config);
+    let services = Services::new(herald::store::open_shared(&config).await?, &config);
     let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
     let clients = ManagementClients::new(sdk, config.ws_endpoint.clone());
     let (services, clients) = (&services, &clients);

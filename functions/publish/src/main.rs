@@ -12,7 +12,7 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     herald::telemetry::init_lambda();
     let config = Config::from_env()?;
-    let services = Services::new(herald::store::open(&config).await?, &config);
+    let services = Services::new(herald::store::open_shared(&config).await?, &config);
     let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
     // Without an event there is no endpoint to derive: fail at cold start, not per publish.
     let gateway = ManagementClients::new(sdk, config.ws_endpoint.clone()).client(None, None)?;

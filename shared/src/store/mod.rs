@@ -130,6 +130,20 @@ pub trait ConnectionStore: Send + Sync + 'static {
     async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError>;
 }
 
+/// Opens a store that several processes share, as every Lambda function needs: the memory
+/// store is refused, since each function instance would see only its own connections.
+pub async fn open_shared(
+    config: &crate::config::Config,
+) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
+    if config.store == crate::config::StoreKind::Memory {
+        return Err(crate::config::ConfigError::Invalid {
+            var: "HERALD_STORE",
+            reason: "the Lambda functions need a shared store: set it to dynamodb or redis".into(),
+        });
+    }
+    open(config).await
+}
+
 /// Opens the store `config` names.
 ///
 /// Only the memory store is built so far; asking for another is a start-up error that says
