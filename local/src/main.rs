@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = Config::from_env()?;
     config.limits.max_connections_per_user = non_zero(flags.max_connections_per_user);
-    let settings = Settings {
+    let mut settings = Settings {
         stage: flags.stage,
         limits: SocketLimits {
             max_message_bytes: flags.max_message_bytes,
@@ -98,6 +98,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store: None,
     };
     let stage = settings.stage.clone();
+    // The port opens only once the gateway can serve: the store first, then the socket.
+    settings.store = Some(herald::store::open(&settings.config).await?);
     let listener = TcpListener::bind((flags.host.as_str(), flags.port)).await?;
     let ready = herald_local::prepare(listener, settings).await?;
     let addr = ready.addr;
