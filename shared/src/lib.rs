@@ -17,6 +17,7 @@
 //! | [`handlers`] | `src/handlers/` | `authorize`, `connect`, `disconnect`, `message`, `publish` |
 //! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables |
 //! | [`telemetry`] | `src/telemetry.rs` | tracing set-up for Lambda |
+//! | `testing` | `src/testing.rs` | feature `test-support`: real servers (Redis) started for tests |
 
 pub mod auth;
 pub mod config;
@@ -27,6 +28,8 @@ pub mod ids;
 pub mod protocol;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 /// The AWS SDK configuration type hosts build clients from.
 pub use aws_config;

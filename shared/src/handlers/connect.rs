@@ -58,6 +58,7 @@ pub async fn connect(
         // From the time the record is written, not `connectedAt`: a redelivered or
         // replayed event must not create a record that is already expired.
         expires_at: now.saturating_add(lifetime),
+        instance: services.instance.clone(),
     };
     match store.add(&connection).await {
         Ok(()) => response(200, ""),

@@ -35,6 +35,9 @@ pub struct Services {
     pub limits: Limits,
     /// Fan-out pacing.
     pub fanout: FanoutConfig,
+    /// The instance id stamped on new connection records (`herald-local` with a shared
+    /// store); `None` on Lambda.
+    pub instance: Option<String>,
 }
 
 impl Services {
@@ -44,6 +47,7 @@ impl Services {
             store,
             limits: config.limits.clone(),
             fanout: config.fanout.clone(),
+            instance: None,
         }
     }
 }

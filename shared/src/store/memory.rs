@@ -283,5 +283,5 @@ impl ConnectionStore for MemoryStore {
 mod tests {
     use super::*;
 
-    crate::store_suite!(async { MemoryStore::new() });
+    crate::store_suite!(async { Box::new(MemoryStore::new()) });
 }

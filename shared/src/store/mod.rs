@@ -13,6 +13,7 @@
 //! one test suite each backend runs against a real server.
 
 mod memory;
+mod redis;
 #[cfg(any(test, feature = "test-support"))]
 pub mod suite;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisStore, manager_config as redis_manager_config, store_error as redis_error};
 
 use crate::ids::ConnectionId;
 use crate::protocol::RoomName;
@@ -38,6 +40,9 @@ pub struct Connection {
     pub connected_at: i64,
     /// After this instant (ms since the epoch) the record counts as gone.
     pub expires_at: i64,
+    /// The `herald-local` instance holding the socket, when several share a store (on
+    /// AWS, API Gateway holds every socket and this is `None`).
+    pub instance: Option<String>,
 }
 
 /// One page of a large set, with the cursor for the next page.
@@ -146,14 +151,27 @@ pub async fn open_shared(
 
 /// Opens the store `config` names.
 ///
-/// Only the memory store is built so far; asking for another is a start-up error that says
-/// so, never a silent fallback to per-process state.
+/// A store that is not built yet is a start-up error that says so, never a silent
+/// fallback to per-process state.
 pub async fn open(
     config: &crate::config::Config,
 ) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
     use crate::config::{ConfigError, StoreKind};
     match config.store {
         StoreKind::Memory => Ok(std::sync::Arc::new(MemoryStore::new())),
+        StoreKind::Redis => {
+            let url = config
+                .redis_url
+                .as_deref()
+                .ok_or(ConfigError::Missing("HERALD_REDIS_URL"))?;
+            let store = RedisStore::connect(url)
+                .await
+                .map_err(|e| ConfigError::Invalid {
+                    var: "HERALD_REDIS_URL",
+                    reason: format!("cannot reach Redis at {url}: {e}"),
+                })?;
+            Ok(std::sync::Arc::new(store))
+        }
         other => Err(ConfigError::Invalid {
             var: "HERALD_STORE",
             reason: format!("the {other:?} store is not available in this build yet; use memory"),

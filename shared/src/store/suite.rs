@@ -5,7 +5,7 @@
 //! [`store_suite!`](crate::store_suite):
 //!
 //! ```ignore
-//! herald::store_suite!(async { RedisStore::connect(&url).await.unwrap() });
+//! herald::store_suite!(async { Box::new(MemoryStore::new()) });
 //! ```
 
 use std::collections::HashSet;
@@ -16,7 +16,8 @@ use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
 
 /// Expands to one `#[tokio::test]` per suite case, each building its store with `$make`
-/// (an expression giving a future of a value that implements `ConnectionStore`).
+/// (an expression giving a future of a value that dereferences to a `ConnectionStore`,
+/// such as a `Box`, or a [`Guarded`](crate::testing::Guarded) that also keeps its server).
 #[macro_export]
 macro_rules! store_suite {
     ($make:expr) => {
@@ -42,7 +43,7 @@ macro_rules! store_suite {
             #[tokio::test]
             async fn $case() {
                 let store = $make.await;
-                $crate::store::suite::$case(&store).await;
+                $crate::store::suite::$case(&*store).await;
             }
         )*
     };
@@ -68,6 +69,7 @@ pub fn connection(user: &str) -> Connection {
         source_ip: Some("192.0.2.7".into()),
         connected_at: now,
         expires_at: now + 3_600_000,
+        instance: Some("suite-instance".into()),
     }
 }
 

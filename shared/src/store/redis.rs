@@ -1,0 +1,532 @@
+//! `RedisStore`: connection state in Redis, shared by several `herald-local` instances (or
+//! by Lambda functions reaching ElastiCache).
+//!
+//! # Key layout
+//!
+//! Every key starts with a prefix (default `herald:`); the part in braces is the Redis
+//! Cluster hash tag, so the keys of one connection, one room or one user share a slot.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `conn:{ID}` | hash | `user`, `ip`, `connected_at`, `expires_at`, `instance`; expires at `expires_at` (`PEXPIREAT`) |
+//! | `conn:{ID}:rooms` | set | the rooms the connection joined; expires with the connection |
+//! | `room:{ROOM}` | sorted set, all scores 0 | the room's members, ordered by id for paging (`ZRANGE … BYLEX`) |
+//! | `user:{USER}` | sorted set, score `expires_at` | the user's connections; expired ones are skipped by score |
+//! | `all` | sorted set, all scores 0 | every connection, ordered by id for paged broadcast |
+//! | `idem:{KEY}` | string | the publish id that claimed an idempotency key; expires with its window |
+//!
+//! Connection records expire by themselves (Redis TTL), so a crashed instance leaves no
+//! permanent zombie: hosts that keep sockets refresh the TTL of theirs with a heartbeat.
+//! Memberships in `room:` and `all` do not expire on their own; every paged read checks that
+//! the members' `conn:` records still exist, returns only live ones and removes the dead.
+//!
+//! Changes that touch several keys run as one Lua script, so they are atomic. The scripts
+//! reach the room and user keys of a connection by name, which standalone Redis and
+//! ElastiCache (cluster mode off) allow; on Redis Cluster they would have to be split per
+//! slot, which is not built.
+//!
+//! Large sets are read in pages: `ZRANGE … BYLEX LIMIT` from the last id returned, which,
+//! unlike `SSCAN`, never returns a member twice and costs O(log n + page) per page.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError, Script};
+
+use super::{Connection, ConnectionStore, Page, StoreError};
+use crate::ids::{ConnectionId, now_ms};
+use crate::protocol::RoomName;
+
+/// How long one Redis command may take before it counts as failed: long enough for a
+/// loaded server, short enough that a dead one is reported within seconds.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// [`ConnectionStore`] on Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    redis: ConnectionManager,
+    prefix: String,
+    scripts: &'static Scripts,
+}
+
+struct Scripts {
+    add: Script,
+    remove: Script,
+    join: Script,
+    leave: Script,
+    refresh: Script,
+    release: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        // KEYS: conn, conn rooms, user, all. ARGV: id, user, ip, connected_at, expires_at,
+        // instance, prefix. Replacing a record first undoes the old one's memberships.
+        add: Script::new(
+            r"
+            local old = redis.call('HGET', KEYS[1], 'user')
+            if old then
+              redis.call('ZREM', ARGV[7] .. 'user:{' .. old .. '}', ARGV[1])
+              for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+                redis.call('ZREM', ARGV[7] .. 'room:{' .. room .. '}', ARGV[1])
+              end
+            end
+            redis.call('DEL', KEYS[1], KEYS[2])
+            redis.call('HSET', KEYS[1], 'user', ARGV[2], 'ip', ARGV[3], 'connected_at', ARGV[4],
+              'expires_at', ARGV[5], 'instance', ARGV[6])
+            redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+            redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+            redis.call('ZADD', KEYS[4], 0, ARGV[1])
+            return 1
+            ",
+        ),
+        // KEYS: conn, conn rooms, all. ARGV: id, prefix. Returns the record's fields.
+        remove: Script::new(
+            r"
+            local fields = redis.call('HGETALL', KEYS[1])
+            for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+              redis.call('ZREM', ARGV[2] .. 'room:{' .. room .. '}', ARGV[1])
+            end
+            for i = 1, #fields, 2 do
+              if fields[i] == 'user' then
+                redis.call('ZREM', ARGV[2] .. 'user:{' .. fields[i + 1] .. '}', ARGV[1])
+              end
+            end
+            redis.call('DEL', KEYS[1], KEYS[2])
+            redis.call('ZREM', KEYS[3], ARGV[1])
+            return fields
+            ",
+        ),
+        // KEYS: conn, conn rooms, room. ARGV: id, room name.
+        join: Script::new(
+            r"
+            local expires_at = redis.call('HGET', KEYS[1], 'expires_at')
+            if not expires_at then return 0 end
+            redis.call('SADD', KEYS[2], ARGV[2])
+            redis.call('PEXPIREAT', KEYS[2], expires_at)
+            redis.call('ZADD', KEYS[3], 0, ARGV[1])
+            return 1
+            ",
+        ),
+        // KEYS: conn rooms, room. ARGV: id, room name.
+        leave: Script::new(
+            r"
+            local was = redis.call('SREM', KEYS[1], ARGV[2])
+            redis.call('ZREM', KEYS[2], ARGV[1])
+            return was
+            ",
+        ),
+        // KEYS: conn, conn rooms. ARGV: expires_at, id, prefix.
+        refresh: Script::new(
+            r"
+            local user = redis.call('HGET', KEYS[1], 'user')
+            if not user then return 0 end
+            redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
+            redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+            redis.call('PEXPIREAT', KEYS[2], ARGV[1])
+            redis.call('ZADD', ARGV[3] .. 'user:{' .. user .. '}', 'XX', ARGV[1], ARGV[2])
+            return 1
+            ",
+        ),
+        // KEYS: idem key. ARGV: id. Deletes the key only if this id holds it.
+        release: Script::new(
+            r"
+            if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+            return 1
+            ",
+        ),
+    })
+}
+
+/// Maps a Redis error: unreachable or slow servers are `Unavailable`, the rest `Backend`.
+pub fn store_error(e: RedisError) -> StoreError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        StoreError::Unavailable(format!("redis: {e}"))
+    } else {
+        StoreError::Backend(format!("redis: {e}"))
+    }
+}
+
+/// The connection manager settings Herald uses: fail fast, reconnect in the background.
+pub fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+impl RedisStore {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`) with the default prefix `herald:`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_prefix(url, "herald:").await
+    }
+
+    /// Connects with a key prefix of its own (to share one Redis between deployments).
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            StoreError::Backend(format!("HERALD_REDIS_URL {url:?} is not a Redis URL: {e}"))
+        })?;
+        let redis = ConnectionManager::new_with_config(client, manager_config())
+            .await
+            .map_err(store_error)?;
+        Ok(Self {
+            redis,
+            prefix: prefix.to_owned(),
+            scripts: scripts(),
+        })
+    }
+
+    fn conn_key(&self, id: &ConnectionId) -> String {
+        format!("{}conn:{{{id}}}", self.prefix)
+    }
+
+    fn rooms_key(&self, id: &ConnectionId) -> String {
+        format!("{}conn:{{{id}}}:rooms", self.prefix)
+    }
+
+    fn room_key(&self, room: &RoomName) -> String {
+        format!("{}room:{{{room}}}", self.prefix)
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        format!("{}user:{{{user}}}", self.prefix)
+    }
+
+    fn all_key(&self) -> String {
+        format!("{}all", self.prefix)
+    }
+
+    /// A page of `key`'s members after `cursor`, keeping those whose record still exists
+    /// and removing the others.
+    async fn live_page(
+        &self,
+        key: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        let mut redis = self.redis.clone();
+        let start = match cursor {
+            Some(c) => format!("({c}"),
+            None => "-".to_owned(),
+        };
+        let limit = limit.max(1);
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(&start)
+            .arg("+")
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut redis)
+            .await
+            .map_err(store_error)?;
+        let next = (ids.len() == limit).then(|| ids[ids.len() - 1].clone());
+        if ids.is_empty() {
+            return Ok(Page {
+                items: vec![],
+                next,
+            });
+        }
+        let mut exists = redis::pipe();
+        for id in &ids {
+            exists.exists(self.conn_key(&ConnectionId::new(id.as_str())));
+        }
+        let alive: Vec<bool> = exists.query_async(&mut redis).await.map_err(store_error)?;
+        let (mut items, mut dead) = (Vec::with_capacity(ids.len()), Vec::new());
+        for (id, alive) in ids.into_iter().zip(alive) {
+            if alive {
+                items.push(ConnectionId::new(id));
+            } else {
+                dead.push(id);
+            }
+        }
+        if !dead.is_empty() {
+            // Sweeping is an optimisation; a failure here does not fail the read.
+            let swept: Result<(), _> = redis.zrem(key, &dead).await;
+            if let Err(e) = swept {
+                tracing::debug!(error = %e, "could not sweep expired members");
+            }
+        }
+        Ok(Page { items, next })
+    }
+}
+
+fn parse_record(id: &ConnectionId, fields: &[(String, String)]) -> Option<Connection> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let optional = |name: &str| field(name).filter(|v| !v.is_empty()).map(str::to_owned);
+    Some(Connection {
+        id: id.clone(),
+        user: field("user")?.to_owned(),
+        source_ip: optional("ip"),
+        connected_at: field("connected_at")?.parse().ok()?,
+        expires_at: field("expires_at")?.parse().ok()?,
+        instance: optional("instance"),
+    })
+}
+
+fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    out
+}
+
+#[async_trait]
+impl ConnectionStore for RedisStore {
+    async fn add(&self, c: &Connection) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        self.scripts
+            .add
+            .key(self.conn_key(&c.id))
+            .key(self.rooms_key(&c.id))
+            .key(self.user_key(&c.user))
+            .key(self.all_key())
+            .arg(c.id.as_str())
+            .arg(&c.user)
+            .arg(c.source_ip.as_deref().unwrap_or(""))
+            .arg(c.connected_at)
+            .arg(c.expires_at)
+            .arg(c.instance.as_deref().unwrap_or(""))
+            .arg(&self.prefix)
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let mut redis = self.redis.clone();
+        let fields: Vec<(String, String)> = redis
+            .hgetall(self.conn_key(id))
+            .await
+            .map_err(store_error)?;
+        Ok(parse_record(id, &fields).filter(|c| c.expires_at > now_ms()))
+    }
+
+    async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError> {
+        let mut redis = self.redis.clone();
+        self.scripts
+            .refresh
+            .key(self.conn_key(id))
+            .key(self.rooms_key(id))
+            .arg(expires_at)
+            .arg(id.as_str())
+            .arg(&self.prefix)
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(|n| n == 1)
+            .map_err(store_error)
+    }
+
+    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let mut redis = self.redis.clone();
+        let fields: Vec<String> = self
+            .scripts
+            .remove
+            .key(self.conn_key(id))
+            .key(self.rooms_key(id))
+            .key(self.all_key())
+            .arg(id.as_str())
+            .arg(&self.prefix)
+            .invoke_async(&mut redis)
+            .await
+            .map_err(store_error)?;
+        Ok(parse_record(id, &pairs(fields)).filter(|c| c.expires_at > now_ms()))
+    }
+
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let joined: i64 = self
+            .scripts
+            .join
+            .key(self.conn_key(id))
+            .key(self.rooms_key(id))
+            .key(self.room_key(room))
+            .arg(id.as_str())
+            .arg(room.as_str())
+            .invoke_async(&mut redis)
+            .await
+            .map_err(store_error)?;
+        if joined == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+        let mut redis = self.redis.clone();
+        self.scripts
+            .leave
+            .key(self.rooms_key(id))
+            .key(self.room_key(room))
+            .arg(id.as_str())
+            .arg(room.as_str())
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(|n| n == 1)
+            .map_err(store_error)
+    }
+
+    async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
+        let mut redis = self.redis.clone();
+        let names: Vec<String> = redis
+            .smembers(self.rooms_key(id))
+            .await
+            .map_err(store_error)?;
+        Ok(names
+            .iter()
+            .filter_map(|n| RoomName::parse(n).ok())
+            .collect())
+    }
+
+    async fn room_members(
+        &self,
+        room: &RoomName,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        self.live_page(&self.room_key(room), cursor, limit).await
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
+        let mut redis = self.redis.clone();
+        let ids: Vec<String> = redis
+            .zrangebyscore(self.user_key(user), format!("({}", now_ms()), "+inf")
+            .await
+            .map_err(store_error)?;
+        Ok(ids.into_iter().map(ConnectionId::new).collect())
+    }
+
+    async fn count_user(&self, user: &str) -> Result<usize, StoreError> {
+        let mut redis = self.redis.clone();
+        let key = self.user_key(user);
+        let now = now_ms();
+        let (_, count): (i64, usize) = redis::pipe()
+            .zrembyscore(&key, "-inf", now)
+            .zcount(&key, format!("({now}"), "+inf")
+            .query_async(&mut redis)
+            .await
+            .map_err(store_error)?;
+        Ok(count)
+    }
+
+    async fn all_connections(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        self.live_page(&self.all_key(), cursor, limit).await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        id: &str,
+        window: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut redis = self.redis.clone();
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        // SET NX GET (Redis 7): one round trip that either claims the key or tells who has it.
+        redis::cmd("SET")
+            .arg(format!("{}idem:{{{key}}}", self.prefix))
+            .arg(id)
+            .arg("NX")
+            .arg("PX")
+            .arg(window_ms)
+            .arg("GET")
+            .query_async(&mut redis)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        self.scripts
+            .release
+            .key(format!("{}idem:{{{key}}}", self.prefix))
+            .arg(id)
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Guarded, RedisServer};
+
+    async fn store() -> Guarded<RedisStore> {
+        let server = RedisServer::start();
+        let store = RedisStore::connect(&server.url()).await.expect("connect");
+        Guarded::new(store, server)
+    }
+
+    crate::store_suite!(store());
+
+    #[tokio::test]
+    async fn ten_thousand_members_page_completely() {
+        let store = store().await;
+        crate::store::suite::room_members_paged(&*store, 10_000).await;
+    }
+
+    #[tokio::test]
+    async fn records_expire_in_redis_itself() {
+        let store = store().await;
+        let mut c = crate::store::suite::connection("ttl-user");
+        c.expires_at = now_ms() + 300;
+        store.add(&c).await.unwrap();
+        let room = RoomName::parse("ttl-room").unwrap();
+        store.join(&c.id, &room).await.unwrap();
+        assert!(store.get(&c.id).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Gone from Redis, not only filtered: the key itself expired.
+        let mut redis = store.redis.clone();
+        let exists: bool = redis.exists(store.conn_key(&c.id)).await.unwrap();
+        assert!(!exists);
+        let page = store.room_members(&room, None, 10).await.unwrap();
+        assert!(page.items.is_empty());
+        // The read swept the dead member out of the room.
+        let left: usize = redis.zcard(store.room_key(&room)).await.unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_unavailable_quickly() {
+        let mut server = RedisServer::start();
+        let store = RedisStore::connect(&server.url()).await.unwrap();
+        server.stop();
+        let started = std::time::Instant::now();
+        let err = store.get(&ConnectionId::generate()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        server.restart();
+        // The manager reconnects by itself once Redis is back.
+        let mut ok = false;
+        for _ in 0..50 {
+            if store.get(&ConnectionId::generate()).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "the store works again after Redis restarts");
+    }
+}
