@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tracing::{debug, warn};
 
@@ -74,6 +75,8 @@ enum Outcome {
     Delivered,
     Gone,
     Failed,
+    /// A gone recipient, already counted, has been removed from the store.
+    Forgotten,
 }
 
 /// Where the next recipients come from.
@@ -148,6 +151,9 @@ pub async fn deliver(
     payload: Bytes,
     config: &FanoutConfig,
 ) -> Result<Counts, FanoutError> {
+    if gateway.prefers_batches() {
+        return deliver_in_batches(store, gateway, target, payload, config).await;
+    }
     let mut counts = Counts::default();
     let mut recipients = Recipients::new(store, target)
         .await
@@ -178,11 +184,73 @@ pub async fn deliver(
     }
 }
 
+/// Fan-out through a gateway that prefers batches: one `post_many` per page of
+/// recipients; gone ones are forgotten, throttled ones retried one by one.
+async fn deliver_in_batches(
+    store: &dyn ConnectionStore,
+    gateway: &dyn Gateway,
+    target: &Target,
+    payload: Bytes,
+    config: &FanoutConfig,
+) -> Result<Counts, FanoutError> {
+    let mut counts = Counts::default();
+    let mut recipients = Recipients::new(store, target)
+        .await
+        .map_err(|error| FanoutError { counts, error })?;
+    let page_size = config.page_size.max(1);
+    loop {
+        let mut page = Vec::with_capacity(page_size);
+        while page.len() < page_size {
+            match recipients.next(page_size).await {
+                Ok(Some(id)) => page.push(id),
+                Ok(None) => break,
+                Err(error) => return Err(FanoutError { counts, error }),
+            }
+        }
+        if page.is_empty() {
+            return Ok(counts);
+        }
+        let results = gateway.post_many(&page, payload.clone()).await;
+        let mut follow_ups: FuturesUnordered<BoxFuture<'_, Outcome>> = FuturesUnordered::new();
+        for (id, result) in page.into_iter().zip(results) {
+            match result {
+                Ok(()) => counts.delivered += 1,
+                Err(PushError::Throttled) => {
+                    let retry = post_one(store, gateway, id, payload.clone(), config);
+                    follow_ups.push(Box::pin(retry));
+                }
+                Err(PushError::Gone) => {
+                    counts.gone += 1;
+                    follow_ups.push(Box::pin(async move {
+                        forget(store, &id).await;
+                        Outcome::Forgotten
+                    }));
+                }
+                Err(error) => {
+                    warn!(connection_id = %id, %error, "post failed");
+                    counts.failed += 1;
+                }
+            }
+        }
+        while let Some(outcome) = follow_ups.next().await {
+            count(&mut counts, outcome);
+        }
+    }
+}
+
+async fn forget(store: &dyn ConnectionStore, id: &ConnectionId) {
+    debug!(connection_id = %id, "recipient gone; forgetting it");
+    if let Err(error) = store.remove(id).await {
+        warn!(connection_id = %id, %error, "could not forget a gone connection");
+    }
+}
+
 fn count(counts: &mut Counts, outcome: Outcome) {
     match outcome {
         Outcome::Delivered => counts.delivered += 1,
         Outcome::Gone => counts.gone += 1,
         Outcome::Failed => counts.failed += 1,
+        Outcome::Forgotten => {}
     }
 }
 
@@ -198,10 +266,7 @@ async fn post_one(
         match gateway.post(&id, payload.clone()).await {
             Ok(()) => return Outcome::Delivered,
             Err(PushError::Gone) => {
-                debug!(connection_id = %id, "recipient gone; forgetting it");
-                if let Err(error) = store.remove(&id).await {
-                    warn!(connection_id = %id, %error, "could not forget a gone connection");
-                }
+                forget(store, &id).await;
                 return Outcome::Gone;
             }
             Err(PushError::Throttled) if attempt < config.max_retries => {
@@ -291,6 +356,46 @@ mod tests {
         let delivered: Vec<_> = gateway.posts().into_iter().map(|(id, _)| id).collect();
         assert_eq!(delivered.len(), 6);
         assert!(delivered.contains(&ids[2]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batching_gateways_get_one_call_per_page_with_the_same_outcomes() {
+        let store = MemoryStore::new();
+        let gateway = RecordingGateway::new();
+        gateway.set_batching(true);
+        let ids = room_of(&store, &room(), 25).await;
+        gateway.script(&ids[0], Scripted::Gone);
+        gateway.script(&ids[1], Scripted::ThrottledTimes(1));
+        gateway.script(&ids[2], Scripted::Fails);
+        let config = FanoutConfig {
+            page_size: 10,
+            ..FanoutConfig::default()
+        };
+        let counts = deliver(
+            &store,
+            &gateway,
+            &Target::Room(room()),
+            Bytes::from_static(b"{}"),
+            &config,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            counts,
+            Counts {
+                delivered: 23,
+                gone: 1,
+                failed: 1
+            }
+        );
+        assert_eq!(gateway.batches(), 3, "25 recipients in pages of 10");
+        assert_eq!(
+            store.get(&ids[0]).await.unwrap(),
+            None,
+            "the gone one is forgotten"
+        );
+        assert!(store.get(&ids[1]).await.unwrap().is_some());
+        assert_eq!(gateway.attempts(&ids[1]), 2, "the throttled one is retried");
     }
 
     #[tokio::test(start_paused = true)]

@@ -66,4 +66,20 @@ pub trait Gateway: Send + Sync + 'static {
 
     /// Closes a connection (its `$disconnect` then runs).
     async fn delete(&self, id: &ConnectionId) -> Result<(), PushError>;
+
+    /// Whether [`Gateway::post_many`] is cheaper than one post per connection (a gateway
+    /// that routes posts to other hosts sends one message per host instead of per member).
+    fn prefers_batches(&self) -> bool {
+        false
+    }
+
+    /// Posts one payload to many connections; one answer per id, in order. Fan-out calls
+    /// it once per page of recipients when [`Gateway::prefers_batches`] says so.
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+        let mut results = Vec::with_capacity(ids.len());
+        for id in ids {
+            results.push(self.post(id, payload.clone()).await);
+        }
+        results
+    }
 }

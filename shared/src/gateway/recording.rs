@@ -37,6 +37,8 @@ pub struct RecordingGateway {
     delay: Mutex<Option<Duration>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    batching: std::sync::atomic::AtomicBool,
+    batches: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -81,6 +83,16 @@ impl RecordingGateway {
     /// Connections closed through `delete`.
     pub fn deleted(&self) -> Vec<ConnectionId> {
         lock(&self.deleted).clone()
+    }
+
+    /// Makes the gateway prefer `post_many`, as a routing gateway does.
+    pub fn set_batching(&self, on: bool) {
+        self.batching.store(on, Ordering::SeqCst);
+    }
+
+    /// How many `post_many` calls were made.
+    pub fn batches(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
     }
 
     /// The most posts that were ever in flight at once.
@@ -144,5 +156,18 @@ impl Gateway for RecordingGateway {
     async fn delete(&self, id: &ConnectionId) -> Result<(), PushError> {
         lock(&self.deleted).push(id.clone());
         Ok(())
+    }
+
+    fn prefers_batches(&self) -> bool {
+        self.batching.load(Ordering::SeqCst)
+    }
+
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        let mut results = Vec::with_capacity(ids.len());
+        for id in ids {
+            results.push(self.post(id, payload.clone()).await);
+        }
+        results
     }
 }
