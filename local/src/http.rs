@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use herald::gateway::{Gateway, PushError};
+use herald::gateway::PushError;
 use herald::ids::ConnectionId;
 use serde_json::{Value, json};
 
@@ -62,15 +62,16 @@ async fn dispatch(
     }
 }
 
-/// `POST|GET|DELETE /{stage}/@connections/{id}`, always on this gateway's own sockets.
+/// `POST|GET|DELETE /{stage}/@connections/{id}`, for a socket held here or, with several
+/// instances, anywhere in the cluster.
 async fn manage(app: &App, method: &Method, id: &ConnectionId, body: Bytes) -> Response {
-    let registry = &app.registry;
+    let router = &*app.router;
     let result = match *method {
-        Method::POST => registry
+        Method::POST => router
             .post(id, body)
             .await
             .map(|()| StatusCode::OK.into_response()),
-        Method::GET => Gateway::get(registry.as_ref(), id).await.map(|info| {
+        Method::GET => router.get(id).await.map(|info| {
             let body = json!({
                 "connectedAt": iso8601(info.connected_at),
                 "identity": {"sourceIp": info.source_ip, "userAgent": info.user_agent},
@@ -78,7 +79,7 @@ async fn manage(app: &App, method: &Method, id: &ConnectionId, body: Bytes) -> R
             });
             json_response(StatusCode::OK, &body)
         }),
-        Method::DELETE => registry
+        Method::DELETE => router
             .delete(id)
             .await
             .map(|()| StatusCode::NO_CONTENT.into_response()),

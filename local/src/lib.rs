@@ -12,12 +12,16 @@
 //! | `src/lib.rs` | [`Settings`], start-up (store, auth or dev mode, push path), [`run`] |
 //! | `src/ws.rs` | the handshake (authorizer, then `$connect`) and each connection's reader and writer |
 //! | `src/registry.rs` | live sockets, their bounded queues, the in-process `Gateway` |
+//! | `src/cluster.rs` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
+//! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
 //! | `src/events.rs` | events built as API Gateway builds them |
 //! | `src/http.rs` | the `@connections` Management API and the Lambda Invoke API |
 
+mod cluster;
 mod events;
 mod http;
 mod registry;
+mod tracking;
 mod ws;
 
 use std::future::Future;
@@ -26,16 +30,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::auth::{AuthConfig, JwtKey, Verifier};
-use herald::config::Config;
+use herald::config::{Config, ConfigError, StoreKind};
 use herald::gateway::{ApiGatewayManagement, Gateway};
 use herald::handlers::Services;
-use herald::store::ConnectionStore;
+use herald::store::{ConnectionStore, RedisStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use events::{EventFactory, iso8601, request_time, route_key};
 pub use registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
+
+use cluster::Cluster;
+use tracking::TrackingStore;
 
 /// API Gateway's per-connection limits, each configurable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +91,10 @@ pub struct Settings {
     pub publish_functions: Vec<String>,
     /// Store, JWT, per-user limit and fan-out configuration.
     pub config: Config,
+    /// This instance's id among several on one Redis.
+    pub instance_id: String,
+    /// How often, with a shared store, this instance refreshes its connections' records.
+    pub heartbeat: Duration,
     /// A store to use instead of the one `config` names (tests wrap one to observe it).
     pub store: Option<Arc<dyn ConnectionStore>>,
 }
@@ -97,9 +108,18 @@ impl Settings {
             push_via_http: false,
             publish_functions: vec!["publish".into(), "herald-publish".into()],
             config,
+            instance_id: random_instance_id(),
+            heartbeat: Duration::from_secs(10),
             store: None,
         }
     }
+}
+
+/// A fresh instance id: 12 random hex digits.
+pub fn random_instance_id() -> String {
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(12);
+    id
 }
 
 /// Errors that stop the gateway from starting.
@@ -122,7 +142,9 @@ pub(crate) struct App {
     pub services: Services,
     pub verifier: Verifier,
     pub registry: Arc<Registry>,
-    /// Where the handlers' pushes go: the registry, or the SDK client over HTTP.
+    /// Where posts for any connection go: this instance's sockets, or the cluster.
+    pub router: Arc<dyn Gateway>,
+    /// Where the handlers' pushes go: the router, or the SDK client over HTTP.
     pub gateway: Arc<dyn Gateway>,
     pub events: EventFactory,
     /// Cancelled when the gateway shuts down.
@@ -152,9 +174,21 @@ pub struct Ready {
     listener: TcpListener,
 }
 
-/// Prepares the gateway on `listener`: opens the store, sets up auth (or dev mode).
-pub async fn prepare(listener: TcpListener, mut settings: Settings) -> Result<Ready, StartError> {
-    let addr = listener.local_addr()?;
+/// What start-up assembles before the port opens.
+struct Parts {
+    settings: Settings,
+    auth: AuthMode,
+    verifier: Verifier,
+    services: Services,
+    registry: Arc<Registry>,
+    router: Arc<dyn Gateway>,
+    /// With a shared store: the cluster and the store its heartbeat refreshes.
+    heartbeat: Option<(Arc<Cluster>, Arc<dyn ConnectionStore>)>,
+}
+
+/// Sets up auth (or dev mode), the store and, on Redis, this instance's place in the
+/// cluster: everything that must be ready before the port opens.
+async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
     let (auth_config, auth) = match settings.config.auth.clone() {
         Some(auth) => (auth, AuthMode::Configured),
         None => {
@@ -175,32 +209,94 @@ pub async fn prepare(listener: TcpListener, mut settings: Settings) -> Result<Re
         }
     };
     let verifier = Verifier::new(&auth_config)?;
-    let store = match settings.store.clone() {
-        Some(store) => store,
-        None => herald::store::open(&settings.config).await?,
-    };
-    let services = Services::new(store, &settings.config);
     let registry = Arc::new(Registry::default());
+    let shared = settings.store.is_none() && settings.config.store == StoreKind::Redis;
+    let (store, router, heartbeat): (Arc<dyn ConnectionStore>, Arc<dyn Gateway>, _) = if shared {
+        let url = settings
+            .config
+            .redis_url
+            .clone()
+            .ok_or(ConfigError::Missing("HERALD_REDIS_URL"))?;
+        let unreachable = |e: herald::store::StoreError| ConfigError::Invalid {
+            var: "HERALD_REDIS_URL",
+            reason: format!("cannot reach Redis at {url}: {e}"),
+        };
+        let redis = RedisStore::connect(&url).await.map_err(unreachable)?;
+        let instance = settings.instance_id.clone();
+        let cluster = Cluster::start(&url, &instance, registry.clone(), redis.clone())
+            .await
+            .map_err(unreachable)?;
+        let store: Arc<dyn ConnectionStore> =
+            Arc::new(TrackingStore::new(Arc::new(redis), registry.clone()));
+        (store.clone(), cluster.clone(), Some((cluster, store)))
+    } else {
+        let store = match settings.store.clone() {
+            Some(store) => store,
+            None => herald::store::open(&settings.config).await?,
+        };
+        (store, registry.clone(), None)
+    };
+    let mut services = Services::new(store, &settings.config);
+    if heartbeat.is_some() {
+        services.instance = Some(settings.instance_id.clone());
+        // A record lives three heartbeats unless refreshed: a crashed instance's
+        // connections vanish that quickly, a live one's never do.
+        services.limits.connection_lifetime = settings.heartbeat * 3;
+    }
+    Ok(Parts {
+        settings,
+        auth,
+        verifier,
+        services,
+        registry,
+        router,
+        heartbeat,
+    })
+}
+
+fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
+    let addr = listener.local_addr()?;
+    let Parts {
+        settings,
+        auth,
+        verifier,
+        services,
+        registry,
+        router,
+        heartbeat,
+    } = parts;
     let gateway: Arc<dyn Gateway> = if settings.push_via_http {
         Arc::new(ApiGatewayManagement::local(&format!(
             "http://{addr}/{}",
             settings.stage
         )))
     } else {
-        registry.clone()
+        router.clone()
     };
     let events = EventFactory {
         stage: settings.stage.clone(),
         api_id: "herald-local".into(),
     };
+    let shutdown = CancellationToken::new();
+    if let Some((cluster, store)) = heartbeat {
+        let ttl = services.limits.connection_lifetime;
+        tokio::spawn(cluster::heartbeat(
+            cluster,
+            store,
+            settings.heartbeat,
+            ttl,
+            shutdown.clone(),
+        ));
+    }
     let app = Arc::new(App {
         settings,
         services,
         verifier,
         registry,
+        router,
         gateway,
         events,
-        shutdown: CancellationToken::new(),
+        shutdown,
         connections: TaskTracker::new(),
     });
     Ok(Ready {
@@ -209,6 +305,19 @@ pub async fn prepare(listener: TcpListener, mut settings: Settings) -> Result<Re
         app,
         listener,
     })
+}
+
+/// Prepares the gateway on an already bound `listener` (tests bind `127.0.0.1:0`).
+pub async fn prepare(listener: TcpListener, settings: Settings) -> Result<Ready, StartError> {
+    finish(assemble(settings).await?, listener)
+}
+
+/// Prepares everything, then binds `host:port`: the port opens only once the gateway can
+/// serve (store reachable, cross-instance subscription in place).
+pub async fn bind(host: &str, port: u16, settings: Settings) -> Result<Ready, StartError> {
+    let parts = assemble(settings).await?;
+    let listener = TcpListener::bind((host, port)).await?;
+    finish(parts, listener)
 }
 
 impl Ready {

@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::Parser;
 use herald::config::Config;
 use herald_local::{AuthMode, Settings, SocketLimits};
-use tokio::net::TcpListener;
 
 /// A local API Gateway for WebSockets running Herald's handlers.
 ///
@@ -61,6 +60,13 @@ struct Flags {
         value_delimiter = ','
     )]
     publish_functions: Vec<String>,
+    /// This instance's id when several share one Redis (default: a random one).
+    #[arg(long, env = "HERALD_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// With Redis: how often this instance refreshes its connections' records (they
+    /// expire after three missed heartbeats).
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 10_000)]
+    heartbeat_ms: u64,
 }
 
 fn non_zero(n: usize) -> Option<usize> {
@@ -81,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = Config::from_env()?;
     config.limits.max_connections_per_user = non_zero(flags.max_connections_per_user);
-    let mut settings = Settings {
+    let settings = Settings {
         stage: flags.stage,
         limits: SocketLimits {
             max_message_bytes: flags.max_message_bytes,
@@ -95,26 +101,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         push_via_http: flags.push_via_http,
         publish_functions: flags.publish_functions,
         config,
+        instance_id: flags
+            .instance_id
+            .unwrap_or_else(herald_local::random_instance_id),
+        heartbeat: Duration::from_millis(flags.heartbeat_ms),
         store: None,
     };
     let stage = settings.stage.clone();
-    // The port opens only once the gateway can serve: the store first, then the socket.
-    settings.store = Some(herald::store::open(&settings.config).await?);
-    let listener = TcpListener::bind((flags.host.as_str(), flags.port)).await?;
-    let ready = herald_local::prepare(listener, settings).await?;
+    // The port opens only once the gateway can serve.
+    let ready = herald_local::bind(&flags.host, flags.port, settings).await?;
     let addr = ready.addr;
     if let AuthMode::Dev { token } = &ready.auth {
         tracing::warn!(
             "DEV MODE: no HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY is set, so tokens are \
              signed with a random secret that lives only in this process. Never expose this."
         );
-        println!("dev token (user `dev`, every room, 24 h): {token}");
+        say(&format!(
+            "dev token (user `dev`, every room, 24 h): {token}"
+        ));
     }
-    println!("herald-local listening on ws://{addr}/{stage}");
-    println!("  @connections: http://{addr}/{stage}/@connections/{{connectionId}}");
-    println!("  Lambda Invoke: http://{addr}/2015-03-31/functions/publish/invocations");
+    say(&format!(
+        "herald-local listening on ws://{addr}/{stage}\n  \
+         @connections: http://{addr}/{stage}/@connections/{{connectionId}}\n  \
+         Lambda Invoke: http://{addr}/2015-03-31/functions/publish/invocations"
+    ));
     ready.serve(shutdown_signal()).await?;
     Ok(())
+}
+
+/// Prints a line for the user; a closed stdout (a script that read what it needed) is
+/// no reason to stop serving.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 /// Completes on ctrl-c or SIGTERM.

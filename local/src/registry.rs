@@ -6,7 +6,7 @@
 //! reason `slow consumer`) and counted, and the post answers 410 so the publisher's
 //! `delivered` count stays exact and the store forgets it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald::gateway::{ConnectionInfo, Gateway, PushError};
 use herald::ids::{ConnectionId, now_ms};
-use herald::protocol::MAX_NOTIFICATION_BYTES;
+use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,8 @@ pub struct Socket {
     close_reason: Mutex<Option<(u16, String)>>,
     last_active: AtomicI64,
     disconnected: AtomicBool,
+    /// The rooms this socket joined, mirrored here so a restarted store can be refilled.
+    rooms: Mutex<BTreeSet<RoomName>>,
 }
 
 impl Socket {
@@ -48,6 +50,7 @@ impl Socket {
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
             disconnected: AtomicBool::new(false),
+            rooms: Mutex::new(BTreeSet::new()),
         });
         (socket, rx)
     }
@@ -76,6 +79,26 @@ impl Socket {
         self.last_active.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// The rooms this socket has joined.
+    pub fn rooms(&self) -> Vec<RoomName> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Records a join (`true`) or a leave (`false`).
+    pub fn mirror(&self, room: &RoomName, joined: bool) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if joined {
+            rooms.insert(room.clone());
+        } else {
+            rooms.remove(room);
+        }
+    }
+
     /// True exactly once: whoever gets `true` runs `$disconnect`.
     pub fn claim_disconnect(&self) -> bool {
         !self.disconnected.swap(true, Ordering::SeqCst)
@@ -101,7 +124,7 @@ impl Registry {
     }
 
     /// A socket by id.
-    pub fn get(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
+    pub fn socket(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
         self.sockets
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -149,7 +172,7 @@ impl Registry {
     }
 
     fn live(&self, id: &ConnectionId) -> Result<Arc<Socket>, PushError> {
-        match self.get(id) {
+        match self.socket(id) {
             Some(socket) if !socket.closing.is_cancelled() => Ok(socket),
             _ => Err(PushError::Gone),
         }

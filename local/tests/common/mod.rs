@@ -66,6 +66,15 @@ impl Gateway {
         }
     }
 
+    /// A handle on a gateway running elsewhere (another process) at `addr`.
+    pub fn at(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stop: None,
+            task: None,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}/local", self.addr)
     }

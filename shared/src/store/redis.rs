@@ -199,6 +199,29 @@ impl RedisStore {
         format!("{}all", self.prefix)
     }
 
+    /// The instance named by each connection's record (`None` for unknown ones), in one
+    /// round trip.
+    pub async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(self.conn_key(id), "instance");
+        }
+        let found: Vec<Option<String>> = pipe.query_async(&mut redis).await.map_err(store_error)?;
+        Ok(found
+            .into_iter()
+            .map(|i| i.filter(|i| !i.is_empty()))
+            .collect())
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A page of `key`'s members after `cursor`, keeping those whose record still exists
     /// and removing the others.
     async fn live_page(
