@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use common::{Client, Gateway, PATIENCE, SECRET};
-use herald::testing::RedisServer;
+use herald::testing::Server;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -22,7 +22,7 @@ struct Instance {
 }
 
 impl Instance {
-    async fn spawn(redis: &RedisServer, name: &str) -> Self {
+    async fn spawn(redis: &Server, name: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald-local"))
             .args([
                 "--port",
@@ -75,7 +75,7 @@ impl Instance {
     }
 }
 
-async fn cluster(redis: &RedisServer, n: usize) -> Vec<Instance> {
+async fn cluster(redis: &Server, n: usize) -> Vec<Instance> {
     let mut instances = Vec::new();
     for i in 0..n {
         instances.push(Instance::spawn(redis, &format!("i{i}")).await);
@@ -112,7 +112,7 @@ async fn expect_once(clients: &mut [Vec<Client>], data: serde_json::Value) {
 
 #[tokio::test]
 async fn every_member_receives_each_publish_once_whichever_instance_is_asked() {
-    let redis = RedisServer::start();
+    let redis = Server::redis();
     let instances = cluster(&redis, 3).await;
     let mut clients = members(&instances, 4, "orders").await;
     let mut outsider = instances[1].gateway.connect("outsider", &[], &[]).await;
@@ -155,7 +155,7 @@ async fn every_member_receives_each_publish_once_whichever_instance_is_asked() {
 
 #[tokio::test]
 async fn a_room_publish_costs_one_redis_message_per_instance_with_members() {
-    let redis = RedisServer::start();
+    let redis = Server::redis();
     let instances = cluster(&redis, 3).await;
     // Members on instances 1 and 2 only; the publish goes through instance 0.
     let mut clients = members(&instances[1..], 30, "big").await;
@@ -190,7 +190,7 @@ async fn a_room_publish_costs_one_redis_message_per_instance_with_members() {
 
 #[tokio::test]
 async fn the_connections_api_of_any_instance_reaches_any_connection() {
-    let redis = RedisServer::start();
+    let redis = Server::redis();
     let instances = cluster(&redis, 2).await;
     let mut client = instances[1].gateway.connect("bob", &[], &[]).await;
     let api = instances[0].gateway.management();
@@ -241,7 +241,7 @@ async fn the_connections_api_of_any_instance_reaches_any_connection() {
 
 #[tokio::test]
 async fn a_killed_instance_does_not_stop_the_others() {
-    let redis = RedisServer::start();
+    let redis = Server::redis();
     let mut instances = cluster(&redis, 3).await;
     let mut clients = members(&instances, 5, "orders").await;
     let _lonely = instances[2].gateway.connect("lonely", &[], &[]).await;
@@ -291,7 +291,7 @@ async fn a_killed_instance_does_not_stop_the_others() {
 
 #[tokio::test]
 async fn redis_down_then_back_keeps_sockets_and_restores_service() {
-    let mut redis = RedisServer::start();
+    let mut redis = Server::redis();
     let instances = cluster(&redis, 2).await;
     let mut clients = members(&instances, 3, "orders").await;
 

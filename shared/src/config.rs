@@ -79,6 +79,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `HERALD_TABLE`.
     pub table: Option<String>,
+    /// `AWS_ENDPOINT_URL_DYNAMODB`: DynamoDB Local, or a test server.
+    pub dynamodb_endpoint: Option<String>,
+    /// `HERALD_ROOM_SHARDS`: partitions each room's members are spread over in DynamoDB.
+    pub room_shards: u32,
     /// `HERALD_WS_ENDPOINT`: the management API endpoint to post to.
     pub ws_endpoint: Option<String>,
     /// The JWT configuration, when a key is set.
@@ -155,6 +159,13 @@ impl Config {
             store,
             redis_url: get("HERALD_REDIS_URL"),
             table: get("HERALD_TABLE"),
+            dynamodb_endpoint: get("AWS_ENDPOINT_URL_DYNAMODB"),
+            room_shards: positive(&get, "HERALD_ROOM_SHARDS")?
+                .map_or(Ok(1), u32::try_from)
+                .map_err(|_| ConfigError::Invalid {
+                    var: "HERALD_ROOM_SHARDS",
+                    reason: "too large".into(),
+                })?,
             ws_endpoint: get("HERALD_WS_ENDPOINT"),
             auth,
             limits,
@@ -220,6 +231,8 @@ mod tests {
         let c = config(&[
             ("HERALD_STORE", "DynamoDB"),
             ("HERALD_TABLE", "herald"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000"),
+            ("HERALD_ROOM_SHARDS", "4"),
             ("HERALD_REDIS_URL", "redis://127.0.0.1:1"),
             ("HERALD_WS_ENDPOINT", "http://127.0.0.1:3001/local"),
             ("HERALD_JWT_SECRET", "s3cret"),
@@ -234,6 +247,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.store, StoreKind::DynamoDb);
         assert_eq!(c.table.as_deref(), Some("herald"));
+        assert_eq!(
+            c.dynamodb_endpoint.as_deref(),
+            Some("http://127.0.0.1:8000")
+        );
+        assert_eq!(c.room_shards, 4);
         assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:1"));
         assert_eq!(
             c.ws_endpoint.as_deref(),

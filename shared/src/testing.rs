@@ -6,8 +6,16 @@ use std::ops::Deref;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` process of this test's own.
-pub struct RedisServer {
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Redis,
+    DynamoDb,
+}
+
+/// A server process of this test's own: `redis-server`, or `moto_server` for DynamoDB.
+pub struct Server {
+    kind: Kind,
     port: u16,
     child: Option<Child>,
 }
@@ -20,10 +28,21 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out a free port")
 }
 
-impl RedisServer {
+impl Server {
     /// Starts `redis-server` on a free port and waits until it answers.
-    pub fn start() -> Self {
+    pub fn redis() -> Self {
+        Self::launch(Kind::Redis)
+    }
+
+    /// Starts `moto_server` (a DynamoDB-compatible server with transactions and TTL) on a
+    /// free port and waits until it answers.
+    pub fn dynamodb() -> Self {
+        Self::launch(Kind::DynamoDb)
+    }
+
+    fn launch(kind: Kind) -> Self {
         let mut server = Self {
+            kind,
             port: free_port(),
             child: None,
         };
@@ -31,9 +50,12 @@ impl RedisServer {
         server
     }
 
-    /// The URL to connect to.
+    /// The URL to connect to: `redis://…` or `http://…`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::DynamoDb => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server (as a crash would) and waits for it to be gone.
@@ -47,24 +69,42 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let port = self.port.to_string();
+        let (program, args, install): (&str, Vec<&str>, &str) = match self.kind {
+            Kind::Redis => (
+                "redis-server",
+                vec![
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                "apt-get install redis-server",
+            ),
+            Kind::DynamoDb => (
+                "moto_server",
+                vec!["-H", "127.0.0.1", "-p", &port],
+                "pip install 'moto[server]'",
+            ),
+        };
+        let child = Command::new(program)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it (apt-get install redis-server) \
-                     or run scripts/test, which does"
-                )
+                panic!("cannot start {program} ({e}): install it ({install}) or run scripts/test, which does")
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not listen on port {} within 10 s",
+                "{program} did not listen on port {} within 20 s",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -72,7 +112,7 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
@@ -81,12 +121,12 @@ impl Drop for RedisServer {
 /// A value that keeps the server behind it alive as long as itself.
 pub struct Guarded<T> {
     value: T,
-    _server: RedisServer,
+    _server: Server,
 }
 
 impl<T> Guarded<T> {
     /// Ties `value` to `server`.
-    pub fn new(value: T, server: RedisServer) -> Self {
+    pub fn new(value: T, server: Server) -> Self {
         Self {
             value,
             _server: server,

@@ -34,8 +34,17 @@ pub struct Gateway {
 
 /// Settings for a test gateway: the test secret, API Gateway's default limits.
 pub fn settings() -> Settings {
-    let config = Config::from_lookup(|k| {
-        (k == "HERALD_JWT_SECRET").then(|| String::from_utf8(SECRET.to_vec()).unwrap())
+    settings_with(&[])
+}
+
+/// [`settings`] with more environment variables, as the binary would read them.
+pub fn settings_with(vars: &[(&str, &str)]) -> Settings {
+    let config = Config::from_lookup(|k| match k {
+        "HERALD_JWT_SECRET" => Some(String::from_utf8(SECRET.to_vec()).unwrap()),
+        _ => vars
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| (*v).to_owned()),
     })
     .unwrap();
     Settings::new(config)

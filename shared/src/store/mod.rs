@@ -12,6 +12,7 @@
 //! [`suite`] (feature `test-support`) is the behaviour every implementation must show, as
 //! one test suite each backend runs against a real server.
 
+mod dynamo;
 mod memory;
 mod redis;
 #[cfg(any(test, feature = "test-support"))]
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use dynamo::{ALL_SHARDS, DynamoStore, TABLE, TableSchema};
 pub use memory::MemoryStore;
 pub use redis::{RedisStore, manager_config as redis_manager_config, store_error as redis_error};
 
@@ -136,7 +138,8 @@ pub trait ConnectionStore: Send + Sync + 'static {
 }
 
 /// Opens a store that several processes share, as every Lambda function needs: the memory
-/// store is refused, since each function instance would see only its own connections.
+/// store is refused, since each function instance would see only its own connections. The
+/// DynamoDB table must exist (the SAM template creates it).
 pub async fn open_shared(
     config: &crate::config::Config,
 ) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
@@ -146,15 +149,20 @@ pub async fn open_shared(
             reason: "the Lambda functions need a shared store: set it to dynamodb or redis".into(),
         });
     }
-    open(config).await
+    open_with(config, false).await
 }
 
-/// Opens the store `config` names.
-///
-/// A store that is not built yet is a start-up error that says so, never a silent
-/// fallback to per-process state.
+/// Opens the store `config` names, creating the DynamoDB table if it is missing (what
+/// `herald-local` does against DynamoDB Local).
 pub async fn open(
     config: &crate::config::Config,
+) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
+    open_with(config, true).await
+}
+
+async fn open_with(
+    config: &crate::config::Config,
+    create_table: bool,
 ) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
     use crate::config::{ConfigError, StoreKind};
     match config.store {
@@ -172,9 +180,52 @@ pub async fn open(
                 })?;
             Ok(std::sync::Arc::new(store))
         }
-        other => Err(ConfigError::Invalid {
-            var: "HERALD_STORE",
-            reason: format!("the {other:?} store is not available in this build yet; use memory"),
-        }),
+        StoreKind::DynamoDb => {
+            let table = config
+                .table
+                .as_deref()
+                .ok_or(ConfigError::Missing("HERALD_TABLE"))?;
+            let sdk = dynamo_sdk_config(config.dynamodb_endpoint.as_deref()).await;
+            let store = DynamoStore::new(&sdk, table, config.room_shards);
+            if create_table {
+                store
+                    .create_table_if_missing()
+                    .await
+                    .map_err(|e| ConfigError::Invalid {
+                        var: "HERALD_TABLE",
+                        reason: format!("cannot create or reach table {table}: {e}"),
+                    })?;
+            }
+            Ok(std::sync::Arc::new(store))
+        }
     }
+}
+
+/// SDK settings for DynamoDB: the default chain on AWS; against a loopback endpoint
+/// (DynamoDB Local, a test server), fixed dummy credentials, since those accept any.
+async fn dynamo_sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let local = endpoint.is_some_and(|e| {
+        e.starts_with("http://127.")
+            || e.starts_with("http://localhost")
+            || e.starts_with("http://[::1]")
+    });
+    match endpoint {
+        Some(endpoint) if local => local_sdk_config(endpoint),
+        _ => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+    }
+}
+
+/// SDK settings for a local DynamoDB-compatible server at `endpoint`: fixed dummy
+/// credentials and region, nothing read from the environment.
+pub fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    let credentials =
+        aws_sdk_dynamodb::config::Credentials::new("local", "local", None, None, "herald-local");
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            credentials,
+        ))
+        .build()
 }

@@ -490,10 +490,10 @@ impl ConnectionStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Guarded, RedisServer};
+    use crate::testing::{Guarded, Server};
 
     async fn store() -> Guarded<RedisStore> {
-        let server = RedisServer::start();
+        let server = Server::redis();
         let store = RedisStore::connect(&server.url()).await.expect("connect");
         Guarded::new(store, server)
     }
@@ -529,7 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_server_is_unavailable_quickly() {
-        let mut server = RedisServer::start();
+        let mut server = Server::redis();
         let store = RedisStore::connect(&server.url()).await.unwrap();
         server.stop();
         let started = std::time::Instant::now();

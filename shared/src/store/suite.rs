@@ -210,7 +210,8 @@ pub async fn join_and_leave_are_idempotent(store: &dyn ConnectionStore) {
 
 /// Paging a room returns each member exactly once, whatever the page size.
 pub async fn room_members_page_through_every_member_once(store: &dyn ConnectionStore) {
-    room_members_paged(store, 1_000).await;
+    // Nine pages of 37; backends run their own larger cases.
+    room_members_paged(store, 300).await;
 }
 
 /// Paging through a room of `n` members returns each exactly once (public so a backend can
