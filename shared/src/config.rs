@@ -87,6 +87,13 @@ pub struct Config {
     pub ws_endpoint: Option<String>,
     /// The JWT configuration, when a key is set.
     pub auth: Option<AuthConfig>,
+    /// `HERALD_JWT_SECRET_ARN`: a Secrets Manager secret holding the HS256 secret, read at
+    /// cold start (on AWS, so no secret sits in plain text in the function's settings).
+    pub jwt_secret_arn: Option<String>,
+    /// `HERALD_JWT_ISSUER`.
+    pub jwt_issuer: Option<String>,
+    /// `HERALD_JWT_AUDIENCE`.
+    pub jwt_audience: Option<String>,
     /// Limits.
     pub limits: Limits,
     /// Fan-out pacing.
@@ -94,6 +101,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The JWT configuration for an HS256 `secret` fetched from `jwt_secret_arn`.
+    pub fn auth_with_secret(&self, secret: Vec<u8>) -> AuthConfig {
+        AuthConfig {
+            key: JwtKey::Secret(secret),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -125,6 +141,12 @@ impl Config {
             issuer: get("HERALD_JWT_ISSUER"),
             audience: get("HERALD_JWT_AUDIENCE"),
         });
+        if auth.is_some() && get("HERALD_JWT_SECRET_ARN").is_some() {
+            return Err(ConfigError::Invalid {
+                var: "HERALD_JWT_SECRET_ARN",
+                reason: "set one source for the JWT key, not two".into(),
+            });
+        }
 
         let defaults = Limits::default();
         let max_per_user = number(&get, "HERALD_MAX_CONNECTIONS_PER_USER")?
@@ -168,6 +190,9 @@ impl Config {
                 })?,
             ws_endpoint: get("HERALD_WS_ENDPOINT"),
             auth,
+            jwt_secret_arn: get("HERALD_JWT_SECRET_ARN"),
+            jwt_issuer: get("HERALD_JWT_ISSUER"),
+            jwt_audience: get("HERALD_JWT_AUDIENCE"),
             limits,
             fanout,
         })

@@ -1,0 +1,218 @@
+//! The SAM template (`infra/template.yaml`) against the code: every function names a binary
+//! of the workspace, the table has exactly the schema `DynamoStore` uses, every route of the
+//! contract exists, and every Herald variable it sets is one the code reads.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use herald::config::Config;
+use herald::protocol::CLIENT_ACTIONS;
+use herald::store::TABLE;
+use serde_yaml::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+}
+
+fn template() -> Value {
+    let text = std::fs::read_to_string(root().join("infra/template.yaml")).expect("the template");
+    serde_yaml::from_str(&text).expect("the template is YAML")
+}
+
+fn resources_of(template: &Value, kind: &str) -> Vec<(String, Value)> {
+    template["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some(kind))
+        .map(|(name, r)| (name.as_str().unwrap().to_owned(), r.clone()))
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every variable `Config` reads, recorded by asking it to read an empty environment.
+fn variables_the_code_reads() -> BTreeSet<String> {
+    let seen = std::sync::Mutex::new(BTreeSet::new());
+    Config::from_lookup(|name| {
+        seen.lock().unwrap().insert(name.to_owned());
+        None
+    })
+    .unwrap();
+    seen.into_inner().unwrap()
+}
+
+#[test]
+fn every_function_names_a_binary_of_the_workspace() {
+    let template = template();
+    let functions = resources_of(&template, "AWS::Serverless::Function");
+    let mut binaries = BTreeSet::new();
+    for (name, function) in &functions {
+        assert_eq!(
+            function["Metadata"]["BuildMethod"], "rust-cargolambda",
+            "{name}"
+        );
+        let binary = function["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} names no Binary"));
+        let manifest = root().join("functions").join(binary).join("Cargo.toml");
+        let manifest = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("{name}: no crate for binary {binary}: {e}"));
+        assert!(
+            manifest.contains(&format!("name = \"{binary}\"")),
+            "{name}: functions/{binary} does not build a binary named {binary}"
+        );
+        binaries.insert(binary.to_owned());
+    }
+    let expected: BTreeSet<String> = ["authorizer", "connect", "disconnect", "message", "publish"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(binaries, expected);
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["Runtime"], "provided.al2023");
+    assert_eq!(strings(&globals["Architectures"]), vec!["arm64"]);
+}
+
+#[test]
+fn the_table_has_the_schema_the_code_uses() {
+    let template = template();
+    let tables = resources_of(&template, "AWS::DynamoDB::Table");
+    assert_eq!(tables.len(), 1);
+    let table = &tables[0].1["Properties"];
+    assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+    let key = |schema: &Value| -> Vec<(String, String)> {
+        schema
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["AttributeName"].as_str().unwrap().to_owned(),
+                    k["KeyType"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        key(&table["KeySchema"]),
+        vec![
+            (TABLE.partition_key.to_owned(), "HASH".to_owned()),
+            (TABLE.sort_key.to_owned(), "RANGE".to_owned())
+        ]
+    );
+    let indexes = table["GlobalSecondaryIndexes"].as_sequence().unwrap();
+    assert_eq!(indexes.len(), 1);
+    let index = &indexes[0];
+    assert_eq!(index["IndexName"], TABLE.index);
+    assert_eq!(
+        key(&index["KeySchema"]),
+        vec![
+            (TABLE.index_partition_key.to_owned(), "HASH".to_owned()),
+            (TABLE.index_sort_key.to_owned(), "RANGE".to_owned())
+        ]
+    );
+    assert_eq!(index["Projection"]["ProjectionType"], "INCLUDE");
+    assert_eq!(
+        strings(&index["Projection"]["NonKeyAttributes"]),
+        TABLE.index_projects
+    );
+    let attributes: BTreeSet<(String, String)> = table["AttributeDefinitions"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["AttributeName"].as_str().unwrap().to_owned(),
+                a["AttributeType"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        TABLE.partition_key,
+        TABLE.sort_key,
+        TABLE.index_partition_key,
+        TABLE.index_sort_key,
+    ]
+    .into_iter()
+    .map(|a| (a.to_owned(), "S".to_owned()))
+    .collect();
+    assert_eq!(attributes, expected);
+    assert_eq!(
+        table["TimeToLiveSpecification"]["AttributeName"],
+        TABLE.ttl_attribute
+    );
+    assert_eq!(table["TimeToLiveSpecification"]["Enabled"], true);
+}
+
+#[test]
+fn every_route_of_the_contract_exists() {
+    let template = template();
+    let apis = resources_of(&template, "AWS::ApiGatewayV2::Api");
+    assert_eq!(apis[0].1["Properties"]["ProtocolType"], "WEBSOCKET");
+    assert_eq!(
+        apis[0].1["Properties"]["RouteSelectionExpression"],
+        "$request.body.action"
+    );
+    let routes: BTreeSet<String> = resources_of(&template, "AWS::ApiGatewayV2::Route")
+        .iter()
+        .map(|(_, r)| r["Properties"]["RouteKey"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected: BTreeSet<String> = CLIENT_ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+    expected.extend(["$connect", "$disconnect", "$default"].map(str::to_owned));
+    assert_eq!(routes, expected);
+    let authorizers = resources_of(&template, "AWS::ApiGatewayV2::Authorizer");
+    let authorizer = &authorizers[0].1["Properties"];
+    assert_eq!(authorizer["AuthorizerType"], "REQUEST");
+    assert_eq!(
+        strings(&authorizer["IdentitySource"]),
+        vec!["route.request.querystring.token"]
+    );
+}
+
+#[test]
+fn every_herald_variable_in_the_template_is_read_by_the_code() {
+    let known = variables_the_code_reads();
+    let template = template();
+    let mut sets = Vec::new();
+    let global = &template["Globals"]["Function"]["Environment"]["Variables"];
+    sets.push(global.clone());
+    for (_, function) in resources_of(&template, "AWS::Serverless::Function") {
+        sets.push(function["Properties"]["Environment"]["Variables"].clone());
+    }
+    let mut checked = 0;
+    for variables in sets {
+        for (name, _) in variables.as_mapping().into_iter().flatten() {
+            let name = name.as_str().unwrap();
+            if name.starts_with("HERALD_") {
+                assert!(known.contains(name), "{name} is set but nothing reads it");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} variables checked");
+}
+
+#[test]
+fn no_secret_is_a_plain_text_parameter() {
+    let template = template();
+    let parameters = template["Parameters"].as_mapping().unwrap();
+    for (name, _) in parameters {
+        let name = name.as_str().unwrap().to_ascii_lowercase();
+        assert!(
+            !name.contains("secret") || name.ends_with("arn"),
+            "{name}: secrets come from Secrets Manager, by ARN"
+        );
+    }
+}
