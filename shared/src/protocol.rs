@@ -533,6 +533,45 @@ impl PublishInput {
 }
 
 impl PublishRequest {
+    /// A publish of `data` to `target`.
+    pub fn new(target: Target, data: Value) -> Self {
+        Self {
+            target,
+            data,
+            idempotency_key: None,
+        }
+    }
+
+    /// The same request with an idempotency key.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// The request as the `publish` function takes it, for callers that invoke it.
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        let (field, value) = match &self.target {
+            Target::Room(room) => ("room", Value::String(room.as_str().to_owned())),
+            Target::User(user) => ("user", Value::String(user.clone())),
+            Target::Connections(ids) => (
+                "connections",
+                Value::Array(
+                    ids.iter()
+                        .map(|id| Value::String(id.as_str().to_owned()))
+                        .collect(),
+                ),
+            ),
+            Target::Broadcast => ("broadcast", Value::Bool(true)),
+        };
+        object.insert(field.to_owned(), value);
+        object.insert("data".to_owned(), self.data.clone());
+        if let Some(key) = &self.idempotency_key {
+            object.insert("id".to_owned(), Value::String(key.clone()));
+        }
+        Value::Object(object)
+    }
+
     /// Validates one publish request: exactly one target, `data` present, sizes in bounds.
     pub fn parse(value: &Value) -> Result<Self, ProtocolError> {
         let Value::Object(object) = value else {
@@ -848,6 +887,20 @@ mod tests {
         for input in bad {
             let err = PublishInput::parse(&input).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadRequest, "{input}");
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_their_json() {
+        let targets = [
+            Target::Room(RoomName::parse("orders").unwrap()),
+            Target::User("alice".into()),
+            Target::Connections(vec!["a".into(), "b".into()]),
+            Target::Broadcast,
+        ];
+        for target in targets {
+            let request = PublishRequest::new(target, json!({"n": 1})).with_idempotency_key("k");
+            assert_eq!(PublishRequest::parse(&request.to_json()), Ok(request));
         }
     }
 
