@@ -234,12 +234,9 @@ impl Cluster {
                         .unwrap_or_default(),
                     (None, None) => Bytes::new(),
                 };
-                let mut outcomes = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let result = registry.post(&ConnectionId::new(id), payload.clone()).await;
-                    outcomes.push(Outcome::from(&result));
-                }
-                Answer::Results(outcomes)
+                let ids: Vec<ConnectionId> = ids.into_iter().map(ConnectionId::new).collect();
+                let results = registry.post_many(&ids, payload).await;
+                Answer::Results(results.iter().map(Outcome::from).collect())
             }
             Op::Get { id } => Answer::Info(
                 Gateway::get(registry, &ConnectionId::new(id))
@@ -419,9 +416,13 @@ impl Gateway for Cluster {
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
         let mut results: Vec<Option<Result<(), PushError>>> = vec![None; ids.len()];
         let mut remote = Vec::new();
+        let local = crate::registry::frame(payload.clone());
         for (i, id) in ids.iter().enumerate() {
             if self.registry.socket(id).is_some() {
-                results[i] = Some(self.registry.post(id, payload.clone()).await);
+                results[i] = Some(match &local {
+                    Ok(message) => self.registry.post_now(id, message),
+                    Err(e) => Err(e.clone()),
+                });
             } else {
                 remote.push(i);
             }

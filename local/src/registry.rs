@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
+use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use herald::gateway::{ConnectionInfo, Gateway, PushError};
 use herald::ids::{ConnectionId, now_ms};
@@ -29,11 +30,13 @@ pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue full";
 pub struct Socket {
     /// What the handshake established.
     pub meta: ConnectionMeta,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Message>,
     /// Cancelled when the gateway decides to close the socket.
     pub closing: CancellationToken,
     close_reason: Mutex<Option<(u16, String)>>,
     last_active: AtomicI64,
+    /// Set with `closing`; a plain flag is cheaper to read on every post.
+    closed: AtomicBool,
     disconnected: AtomicBool,
     /// The rooms this socket joined, mirrored here so a restarted store can be refilled.
     rooms: Mutex<BTreeSet<RoomName>>,
@@ -41,7 +44,7 @@ pub struct Socket {
 
 impl Socket {
     /// A socket and the receiving end of its outbound queue.
-    pub fn new(meta: ConnectionMeta, queue_len: usize) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
+    pub fn new(meta: ConnectionMeta, queue_len: usize) -> (Arc<Self>, mpsc::Receiver<Message>) {
         let (queue, rx) = mpsc::channel(queue_len.max(1));
         let socket = Arc::new(Self {
             last_active: AtomicI64::new(meta.connected_at),
@@ -49,6 +52,7 @@ impl Socket {
             queue,
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
+            closed: AtomicBool::new(false),
             disconnected: AtomicBool::new(false),
             rooms: Mutex::new(BTreeSet::new()),
         });
@@ -63,6 +67,7 @@ impl Socket {
                 *current = Some((code, reason.to_owned()));
             }
         }
+        self.closed.store(true, Ordering::Release);
         self.closing.cancel();
     }
 
@@ -173,21 +178,30 @@ impl Registry {
 
     fn live(&self, id: &ConnectionId) -> Result<Arc<Socket>, PushError> {
         match self.socket(id) {
-            Some(socket) if !socket.closing.is_cancelled() => Ok(socket),
+            Some(socket) if !socket.closed.load(Ordering::Acquire) => Ok(socket),
             _ => Err(PushError::Gone),
         }
     }
 }
 
-/// The in-process `@connections`: posts go straight into the sockets' queues.
-#[async_trait]
-impl Gateway for Registry {
-    async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError> {
-        if payload.len() > MAX_NOTIFICATION_BYTES {
-            return Err(PushError::PayloadTooLarge);
-        }
+/// The frame for a payload: text when it is UTF-8 (all of Herald's own messages), as API
+/// Gateway forwards posted bytes as they are otherwise. Built once per publish, shared by
+/// every recipient.
+pub fn frame(payload: Bytes) -> Result<Message, PushError> {
+    if payload.len() > MAX_NOTIFICATION_BYTES {
+        return Err(PushError::PayloadTooLarge);
+    }
+    Ok(match Utf8Bytes::try_from(payload.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(payload),
+    })
+}
+
+impl Registry {
+    /// Queues `message` for `id` without waiting.
+    pub fn post_now(&self, id: &ConnectionId, message: &Message) -> Result<(), PushError> {
         let socket = self.live(id)?;
-        match socket.queue.try_send(payload) {
+        match socket.queue.try_send(message.clone()) {
             Ok(()) => {
                 socket.touch();
                 Ok(())
@@ -199,6 +213,28 @@ impl Gateway for Registry {
                 Err(PushError::Gone)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Gone),
+        }
+    }
+}
+
+/// The in-process `@connections`: posts go straight into the sockets' queues.
+#[async_trait]
+impl Gateway for Registry {
+    async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError> {
+        self.post_now(id, &frame(payload)?)
+    }
+
+    /// Posting here never waits, so a whole page is queued in one go: the publish is not
+    /// interleaved with the writers it wakes, and a writer that runs later finds several
+    /// notifications to send in one write.
+    fn prefers_batches(&self) -> bool {
+        true
+    }
+
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+        match frame(payload) {
+            Ok(message) => ids.iter().map(|id| self.post_now(id, &message)).collect(),
+            Err(e) => vec![Err(e); ids.len()],
         }
     }
 

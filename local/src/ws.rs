@@ -21,7 +21,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use herald::auth::token_from_request;
@@ -36,6 +35,9 @@ use crate::App;
 use crate::events::ConnectionMeta;
 use crate::http::{decode_query, message_response};
 use crate::registry::{SLOW_CONSUMER_CODE, Socket};
+
+/// The read buffer per connection (see the upgrade below).
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// `GET /{stage}` with an upgrade: the handshake.
 pub(crate) async fn handshake(
@@ -147,6 +149,9 @@ pub(crate) async fn handshake(
     };
     let tracker = app.connections.clone();
     upgrade
+        // tungstenite reads into a 128 KiB buffer by default, allocated per connection:
+        // most of an idle connection's memory. Clients send small frames; 1 KiB is plenty (larger frames still arrive whole).
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .on_failed_upgrade(failed)
@@ -155,7 +160,7 @@ pub(crate) async fn handshake(
 }
 
 /// Runs one connection to its end, then `$disconnect`.
-async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: WebSocket, rx: mpsc::Receiver<Bytes>) {
+async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: WebSocket, rx: mpsc::Receiver<Message>) {
     debug!(connection_id = %socket.meta.id, "connected");
     let (sink, stream) = ws.split();
     let writer = tokio::spawn(write(sink, rx, socket.clone()));
@@ -246,7 +251,7 @@ async fn read(app: &App, socket: &Socket, mut stream: SplitStream<WebSocket>) ->
 /// already queued (unless the client is the slow one) and the close frame.
 async fn write(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Message>,
     socket: Arc<Socket>,
 ) {
     loop {
@@ -290,24 +295,14 @@ async fn write(
 
 async fn send_batch(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Bytes>,
-    first: Bytes,
+    rx: &mut mpsc::Receiver<Message>,
+    first: Message,
 ) -> Result<(), axum::Error> {
-    sink.feed(text(first)).await?;
+    sink.feed(first).await?;
     while let Ok(more) = rx.try_recv() {
-        sink.feed(text(more)).await?;
+        sink.feed(more).await?;
     }
     sink.flush().await
-}
-
-fn text(payload: Bytes) -> Message {
-    // Every payload is JSON that Herald serialized itself, or a post whose bytes a client
-    // sent through @connections; the latter may not be UTF-8, and then goes out as binary
-    // (API Gateway forwards posted bytes as they are).
-    match Utf8Bytes::try_from(payload.clone()) {
-        Ok(text) => Message::Text(text),
-        Err(_) => Message::Binary(payload),
-    }
 }
 
 /// The JSON body API Gateway gives its own errors.

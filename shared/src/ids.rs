@@ -2,6 +2,7 @@
 //! the clock every record is stamped with.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -13,21 +14,35 @@ use serde::{Deserialize, Serialize};
 /// `L0SM9cOFvHcCIhw=`; [`ConnectionId::generate`] makes ids of that shape so clients
 /// written against AWS see what they expect from `herald-local`. It uses the URL-safe
 /// alphabet, so an id pasted into an `@connections` URL by hand needs no escaping.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ConnectionId(String);
+///
+/// Shared text (`Arc<str>`): fan-out copies ids by the thousand, and a clone is then a
+/// reference count, not an allocation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(Arc<str>);
+
+impl Serialize for ConnectionId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectionId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
 
 impl ConnectionId {
     /// Wraps an id received from API Gateway, a client or a store.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Arc::from(id.into()))
     }
 
     /// A fresh random id in API Gateway's format.
     pub fn generate() -> Self {
         // uuid v4 draws from the operating system's CSPRNG; 11 of its bytes are enough.
         let random = uuid::Uuid::new_v4();
-        Self(base64::engine::general_purpose::URL_SAFE.encode(&random.as_bytes()[..11]))
+        Self::new(base64::engine::general_purpose::URL_SAFE.encode(&random.as_bytes()[..11]))
     }
 
     /// The id as text.

@@ -25,7 +25,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     connections: BTreeMap<ConnectionId, Entry>,
-    rooms: HashMap<RoomName, BTreeSet<ConnectionId>>,
+    /// Each room's members with their expiry, so a page is read without a lookup per member.
+    rooms: HashMap<RoomName, BTreeMap<ConnectionId, i64>>,
     users: HashMap<String, BTreeSet<ConnectionId>>,
     /// Idempotency key -> (publish id, expiry in ms).
     keys: HashMap<String, (String, i64)>,
@@ -77,22 +78,22 @@ impl Inner {
         Some(entry)
     }
 
-    /// The live ids of `ids` (already positioned after the cursor), at most `limit`.
+    /// The live ids among `entries` (id, expiry; already positioned after the cursor), at
+    /// most `limit` of them read.
     fn page<'a>(
-        &self,
-        mut ids: impl Iterator<Item = &'a ConnectionId>,
+        mut entries: impl Iterator<Item = (&'a ConnectionId, i64)>,
         limit: usize,
         now: i64,
     ) -> Page<ConnectionId> {
         let mut items = Vec::new();
         let mut last = None;
-        for id in ids.by_ref().take(limit.max(1)) {
+        for (id, expires_at) in entries.by_ref().take(limit.max(1)) {
             last = Some(id);
-            if self.live(id, now).is_some() {
+            if expires_at > now {
                 items.push(id.clone());
             }
         }
-        let next = match (last, ids.next()) {
+        let next = match (last, entries.next()) {
             (Some(last), Some(_)) => Some(last.as_str().to_owned()),
             _ => None,
         };
@@ -145,13 +146,19 @@ impl ConnectionStore for MemoryStore {
     async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut inner = self.lock();
-        match inner.connections.get_mut(id) {
+        let rooms = match inner.connections.get_mut(id) {
             Some(e) if e.connection.expires_at > now => {
                 e.connection.expires_at = expires_at;
-                Ok(true)
+                e.rooms.iter().cloned().collect::<Vec<_>>()
             }
-            _ => Ok(false),
+            _ => return Ok(false),
+        };
+        for room in rooms {
+            if let Some(at) = inner.rooms.get_mut(&room).and_then(|m| m.get_mut(id)) {
+                *at = expires_at;
+            }
         }
+        Ok(true)
     }
 
     async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
@@ -163,14 +170,14 @@ impl ConnectionStore for MemoryStore {
     async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
         let now = now_ms();
         let mut inner = self.lock();
-        if inner.live(id, now).is_none() {
+        let Some(expires_at) = inner.live(id, now).map(|e| e.connection.expires_at) else {
             return Err(StoreError::NotFound);
-        }
+        };
         inner
             .rooms
             .entry(room.clone())
             .or_default()
-            .insert(id.clone());
+            .insert(id.clone(), expires_at);
         if let Some(entry) = inner.connections.get_mut(id) {
             entry.rooms.insert(room.clone());
         }
@@ -208,7 +215,10 @@ impl ConnectionStore for MemoryStore {
     ) -> Result<Page<ConnectionId>, StoreError> {
         let inner = self.lock();
         Ok(match inner.rooms.get(room) {
-            Some(members) => inner.page(members.range(after(cursor)), limit, now_ms()),
+            Some(members) => {
+                let entries = members.range(after(cursor)).map(|(id, at)| (id, *at));
+                Inner::page(entries, limit, now_ms())
+            }
             None => Page {
                 items: vec![],
                 next: None,
@@ -241,8 +251,11 @@ impl ConnectionStore for MemoryStore {
         limit: usize,
     ) -> Result<Page<ConnectionId>, StoreError> {
         let inner = self.lock();
-        let ids = inner.connections.range(after(cursor)).map(|(id, _)| id);
-        Ok(inner.page(ids, limit, now_ms()))
+        let entries = inner
+            .connections
+            .range(after(cursor))
+            .map(|(id, e)| (id, e.connection.expires_at));
+        Ok(Inner::page(entries, limit, now_ms()))
     }
 
     async fn claim_idempotency_key(

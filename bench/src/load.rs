@@ -1,0 +1,468 @@
+//! The load: real WebSocket clients, a publisher, and what they measure.
+//!
+//! Every publish carries its sequence number and the time it was sent (µs since the
+//! epoch; clients and servers share the machine's clock). Each client counts what arrives
+//! per sequence number, so losses and duplicates are exact, and records the latency of
+//! each delivery. Clients decode only the two numbers they need.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::procs::{self, SECRET};
+
+/// Where the load goes.
+#[derive(Clone, Debug)]
+pub enum Server {
+    /// `herald-local` instances: clients spread over all, publishes through the first.
+    Gateway(Vec<SocketAddr>),
+    /// The bare broadcast server.
+    Baseline(SocketAddr),
+}
+
+/// The figures of one fan-out run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fanout {
+    /// `gateway`, `baseline` or `multi-instance`.
+    pub server: String,
+    /// Subscribed connections.
+    pub connections: usize,
+    /// Publishes.
+    pub publishes: usize,
+    /// Bytes of `data` per publish.
+    pub size: usize,
+    /// Notifications received.
+    pub deliveries: u64,
+    /// Expected but never received.
+    pub lost: u64,
+    /// Received more than once.
+    pub duplicated: u64,
+    /// From the first publish to the last delivery.
+    pub seconds: f64,
+    /// Deliveries per second over that time.
+    pub deliveries_per_sec: f64,
+    /// Publish-to-delivery latency, median, in ms.
+    pub p50_ms: f64,
+    /// 99th percentile, in ms.
+    pub p99_ms: f64,
+    /// Worst, in ms.
+    pub max_ms: f64,
+    /// How long a publish call took until the server acknowledged it, mean, in ms.
+    pub publish_ms: f64,
+    /// CPU the load generator used, as % of one core.
+    pub client_cpu_pct: f64,
+    /// CPU the server(s) used, as % of one core.
+    pub server_cpu_pct: f64,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+struct Stamp {
+    seq: usize,
+    sent: u64,
+}
+
+#[derive(Deserialize)]
+struct Received {
+    #[serde(default)]
+    data: Option<Stamp>,
+    #[serde(default)]
+    seq: Option<usize>,
+    #[serde(default)]
+    sent: Option<u64>,
+}
+
+struct ClientStats {
+    counts: Vec<u8>,
+    latencies_us: Vec<u32>,
+    last_us: u64,
+}
+
+/// A token for `user` that may join every room.
+pub fn token(user: &str) -> String {
+    herald::auth::sign_hs256(SECRET.as_bytes(), user, &["*"], &["*"], 3600)
+        .expect("the benchmark's token signs")
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens one subscriber, subscribed to `room` when it is a gateway.
+async fn subscriber(server: &Server, i: usize, room: &str) -> Ws {
+    let url = match server {
+        Server::Gateway(addrs) => {
+            let addr = addrs[i % addrs.len()];
+            format!("ws://{addr}/local?token={}", token(&format!("bench-{i}")))
+        }
+        Server::Baseline(addr) => format!("ws://{addr}/sub"),
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .unwrap_or_else(|e| panic!("client {i} cannot connect to {url}: {e}"));
+    if matches!(server, Server::Gateway(_)) {
+        ws.send(Message::text(
+            json!({"action":"subscribe","room":room}).to_string(),
+        ))
+        .await
+        .expect("subscribe");
+        let reply = ws.next().await.expect("a reply").expect("a frame");
+        assert!(
+            reply.to_text().unwrap_or("").contains("subscribed"),
+            "{reply:?}"
+        );
+    }
+    ws
+}
+
+/// Opens `n` subscribers, 64 handshakes at a time.
+pub async fn subscribers(server: &Server, n: usize, room: &str) -> Vec<Ws> {
+    let mut all = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + 64).min(n);
+        let batch = (start..end).map(|i| subscriber(server, i, room));
+        all.extend(futures::future::join_all(batch).await);
+        start = end;
+    }
+    all
+}
+
+/// Publishes one payload and waits for the server's acknowledgement.
+enum Publisher {
+    /// The Invoke API over one kept-alive HTTP/1.1 connection, written by hand so the
+    /// publisher's own cost (signing, pooling) does not count against the gateway: the
+    /// gateway accepts any signature, and the tests use the real SDK client.
+    Gateway(tokio::io::BufReader<tokio::net::TcpStream>),
+    Baseline(Box<Ws>),
+}
+
+/// Sends one Invoke request and reads the answer; panics on a function error.
+async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: bench\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    http.get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    let (mut length, mut function_error, mut line) = (0usize, false, String::new());
+    loop {
+        line.clear();
+        http.read_line(&mut line).await.expect("the answer is read");
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(n) = header.strip_prefix("content-length:") {
+            length = n.trim().parse().expect("a content length");
+        }
+        function_error |= header.starts_with("x-amz-function-error");
+    }
+    let mut answer = vec![0; length];
+    http.read_exact(&mut answer)
+        .await
+        .expect("the answer's body");
+    assert!(
+        !function_error,
+        "publish failed: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+impl Publisher {
+    async fn open(server: &Server) -> Self {
+        match server {
+            Server::Gateway(addrs) => {
+                let stream = tokio::net::TcpStream::connect(addrs[0])
+                    .await
+                    .expect("connect");
+                let _ = stream.set_nodelay(true);
+                Self::Gateway(tokio::io::BufReader::new(stream))
+            }
+            Server::Baseline(addr) => {
+                let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/pub"))
+                    .await
+                    .expect("the publisher connects");
+                Self::Baseline(Box::new(ws))
+            }
+        }
+    }
+
+    async fn publish(&mut self, room: &str, seq: usize, pad: &str) {
+        let stamp = json!({"seq": seq, "sent": now_us(), "pad": pad});
+        match self {
+            Self::Gateway(http) => {
+                invoke(http, &json!({"room": room, "data": stamp}).to_string()).await;
+            }
+            Self::Baseline(ws) => {
+                ws.send(Message::text(stamp.to_string()))
+                    .await
+                    .expect("publish");
+                ws.next().await.expect("an ack").expect("a frame");
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// One fan-out run: `connections` subscribers of one room, `publishes` publishes of
+/// `size` bytes of data, one after another; `server_pids` are read for CPU.
+pub async fn fanout(
+    server: &Server,
+    label: &str,
+    server_pids: &[u32],
+    connections: usize,
+    publishes: usize,
+    size: usize,
+) -> Fanout {
+    let room = "bench";
+    let clients = subscribers(server, connections, room).await;
+    let (stop_tx, stop) = watch::channel(false);
+    let received = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            let mut stop = stop.clone();
+            let received = received.clone();
+            tokio::spawn(async move {
+                let mut stats = ClientStats {
+                    counts: vec![0; publishes],
+                    latencies_us: Vec::with_capacity(publishes),
+                    last_us: 0,
+                };
+                let mut got = 0;
+                while got < publishes {
+                    let frame = tokio::select! {
+                        frame = ws.next() => frame,
+                        _ = stop.changed() => break,
+                    };
+                    let Some(Ok(Message::Text(text))) = frame else {
+                        break;
+                    };
+                    let now = now_us();
+                    let Ok(message) = serde_json::from_str::<Received>(&text) else {
+                        continue;
+                    };
+                    let (seq, sent) = match (message.data, message.seq, message.sent) {
+                        (Some(stamp), _, _) => (stamp.seq, stamp.sent),
+                        (None, Some(seq), Some(sent)) => (seq, sent),
+                        _ => continue,
+                    };
+                    if let Some(count) = stats.counts.get_mut(seq) {
+                        *count = count.saturating_add(1);
+                    }
+                    stats
+                        .latencies_us
+                        .push(u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX));
+                    stats.last_us = now;
+                    got += 1;
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                // Keep the socket open until every client is done, so nobody's leaving
+                // changes what the others measure.
+                let _ = stop.changed().await;
+                drop(ws);
+                stats
+            })
+        })
+        .collect();
+
+    // The publisher gets a thread and runtime of its own: thousands of busy readers must not
+    // delay its calls, or the publish rate would measure the load generator.
+    let (go, ready) = tokio::sync::oneshot::channel::<()>();
+    let (opened_tx, opened) = tokio::sync::oneshot::channel::<()>();
+    let publishing = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the publisher");
+            runtime.block_on(async move {
+                let pad = "x".repeat(size);
+                let mut publisher = Publisher::open(&server).await;
+                let _ = opened_tx.send(());
+                let _ = ready.await;
+                let started = Instant::now();
+                for seq in 0..publishes {
+                    publisher.publish(room, seq, &pad).await;
+                }
+                started.elapsed().as_secs_f64() * 1000.0 / publishes.max(1) as f64
+            })
+        })
+    };
+    opened.await.expect("the publisher opens");
+    let (client_cpu, server_cpu) = (procs::cpu_seconds("self"), servers_cpu(server_pids));
+    let started_us = now_us();
+    let started = Instant::now();
+    let _ = go.send(());
+    let publish_ms = tokio::task::spawn_blocking(move || publishing.join().expect("the publisher"))
+        .await
+        .expect("the publisher thread");
+    let expected = u64::try_from(connections * publishes).unwrap_or(u64::MAX);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let client_cpu = procs::cpu_seconds("self") - client_cpu;
+    let server_cpu = servers_cpu(server_pids) - server_cpu;
+    let _ = stop_tx.send(true);
+
+    let (mut latencies, mut lost, mut duplicated, mut last_us) = (Vec::new(), 0, 0, started_us);
+    for reader in readers {
+        let stats = reader.await.expect("a client task");
+        for &count in &stats.counts {
+            match count {
+                0 => lost += 1,
+                1 => {}
+                n => duplicated += u64::from(n - 1),
+            }
+        }
+        latencies.extend(stats.latencies_us);
+        last_us = last_us.max(stats.last_us);
+    }
+    latencies.sort_unstable();
+    let seconds = (last_us.saturating_sub(started_us) as f64 / 1e6).max(1e-6);
+    let deliveries = latencies.len() as u64;
+    Fanout {
+        server: label.to_owned(),
+        connections,
+        publishes,
+        size,
+        deliveries,
+        lost,
+        duplicated,
+        seconds,
+        deliveries_per_sec: deliveries as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: percentile(&latencies, 1.0),
+        publish_ms,
+        client_cpu_pct: 100.0 * client_cpu / wall,
+        server_cpu_pct: 100.0 * server_cpu / wall,
+    }
+}
+
+fn servers_cpu(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|p| procs::cpu_seconds(&p.to_string()))
+        .sum()
+}
+
+/// Memory of one server with `connections` idle clients.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Memory {
+    /// `gateway` or `baseline`.
+    pub server: String,
+    /// Idle connections held.
+    pub connections: usize,
+    /// Resident memory before any client, KiB.
+    pub idle_kib: u64,
+    /// Resident memory with the clients, KiB.
+    pub loaded_kib: u64,
+    /// The difference per connection, bytes.
+    pub per_connection_bytes: f64,
+}
+
+/// Connects `connections` idle clients (authenticated on the gateway, subscribed to
+/// nothing) and reads the server's resident memory before and after.
+pub async fn memory(server: &Server, label: &str, pid: u32, connections: usize) -> Memory {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_kib = procs::rss_kib(&pid.to_string());
+    let mut clients = Vec::with_capacity(connections);
+    let mut start = 0;
+    while start < connections {
+        let end = (start + 64).min(connections);
+        let batch = (start..end).map(|i| async move {
+            let url = match server {
+                Server::Gateway(addrs) => {
+                    format!(
+                        "ws://{}/local?token={}",
+                        addrs[0],
+                        token(&format!("idle-{i}"))
+                    )
+                }
+                Server::Baseline(addr) => format!("ws://{addr}/sub"),
+            };
+            tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect")
+                .0
+        });
+        clients.extend(futures::future::join_all(batch).await);
+        start = end;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let loaded_kib = procs::rss_kib(&pid.to_string());
+    drop(clients);
+    Memory {
+        server: label.to_owned(),
+        connections,
+        idle_kib,
+        loaded_kib,
+        per_connection_bytes: (loaded_kib.saturating_sub(idle_kib) * 1024) as f64
+            / connections as f64,
+    }
+}
+
+/// Connects and disconnects per second, with auth.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Churn {
+    /// Connect + disconnect cycles.
+    pub cycles: usize,
+    /// Cycles in flight at once.
+    pub concurrency: usize,
+    /// Cycles per second.
+    pub per_sec: f64,
+}
+
+/// `cycles` connect (with a token: authorizer and `$connect` run) + close cycles.
+pub async fn churn(addr: SocketAddr, cycles: usize, concurrency: usize) -> Churn {
+    let started = Instant::now();
+    let per_worker = cycles / concurrency.max(1);
+    let workers = (0..concurrency).map(|w| async move {
+        for i in 0..per_worker {
+            let url = format!(
+                "ws://{addr}/local?token={}",
+                token(&format!("churn-{w}-{i}"))
+            );
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            ws.close(None).await.expect("close");
+            // Wait for the server's close so the cycle is complete.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    });
+    futures::future::join_all(workers).await;
+    let done = per_worker * concurrency;
+    Churn {
+        cycles: done,
+        concurrency,
+        per_sec: done as f64 / started.elapsed().as_secs_f64(),
+    }
+}

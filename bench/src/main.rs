@@ -1,0 +1,341 @@
+//! `herald-bench`: each scenario is one subcommand; each prints a table and, with
+//! `--json FILE`, writes its figures. See BENCHMARKS.md for the commands and results.
+
+use clap::{Parser, Subcommand};
+use herald_bench::load::{self, Fanout, Server};
+use herald_bench::{baseline, chart, procs};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Load generator for herald-local"
+)]
+struct Cli {
+    /// Also write the figures as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<String>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// C subscribers of one room, P publishes of S bytes: gateway, then baseline.
+    Fanout {
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        publishes: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// Resident memory idle and with C idle connections, gateway and baseline.
+    Memory {
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+    },
+    /// Connect + disconnect cycles per second, with auth.
+    Churn {
+        #[arg(long, default_value_t = 2000)]
+        cycles: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// The fan-out across three gateway instances on one Redis (started on a free port).
+    Multi {
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        publishes: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// Fan-out at several connection counts, both servers; writes the chart PNG.
+    Sweep {
+        #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,10000")]
+        connections: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        publishes: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value = "bench-chart.png")]
+        chart: String,
+    },
+    /// Redraws the chart from a sweep's JSON (`--json` of `sweep`).
+    Chart {
+        /// The sweep's figures.
+        #[arg(long)]
+        from: String,
+        #[arg(long, default_value = "bench-chart.png")]
+        chart: String,
+    },
+    /// A short run of every fan-out kind that fails unless nothing is lost or duplicated.
+    Smoke,
+    /// The bare broadcast server (started by the other scenarios).
+    BaselineServer {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+fn raise_file_limit() {
+    // Thousands of sockets on each side; child processes inherit the raised limit. Root may
+    // raise the hard limit too; anyone may raise the soft one up to it.
+    let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, 200_000, 200_000);
+    match rlimit::increase_nofile_limit(200_000) {
+        Ok(n) if n < 30_000 => eprintln!("warning: only {n} open files allowed"),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open file limit: {e}"),
+    }
+}
+
+fn print_fanout(runs: &[Fanout]) {
+    println!(
+        "{:<15} {:>6} {:>5} {:>6} {:>10} {:>5} {:>5} {:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "server",
+        "conns",
+        "pubs",
+        "bytes",
+        "delivered",
+        "lost",
+        "dup",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "pub ms",
+        "cli cpu%",
+        "srv cpu%"
+    );
+    for r in runs {
+        println!(
+            "{:<15} {:>6} {:>5} {:>6} {:>10} {:>5} {:>5} {:>13.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.0} {:>8.0}",
+            r.server,
+            r.connections,
+            r.publishes,
+            r.size,
+            r.deliveries,
+            r.lost,
+            r.duplicated,
+            r.deliveries_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.publish_ms,
+            r.client_cpu_pct,
+            r.server_cpu_pct
+        );
+    }
+}
+
+async fn gateway_fanout(connections: usize, publishes: usize, size: usize) -> Fanout {
+    let gateway = procs::gateway(&[]).await;
+    let server = Server::Gateway(vec![gateway.addr]);
+    load::fanout(
+        &server,
+        "gateway",
+        &[gateway.pid()],
+        connections,
+        publishes,
+        size,
+    )
+    .await
+}
+
+async fn baseline_fanout(connections: usize, publishes: usize, size: usize) -> Fanout {
+    let baseline = procs::baseline().await;
+    let server = Server::Baseline(baseline.addr);
+    load::fanout(
+        &server,
+        "baseline",
+        &[baseline.pid()],
+        connections,
+        publishes,
+        size,
+    )
+    .await
+}
+
+async fn multi_fanout(connections: usize, publishes: usize, size: usize) -> Fanout {
+    let redis = herald::testing::Server::redis();
+    let url = redis.url();
+    let mut gateways = Vec::new();
+    for name in ["a", "b", "c"] {
+        let env = [
+            ("HERALD_STORE", "redis"),
+            ("HERALD_REDIS_URL", url.as_str()),
+            ("HERALD_INSTANCE_ID", name),
+        ];
+        gateways.push(procs::gateway(&env).await);
+    }
+    let server = Server::Gateway(gateways.iter().map(|g| g.addr).collect());
+    let pids: Vec<u32> = gateways.iter().map(procs::Proc::pid).collect();
+    let run = load::fanout(
+        &server,
+        "multi-instance",
+        &pids,
+        connections,
+        publishes,
+        size,
+    )
+    .await;
+    drop(gateways);
+    drop(redis);
+    run
+}
+
+fn ratio(runs: &[Fanout]) -> Option<f64> {
+    let rate = |name: &str| {
+        runs.iter()
+            .find(|r| r.server == name)
+            .map(|r| r.deliveries_per_sec)
+    };
+    Some(rate("gateway")? / rate("baseline")?)
+}
+
+fn write_json(path: Option<&str>, value: &serde_json::Value) {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value).expect("figures serialize");
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+        println!("figures written to {path}");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    raise_file_limit();
+    let json_path = cli.json.as_deref();
+    match cli.scenario {
+        Scenario::BaselineServer { port } => {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .expect("bind");
+            println!(
+                "baseline listening on {}",
+                listener.local_addr().expect("address")
+            );
+            baseline::serve(listener).await;
+        }
+        Scenario::Fanout {
+            connections,
+            publishes,
+            size,
+        } => {
+            let runs = vec![
+                gateway_fanout(connections, publishes, size).await,
+                baseline_fanout(connections, publishes, size).await,
+            ];
+            print_fanout(&runs);
+            let ratio = ratio(&runs);
+            if let Some(r) = ratio {
+                println!(
+                    "gateway / baseline deliveries per second: {:.0}%",
+                    r * 100.0
+                );
+            }
+            write_json(json_path, &json!({"fanout": runs, "ratio": ratio}));
+        }
+        Scenario::Multi {
+            connections,
+            publishes,
+            size,
+        } => {
+            let runs = vec![multi_fanout(connections, publishes, size).await];
+            print_fanout(&runs);
+            write_json(json_path, &json!({"multi": runs}));
+        }
+        Scenario::Memory { connections } => {
+            let gateway = procs::gateway(&[]).await;
+            let g = load::memory(
+                &Server::Gateway(vec![gateway.addr]),
+                "gateway",
+                gateway.pid(),
+                connections,
+            )
+            .await;
+            drop(gateway);
+            let baseline = procs::baseline().await;
+            let b = load::memory(
+                &Server::Baseline(baseline.addr),
+                "baseline",
+                baseline.pid(),
+                connections,
+            )
+            .await;
+            println!(
+                "{:<10} {:>6} {:>10} {:>10} {:>14}",
+                "server", "conns", "idle KiB", "with KiB", "per conn B"
+            );
+            for m in [&g, &b] {
+                println!(
+                    "{:<10} {:>6} {:>10} {:>10} {:>14.0}",
+                    m.server, m.connections, m.idle_kib, m.loaded_kib, m.per_connection_bytes
+                );
+            }
+            write_json(json_path, &json!({"memory": [g, b]}));
+        }
+        Scenario::Churn {
+            cycles,
+            concurrency,
+        } => {
+            let gateway = procs::gateway(&[]).await;
+            let c = load::churn(gateway.addr, cycles, concurrency).await;
+            println!(
+                "{} connect+disconnect cycles with auth, {} at a time: {:.0} per second",
+                c.cycles, c.concurrency, c.per_sec
+            );
+            write_json(json_path, &json!({"churn": c}));
+        }
+        Scenario::Sweep {
+            connections,
+            publishes,
+            size,
+            chart: png,
+        } => {
+            let mut runs = Vec::new();
+            for &c in &connections {
+                runs.push(gateway_fanout(c, publishes, size).await);
+                runs.push(baseline_fanout(c, publishes, size).await);
+            }
+            print_fanout(&runs);
+            chart::draw(&runs, &png).unwrap_or_else(|e| panic!("chart: {e}"));
+            println!("chart written to {png}");
+            write_json(json_path, &json!({"sweep": runs}));
+        }
+        Scenario::Chart { from, chart: png } => {
+            let text = std::fs::read_to_string(&from).unwrap_or_else(|e| panic!("{from}: {e}"));
+            let figures: serde_json::Value = serde_json::from_str(&text).expect("sweep JSON");
+            let runs: Vec<Fanout> =
+                serde_json::from_value(figures["sweep"].clone()).expect("a sweep's runs");
+            chart::draw(&runs, &png).unwrap_or_else(|e| panic!("chart: {e}"));
+            println!("chart written to {png}");
+        }
+        Scenario::Smoke => {
+            let runs = vec![
+                gateway_fanout(50, 20, 100).await,
+                baseline_fanout(50, 20, 100).await,
+                multi_fanout(60, 20, 100).await,
+            ];
+            print_fanout(&runs);
+            let mut failed = false;
+            for r in &runs {
+                let expected = (r.connections * r.publishes) as u64;
+                if r.lost != 0 || r.duplicated != 0 || r.deliveries != expected {
+                    eprintln!(
+                        "{}: lost {} duplicated {} of {expected}",
+                        r.server, r.lost, r.duplicated
+                    );
+                    failed = true;
+                }
+            }
+            write_json(json_path, &json!({"smoke": runs}));
+            if failed {
+                std::process::exit(1);
+            }
+            println!("smoke: {} passed, 0 failed", runs.len());
+        }
+    }
+}
