@@ -463,6 +463,27 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// The keys of every item that carries a copy of the connection's expiry: its
+    /// broadcast item, and for each room it joined, both membership items.
+    async fn expiry_copies(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let pk = Self::conn_pk(id);
+        let mut keys = vec![Self::key(
+            format!("all#{}", shard_of(id, ALL_SHARDS)),
+            pk.clone(),
+        )];
+        for room in self.room_keys_of(id).await? {
+            keys.push(Self::key(pk.clone(), format!("room#{room}")));
+            keys.push(Self::key(
+                self.room_pk(&room, shard_of(id, self.room_shards)),
+                pk.clone(),
+            ));
+        }
+        Ok(keys)
+    }
+
     async fn room_keys_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
         let mut rooms = Vec::new();
         let mut start = None;
@@ -613,18 +634,7 @@ impl ConnectionStore for DynamoStore {
             Err(e) => return Err(store_error(e)),
         }
         // The copies of the expiry on membership items follow; reads filter by them.
-        let pk = Self::conn_pk(id);
-        let mut keys = vec![Self::key(
-            format!("all#{}", shard_of(id, ALL_SHARDS)),
-            pk.clone(),
-        )];
-        for room in self.room_keys_of(id).await? {
-            keys.push(Self::key(pk.clone(), format!("room#{room}")));
-            keys.push(Self::key(
-                self.room_pk(&room, shard_of(id, self.room_shards)),
-                pk.clone(),
-            ));
-        }
+        let keys = self.expiry_copies(id).await?;
         for key in keys {
             self.client
                 .update_item()
@@ -664,17 +674,8 @@ impl ConnectionStore for DynamoStore {
             .map_err(store_error)?
             .item()
             .and_then(|item| parse_connection(id, item));
-        let mut keys = vec![
-            Self::key(pk.clone(), "meta".into()),
-            Self::key(format!("all#{}", shard_of(id, ALL_SHARDS)), pk.clone()),
-        ];
-        for room in self.room_keys_of(id).await? {
-            keys.push(Self::key(pk.clone(), format!("room#{room}")));
-            keys.push(Self::key(
-                self.room_pk(&room, shard_of(id, self.room_shards)),
-                pk.clone(),
-            ));
-        }
+        let mut keys = self.expiry_copies(id).await?;
+        keys.push(Self::key(pk, "meta".into()));
         self.delete_many(keys).await?;
         Ok(existing.filter(|c| c.expires_at > now_ms()))
     }
