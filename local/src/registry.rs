@@ -201,11 +201,31 @@ impl Registry {
     /// Queues `message` for `id` without waiting.
     pub fn post_now(&self, id: &ConnectionId, message: &Message) -> Result<(), PushError> {
         let socket = self.live(id)?;
+        self.queue(&socket, id, message)
+    }
+
+    /// Queues `message` for each of `ids` under one read lock of the socket table.
+    pub fn post_all(&self, ids: &[ConnectionId], message: &Message) -> Vec<Result<(), PushError>> {
+        let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
+        ids.iter()
+            .map(|id| match sockets.get(id) {
+                Some(socket) if !socket.closed.load(Ordering::Acquire) => {
+                    self.queue(socket, id, message)
+                }
+                _ => Err(PushError::Gone),
+            })
+            .collect()
+    }
+
+    fn queue(
+        &self,
+        socket: &Socket,
+        id: &ConnectionId,
+        message: &Message,
+    ) -> Result<(), PushError> {
+        // `lastActiveAt` is stamped by the writer when it sends, not here on the hot path.
         match socket.queue.try_send(message.clone()) {
-            Ok(()) => {
-                socket.touch();
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(connection_id = %id, "outbound queue full; closing the slow consumer");
@@ -233,7 +253,7 @@ impl Gateway for Registry {
 
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
         match frame(payload) {
-            Ok(message) => ids.iter().map(|id| self.post_now(id, &message)).collect(),
+            Ok(message) => self.post_all(ids, &message),
             Err(e) => vec![Err(e); ids.len()],
         }
     }

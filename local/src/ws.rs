@@ -268,6 +268,7 @@ async fn write(
             sent = send_batch(&mut sink, &mut rx, first) => sent,
             () = socket.closing.cancelled() => break,
         };
+        socket.touch();
         if let Err(e) = sent {
             debug!(connection_id = %socket.meta.id, error = %e, "write failed");
             socket.close(1006, "Connection was closed abnormally");
