@@ -104,6 +104,11 @@ impl Socket {
         }
     }
 
+    /// Whether the socket still takes posts (no close has been asked for).
+    fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
     /// True exactly once: whoever gets `true` runs `$disconnect`.
     pub fn claim_disconnect(&self) -> bool {
         !self.disconnected.swap(true, Ordering::SeqCst)
@@ -178,7 +183,7 @@ impl Registry {
 
     fn live(&self, id: &ConnectionId) -> Result<Arc<Socket>, PushError> {
         match self.socket(id) {
-            Some(socket) if !socket.closed.load(Ordering::Acquire) => Ok(socket),
+            Some(socket) if socket.is_open() => Ok(socket),
             _ => Err(PushError::Gone),
         }
     }
@@ -209,9 +214,7 @@ impl Registry {
         let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
         ids.iter()
             .map(|id| match sockets.get(id) {
-                Some(socket) if !socket.closed.load(Ordering::Acquire) => {
-                    self.queue(socket, id, message)
-                }
+                Some(socket) if socket.is_open() => self.queue(socket, id, message),
                 _ => Err(PushError::Gone),
             })
             .collect()

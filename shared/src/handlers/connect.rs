@@ -4,9 +4,9 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use tracing::{error, info, warn};
 
-use super::{Services, response};
+use super::{Services, connection_id, no_connection_id, response};
 use crate::auth::Identity;
-use crate::ids::{ConnectionId, now_ms};
+use crate::ids::now_ms;
 use crate::store::Connection;
 
 /// Stores the connection. Answers 200, or: 400 without a connection id, 401 without an
@@ -17,10 +17,9 @@ pub async fn connect(
     event: &ApiGatewayWebsocketProxyRequest,
 ) -> ApiGatewayProxyResponse {
     let ctx = &event.request_context;
-    let Some(id) = ctx.connection_id.as_deref().filter(|id| !id.is_empty()) else {
-        return response(400, "no connectionId in the event");
+    let Some(id) = connection_id(event) else {
+        return no_connection_id();
     };
-    let id = ConnectionId::new(id);
     let identity = match Identity::from_context(&ctx.authorizer.fields) {
         Ok(identity) => identity,
         Err(e) => {

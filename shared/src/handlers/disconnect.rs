@@ -4,8 +4,7 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use tracing::{error, info};
 
-use super::{Services, response};
-use crate::ids::ConnectionId;
+use super::{Services, connection_id, no_connection_id, response};
 
 /// Removes the connection; 200 whether or not it was known, 500 if the store failed.
 pub async fn disconnect(
@@ -13,10 +12,9 @@ pub async fn disconnect(
     event: &ApiGatewayWebsocketProxyRequest,
 ) -> ApiGatewayProxyResponse {
     let ctx = &event.request_context;
-    let Some(id) = ctx.connection_id.as_deref().filter(|id| !id.is_empty()) else {
-        return response(400, "no connectionId in the event");
+    let Some(id) = connection_id(event) else {
+        return no_connection_id();
     };
-    let id = ConnectionId::new(id);
     match services.store.remove(&id).await {
         Ok(removed) => {
             info!(

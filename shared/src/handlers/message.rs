@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tracing::{error, warn};
 
 use super::publish::{PublishError, publish_one};
-use super::{Services, response};
+use super::{Services, connection_id, no_connection_id, response};
 use crate::auth::Identity;
 use crate::gateway::{Gateway, PushError};
 use crate::ids::ConnectionId;
@@ -25,10 +25,9 @@ pub async fn message(
     event: &ApiGatewayWebsocketProxyRequest,
 ) -> ApiGatewayProxyResponse {
     let ctx = &event.request_context;
-    let Some(id) = ctx.connection_id.as_deref().filter(|id| !id.is_empty()) else {
-        return response(400, "no connectionId in the event");
+    let Some(id) = connection_id(event) else {
+        return no_connection_id();
     };
-    let id = ConnectionId::new(id);
     let body = event.body.as_deref().unwrap_or("");
     let reply = match parse_client_frame(body) {
         Err(rejected) => Reply {

@@ -13,7 +13,7 @@ mod publish;
 
 use std::sync::Arc;
 
-use aws_lambda_events::apigw::ApiGatewayProxyResponse;
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 
 pub use authorize::authorize;
@@ -24,6 +24,7 @@ pub use publish::{PublishError, publish, publish_one};
 
 use crate::config::{Config, Limits};
 use crate::fanout::FanoutConfig;
+use crate::ids::ConnectionId;
 use crate::store::ConnectionStore;
 
 /// What the connect, disconnect, message and publish handlers share.
@@ -50,6 +51,21 @@ impl Services {
             instance: None,
         }
     }
+}
+
+/// The event's connection id, if it has one.
+fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Option<ConnectionId> {
+    event
+        .request_context
+        .connection_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+        .map(ConnectionId::new)
+}
+
+/// What a route answers to an event without a connection id.
+fn no_connection_id() -> ApiGatewayProxyResponse {
+    response(400, "no connectionId in the event")
 }
 
 /// A route response with a status and a short text body.
