@@ -11,6 +11,7 @@
 //! | `src/main.rs` | flags and environment, signals, then [`run`] |
 //! | `src/lib.rs` | [`Settings`], start-up (store, auth or dev mode, push path), [`run`] |
 //! | `src/ws.rs` | the handshake (authorizer, then `$connect`) and each connection's reader and writer |
+//! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
 //! | `src/registry.rs` | live sockets, their bounded queues, the in-process `Gateway` |
 //! | `src/cluster.rs` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
 //! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
@@ -22,6 +23,7 @@ mod events;
 mod http;
 mod registry;
 mod tracking;
+mod upgrade;
 mod ws;
 
 use std::future::Future;
@@ -43,6 +45,7 @@ pub use registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
 
 use cluster::Cluster;
 use tracking::TrackingStore;
+use upgrade::SocketRuntime;
 
 /// API Gateway's per-connection limits, each configurable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +154,8 @@ pub(crate) struct App {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for their `$disconnect`s.
     pub connections: TaskTracker,
+    /// Where connection tasks run (see `upgrade.rs`).
+    pub sockets: SocketRuntime,
 }
 
 /// How the gateway authenticates: the configured key, or dev mode's generated secret.
@@ -298,6 +303,7 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         events,
         shutdown,
         connections: TaskTracker::new(),
+        sockets: SocketRuntime::new()?,
     });
     Ok(Ready {
         addr,

@@ -17,24 +17,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use herald::auth::token_from_request;
 use herald::events::iam::IamPolicyEffect;
 use herald::ids::{ConnectionId, now_ms};
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
 use crate::App;
 use crate::events::ConnectionMeta;
 use crate::http::{decode_query, message_response};
-use crate::registry::{SLOW_CONSUMER_CODE, Socket};
+use crate::registry::{Frame, SLOW_CONSUMER_CODE, Socket};
+use crate::upgrade::{Upgrade, Upgraded};
+
+type Ws = WebSocketStream<TcpStream>;
 
 /// The read buffer per connection (see the upgrade below).
 const READ_BUFFER_BYTES: usize = 1024;
@@ -46,7 +53,7 @@ pub(crate) async fn handshake(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     if stage != app.settings.stage {
         return message_response(StatusCode::FORBIDDEN, "Forbidden");
@@ -133,34 +140,55 @@ pub(crate) async fn handshake(
         return message_response(status, &body);
     }
 
-    let failed = {
-        let (app, socket) = (app.clone(), socket.clone());
-        move |error: axum::Error| {
+    // tungstenite reads into a 128 KiB buffer by default, allocated per connection: most
+    // of an idle connection's memory. Clients send small frames; 1 KiB is plenty (larger
+    // frames still arrive whole, over several reads).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let (response, upgraded) = upgrade.accept();
+    let connection = app
+        .connections
+        .track_future(run(app.clone(), socket, rx, upgraded, config));
+    app.sockets.handle().spawn(connection);
+    response
+}
+
+/// Completes the upgrade on the connections' runtime, then serves the connection.
+async fn run(
+    app: Arc<App>,
+    socket: Arc<Socket>,
+    rx: mpsc::Receiver<Frame>,
+    upgraded: Upgraded,
+    config: WebSocketConfig,
+) {
+    match upgraded.into_socket().await {
+        Ok((stream, early)) => {
+            let ws = if early.is_empty() {
+                WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
+            } else {
+                WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
+                    .await
+            };
+            serve(app, socket, ws, rx).await;
+        }
+        Err(error) => {
             warn!(connection_id = %socket.meta.id, %error, "upgrade failed after $connect");
             app.registry.remove(&socket.meta.id);
-            let task = finish(
-                app.clone(),
+            Box::pin(finish(
+                app,
                 socket,
                 1006,
                 "Connection was closed abnormally".into(),
-            );
-            app.connections.spawn(task);
+            ))
+            .await;
         }
-    };
-    let tracker = app.connections.clone();
-    upgrade
-        // tungstenite reads into a 128 KiB buffer by default, allocated per connection:
-        // most of an idle connection's memory. Clients send small frames; 1 KiB is plenty (larger frames still arrive whole).
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        .on_failed_upgrade(failed)
-        .on_upgrade(move |ws| tracker.track_future(serve(app, socket, ws, rx)))
-        .into_response()
+    }
 }
 
 /// Runs one connection to its end, then `$disconnect`.
-async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: WebSocket, rx: mpsc::Receiver<Message>) {
+async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: Ws, rx: mpsc::Receiver<Frame>) {
     debug!(connection_id = %socket.meta.id, "connected");
     let (sink, stream) = ws.split();
     let writer = tokio::spawn(write(sink, rx, socket.clone()));
@@ -172,7 +200,7 @@ async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: WebSocket, rx: mpsc::Rece
     app.registry.remove(&socket.meta.id);
     // A close the gateway asked for names the reason; otherwise the client's.
     let (code, reason) = socket.close_reason().unwrap_or((code, reason));
-    finish(app, socket, code, reason).await;
+    Box::pin(finish(app, socket, code, reason)).await;
 }
 
 /// Runs `$disconnect`, once per connection whatever path got here.
@@ -186,17 +214,15 @@ async fn finish(app: Arc<App>, socket: Arc<Socket>, code: u16, reason: String) {
 }
 
 /// Why a WebSocket read failed: 1009 for a message or frame over the limits, else 1006.
-fn read_error_close(error: axum::Error) -> (u16, String) {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match error.into_inner().downcast::<WsError>() {
-        Ok(e) if matches!(*e, WsError::Capacity(_)) => (1009, "Message too big".into()),
-        Ok(e) => (1006, format!("Connection was closed abnormally: {e}")),
-        Err(e) => (1006, format!("Connection was closed abnormally: {e}")),
+fn read_error_close(error: &WsError) -> (u16, String) {
+    match error {
+        WsError::Capacity(_) => (1009, "Message too big".into()),
+        e => (1006, format!("Connection was closed abnormally: {e}")),
     }
 }
 
 /// Reads until the connection ends; returns the close code and reason for `$disconnect`.
-async fn read(app: &App, socket: &Socket, mut stream: SplitStream<WebSocket>) -> (u16, String) {
+async fn read(app: &App, socket: &Socket, mut stream: SplitStream<Ws>) -> (u16, String) {
     let limits = &app.settings.limits;
     let ends_at = Instant::now() + limits.max_duration;
     let mut idle_at = Instant::now() + limits.idle_timeout;
@@ -224,22 +250,28 @@ async fn read(app: &App, socket: &Socket, mut stream: SplitStream<WebSocket>) ->
         match frame {
             None => return (1006, "Connection was closed abnormally".into()),
             Some(Err(e)) => {
-                let (code, reason) = read_error_close(e);
+                let (code, reason) = read_error_close(&e);
                 socket.close(code, &reason);
                 return (code, reason);
             }
             Some(Ok(Message::Text(text))) => {
                 socket.touch();
-                let event = app.events.message(&socket.meta, text.as_str());
-                herald::handlers::message(&app.services, &*app.gateway, &event).await;
+                // Boxed, like `$disconnect` below: an event and a handler's state are large,
+                // and a connection task that held room for them inline would carry it for
+                // all the time the connection sits idle.
+                Box::pin(async {
+                    let event = app.events.message(&socket.meta, text.as_str());
+                    herald::handlers::message(&app.services, &*app.gateway, &event).await;
+                })
+                .await;
             }
             Some(Ok(Message::Binary(_))) => {
                 socket.close(1003, "Binary frames are not supported");
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => socket.touch(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => socket.touch(),
             Some(Ok(Message::Close(frame))) => {
                 return match frame {
-                    Some(f) => (f.code, f.reason.to_string()),
+                    Some(f) => (u16::from(f.code), f.reason.to_string()),
                     None => (1005, "Client-side close frame status not set".into()),
                 };
             }
@@ -250,8 +282,8 @@ async fn read(app: &App, socket: &Socket, mut stream: SplitStream<WebSocket>) ->
 /// Drains the queue into the socket, flushing once per batch; on close, sends what was
 /// already queued (unless the client is the slow one) and the close frame.
 async fn write(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
+    mut sink: SplitSink<Ws, Message>,
+    mut rx: mpsc::Receiver<Frame>,
     socket: Arc<Socket>,
 ) {
     loop {
@@ -282,7 +314,7 @@ async fn write(
             send_batch(&mut sink, &mut rx, first).await?;
         }
         let frame = CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from(reason.as_str()),
         };
         sink.send(Message::Close(Some(frame))).await?;
@@ -295,13 +327,13 @@ async fn write(
 }
 
 async fn send_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Message>,
-    first: Message,
-) -> Result<(), axum::Error> {
-    sink.feed(first).await?;
+    sink: &mut SplitSink<Ws, Message>,
+    rx: &mut mpsc::Receiver<Frame>,
+    first: Frame,
+) -> Result<(), WsError> {
+    sink.feed(Arc::unwrap_or_clone(first)).await?;
     while let Ok(more) = rx.try_recv() {
-        sink.feed(more).await?;
+        sink.feed(Arc::unwrap_or_clone(more)).await?;
     }
     sink.flush().await
 }

@@ -111,6 +111,18 @@ impl<'a> Recipients<'a> {
         }
     }
 
+    /// Up to `page_size` recipients at once; empty when there are no more.
+    async fn next_page(&mut self, page_size: usize) -> Result<Vec<ConnectionId>, StoreError> {
+        let mut page = Vec::with_capacity(page_size);
+        while page.len() < page_size {
+            match self.next(page_size).await? {
+                Some(id) => page.push(id),
+                None => break,
+            }
+        }
+        Ok(page)
+    }
+
     async fn next(&mut self, page_size: usize) -> Result<Option<ConnectionId>, StoreError> {
         match self {
             Self::Fixed(ids) => Ok(ids.next()),
@@ -199,17 +211,11 @@ async fn deliver_in_batches(
         .map_err(|error| FanoutError { counts, error })?;
     let page_size = config.page_size.max(1);
     loop {
-        let mut page = Vec::with_capacity(page_size);
-        while page.len() < page_size {
-            match recipients.next(page_size).await {
-                Ok(Some(id)) => page.push(id),
-                Ok(None) => break,
-                Err(error) => return Err(FanoutError { counts, error }),
-            }
-        }
-        if page.is_empty() {
-            return Ok(counts);
-        }
+        let page = match recipients.next_page(page_size).await {
+            Ok(page) if page.is_empty() => return Ok(counts),
+            Ok(page) => page,
+            Err(error) => return Err(FanoutError { counts, error }),
+        };
         let results = gateway.post_many(&page, payload.clone()).await;
         let mut follow_ups: FuturesUnordered<BoxFuture<'_, Outcome>> = FuturesUnordered::new();
         for (id, result) in page.into_iter().zip(results) {

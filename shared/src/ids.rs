@@ -15,51 +15,125 @@ use serde::{Deserialize, Serialize};
 /// written against AWS see what they expect from `herald-local`. It uses the URL-safe
 /// alphabet, so an id pasted into an `@connections` URL by hand needs no escaping.
 ///
-/// Shared text (`Arc<str>`): fan-out copies ids by the thousand, and a clone is then a
-/// reference count, not an allocation.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnectionId(Arc<str>);
+/// Ids of that size are held inline, not behind a pointer: fan-out copies, hashes and
+/// compares ids by the thousand, and an inline id is copied without an allocation or a
+/// reference count and compared without a cache miss. Longer ids (never API Gateway's)
+/// are shared text.
+#[derive(Clone)]
+pub struct ConnectionId(Repr);
+
+/// Bytes an id may have and still be held inline (the enum is then 24 bytes).
+const INLINE: usize = 22;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<str>),
+}
 
 impl Serialize for ConnectionId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(self.as_str())
     }
 }
 
 impl<'de> Deserialize<'de> for ConnectionId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self::new)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConnectionId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a connection id")
+            }
+            fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<ConnectionId, E> {
+                Ok(ConnectionId::from(id))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
 impl ConnectionId {
     /// Wraps an id received from API Gateway, a client or a store.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(Arc::from(id.into()))
+        let id = id.into();
+        if id.len() <= INLINE {
+            Self::from(id.as_str())
+        } else {
+            Self(Repr::Shared(Arc::from(id)))
+        }
     }
 
     /// A fresh random id in API Gateway's format.
     pub fn generate() -> Self {
         // uuid v4 draws from the operating system's CSPRNG; 11 of its bytes are enough.
         let random = uuid::Uuid::new_v4();
-        Self::new(base64::engine::general_purpose::URL_SAFE.encode(&random.as_bytes()[..11]))
+        let mut text = [0u8; 16];
+        let written = base64::engine::general_purpose::URL_SAFE
+            .encode_slice(&random.as_bytes()[..11], &mut text)
+            .expect("11 bytes are 16 characters of base64");
+        Self::from(std::str::from_utf8(&text[..written]).expect("base64 is ASCII"))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match &self.0 {
+            Repr::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("inline ids are copied from a str, whole"),
+            Repr::Shared(text) => text,
+        }
     }
 }
 
 impl From<&str> for ConnectionId {
     fn from(id: &str) -> Self {
-        Self::new(id)
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                Self(Repr::Inline { len, bytes })
+            }
+            _ => Self(Repr::Shared(Arc::from(id))),
+        }
+    }
+}
+
+// Equality, order and hash are the text's, whichever way it is held.
+impl PartialEq for ConnectionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ConnectionId {}
+
+impl PartialOrd for ConnectionId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ConnectionId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for ConnectionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -88,6 +162,26 @@ mod tests {
         assert!(id.as_str().ends_with('='));
         assert!(!id.as_str()[..15].contains('='));
         assert_ne!(id, ConnectionId::generate());
+    }
+
+    #[test]
+    fn ids_of_any_length_compare_hash_and_serialize_as_their_text() {
+        use std::collections::HashSet;
+        let short = ConnectionId::new("L0SM9cOFvHcCIhw=");
+        let long = ConnectionId::new("a".repeat(40));
+        let edge = ConnectionId::new("b".repeat(INLINE));
+        for id in [&short, &long, &edge] {
+            assert_eq!(id, &ConnectionId::from(id.as_str()));
+            assert_eq!(id.to_string(), id.as_str());
+            let json = serde_json::to_string(id).unwrap();
+            assert_eq!(json, format!("\"{}\"", id.as_str()));
+            assert_eq!(&serde_json::from_str::<ConnectionId>(&json).unwrap(), id);
+        }
+        assert_eq!(long.as_str().len(), 40);
+        assert!(short < long && long < edge, "ordered as text");
+        let set: HashSet<_> = [short.clone(), long.clone(), short].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert_eq!(format!("{long:?}"), format!("{:?}", "a".repeat(40)));
     }
 
     #[test]
