@@ -100,8 +100,8 @@ pub fn token(user: &str) -> String {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens one subscriber, subscribed to `room` when it is a gateway.
-async fn subscriber(server: &Server, i: usize, room: &str) -> Ws {
+/// Opens one client, subscribed to `room` when there is one and the server is a gateway.
+async fn subscriber(server: &Server, i: usize, room: Option<&str>) -> Ws {
     let url = match server {
         Server::Gateway(addrs) => {
             let addr = addrs[i % addrs.len()];
@@ -112,7 +112,7 @@ async fn subscriber(server: &Server, i: usize, room: &str) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .unwrap_or_else(|e| panic!("client {i} cannot connect to {url}: {e}"));
-    if matches!(server, Server::Gateway(_)) {
+    if let (Server::Gateway(_), Some(room)) = (server, room) {
         ws.send(Message::text(
             json!({"action":"subscribe","room":room}).to_string(),
         ))
@@ -127,8 +127,8 @@ async fn subscriber(server: &Server, i: usize, room: &str) -> Ws {
     ws
 }
 
-/// Opens `n` subscribers, 64 handshakes at a time.
-pub async fn subscribers(server: &Server, n: usize, room: &str) -> Vec<Ws> {
+/// Opens `n` clients (subscribed to `room`, if any), 64 handshakes at a time.
+pub async fn subscribers(server: &Server, n: usize, room: Option<&str>) -> Vec<Ws> {
     let mut all = Vec::with_capacity(n);
     let mut start = 0;
     while start < n {
@@ -239,7 +239,7 @@ pub async fn fanout(
     size: usize,
 ) -> Fanout {
     let room = "bench";
-    let clients = subscribers(server, connections, room).await;
+    let clients = subscribers(server, connections, Some(room)).await;
     let (stop_tx, stop) = watch::channel(false);
     let received = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = clients
@@ -393,29 +393,7 @@ pub struct Memory {
 pub async fn memory(server: &Server, label: &str, pid: u32, connections: usize) -> Memory {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_kib = procs::rss_kib(&pid.to_string());
-    let mut clients = Vec::with_capacity(connections);
-    let mut start = 0;
-    while start < connections {
-        let end = (start + 64).min(connections);
-        let batch = (start..end).map(|i| async move {
-            let url = match server {
-                Server::Gateway(addrs) => {
-                    format!(
-                        "ws://{}/local?token={}",
-                        addrs[0],
-                        token(&format!("idle-{i}"))
-                    )
-                }
-                Server::Baseline(addr) => format!("ws://{addr}/sub"),
-            };
-            tokio_tungstenite::connect_async(url)
-                .await
-                .expect("connect")
-                .0
-        });
-        clients.extend(futures::future::join_all(batch).await);
-        start = end;
-    }
+    let clients = subscribers(server, connections, None).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded_kib = procs::rss_kib(&pid.to_string());
     drop(clients);

@@ -418,13 +418,15 @@ impl Gateway for Cluster {
         let mut remote = Vec::new();
         let local = crate::registry::frame(payload.clone());
         for (i, id) in ids.iter().enumerate() {
-            if self.registry.socket(id).is_some() {
-                results[i] = Some(match &local {
-                    Ok(message) => self.registry.post_now(id, message),
-                    Err(e) => Err(e.clone()),
-                });
-            } else {
-                remote.push(i);
+            // Held here: queue into the socket just looked up, without a second lookup.
+            match self.registry.socket(id) {
+                Some(socket) => {
+                    results[i] = Some(match &local {
+                        Ok(message) => self.registry.post_to(&socket, message),
+                        Err(e) => Err(e.clone()),
+                    });
+                }
+                None => remote.push(i),
             }
         }
         if !remote.is_empty() {

@@ -243,28 +243,35 @@ pub fn frame(payload: Bytes) -> Result<Frame, PushError> {
 impl Registry {
     /// Queues `message` for `id` without waiting.
     pub fn post_now(&self, id: &ConnectionId, message: &Frame) -> Result<(), PushError> {
-        let socket = self.live(id)?;
-        self.queue(&socket, id, message)
+        self.socket(id).map_or(Err(PushError::Gone), |socket| {
+            self.post_to(&socket, message)
+        })
     }
 
     /// Queues `message` for each of `ids` under one read lock of the socket table.
     pub fn post_all(&self, ids: &[ConnectionId], message: &Frame) -> Vec<Result<(), PushError>> {
         let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
         ids.iter()
-            .map(|id| match sockets.get(id) {
-                Some(socket) if socket.is_open() => self.queue(socket, id, message),
-                _ => Err(PushError::Gone),
+            .map(|id| {
+                sockets
+                    .get(id)
+                    .map_or(Err(PushError::Gone), |socket| self.post_to(socket, message))
             })
             .collect()
     }
 
-    fn queue(&self, socket: &Socket, id: &ConnectionId, message: &Frame) -> Result<(), PushError> {
+    /// Queues `message` for a socket already looked up: gone once a close has been asked
+    /// for, or when its queue is full (the slow consumer is then closed).
+    pub fn post_to(&self, socket: &Socket, message: &Frame) -> Result<(), PushError> {
+        if !socket.is_open() {
+            return Err(PushError::Gone);
+        }
         // `lastActiveAt` is stamped by the writer when it sends, not here on the hot path.
         match socket.queue.try_send(message.clone()) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(connection_id = %id, "outbound queue full; closing the slow consumer");
+                tracing::warn!(connection_id = %socket.meta.id, "outbound queue full; closing the slow consumer");
                 socket.close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON);
                 Err(PushError::Gone)
             }

@@ -165,12 +165,10 @@ async fn run(
 ) {
     match upgraded.into_socket().await {
         Ok((stream, early)) => {
-            let ws = if early.is_empty() {
-                WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await
-            } else {
+            // With nothing read early this is `from_raw_socket`: the same buffer, empty.
+            let ws =
                 WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
-                    .await
-            };
+                    .await;
             serve(app, socket, ws, rx).await;
         }
         Err(error) => {

@@ -56,12 +56,7 @@ impl<'de> Deserialize<'de> for ConnectionId {
 impl ConnectionId {
     /// Wraps an id received from API Gateway, a client or a store.
     pub fn new(id: impl Into<String>) -> Self {
-        let id = id.into();
-        if id.len() <= INLINE {
-            Self::from(id.as_str())
-        } else {
-            Self(Repr::Shared(Arc::from(id)))
-        }
+        Self::from(id.into().as_str())
     }
 
     /// A fresh random id in API Gateway's format.

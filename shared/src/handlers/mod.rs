@@ -60,7 +60,7 @@ fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Option<ConnectionId
         .connection_id
         .as_deref()
         .filter(|id| !id.is_empty())
-        .map(ConnectionId::new)
+        .map(ConnectionId::from)
 }
 
 /// What a route answers to an event without a connection id.
