@@ -414,6 +414,8 @@ impl Gateway for Cluster {
     }
 
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+        // Remote sockets are skipped by the sampling; their instances pace themselves.
+        self.registry.pace(ids).await;
         let mut results: Vec<Option<Result<(), PushError>>> = vec![None; ids.len()];
         let mut remote = Vec::new();
         let local = crate::registry::frame(payload.clone());

@@ -5,11 +5,19 @@
 //! is full the client is too slow to keep up: it is closed with 1008 (policy violation,
 //! reason `slow consumer`) and counted, and the post answers 410 so the publisher's
 //! `delivered` count stays exact and the store forgets it.
+//!
+//! The writers run at a lower priority than the HTTP side (see `upgrade.rs`), so a flood of
+//! publishes can queue faster than they write. Fan-out therefore paces itself: before it
+//! queues a page, it looks at a few of the page's queues, and while most of them hold more
+//! than [`BACKLOG_HIGH_WATER`] notifications and are draining, it waits. Clients that keep
+//! up are never closed as slow consumers by a flood, and the publisher is slowed to the
+//! rate the writers deliver at, as API Gateway would throttle it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,6 +34,19 @@ use crate::events::ConnectionMeta;
 pub const SLOW_CONSUMER_CODE: u16 = 1008;
 /// Close reason for a client whose outbound queue overflowed.
 pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue full";
+
+/// Notifications queued for a socket beyond which fan-out waits for its writer (capped at
+/// half the queue). Deep enough that a writer sends many notifications per write under
+/// load, shallow enough that they wait a fraction of a second.
+pub const BACKLOG_HIGH_WATER: usize = 64;
+/// How many of a page's queues fan-out looks at before queuing it.
+const PACE_SAMPLES: usize = 8;
+/// How long the sampled queues may stay as deep as they were before fan-out stops waiting:
+/// a client that stopped reading does not drain, and is left to overflow its queue and be
+/// closed as a slow consumer rather than hold up every publish.
+const PACE_STALL: Duration = Duration::from_millis(5);
+/// How often fan-out looks again while it waits.
+const PACE_TICK: Duration = Duration::from_millis(1);
 
 /// One live socket as the rest of the gateway sees it.
 pub struct Socket {
@@ -105,6 +126,11 @@ impl Socket {
         } else {
             rooms.remove(room);
         }
+    }
+
+    /// How many notifications wait in the queue.
+    fn backlog(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// Whether the socket still takes posts (no close has been asked for).
@@ -260,6 +286,45 @@ impl Registry {
             .collect()
     }
 
+    /// Waits while most of the sampled queues of `ids` are past the high-water mark and
+    /// their writers are draining them (see the module header).
+    pub async fn pace(&self, ids: &[ConnectionId]) {
+        let mut last = self.sample_backlog(ids);
+        let mut stalled_since = None;
+        while last.is_some() {
+            tokio::time::sleep(PACE_TICK).await;
+            let now = self.sample_backlog(ids);
+            match (now, last) {
+                (Some(depth), Some(before)) if depth >= before => {
+                    let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= PACE_STALL {
+                        return;
+                    }
+                }
+                _ => stalled_since = None,
+            }
+            last = now;
+        }
+    }
+
+    /// The summed depth of up to [`PACE_SAMPLES`] queues spread over `ids`, when most of
+    /// them are past the high-water mark; `None` when they are not.
+    fn sample_backlog(&self, ids: &[ConnectionId]) -> Option<usize> {
+        let step = ids.len().div_ceil(PACE_SAMPLES).max(1);
+        let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
+        let (mut sampled, mut deep, mut depth) = (0, 0, 0);
+        for socket in ids.iter().step_by(step).filter_map(|id| sockets.get(id)) {
+            let backlog = socket.backlog();
+            let high_water = BACKLOG_HIGH_WATER.min(socket.queue.max_capacity() / 2);
+            sampled += 1;
+            depth += backlog;
+            if socket.is_open() && backlog > high_water {
+                deep += 1;
+            }
+        }
+        (deep * 2 > sampled).then_some(depth)
+    }
+
     /// Queues `message` for a socket already looked up: gone once a close has been asked
     /// for, or when its queue is full (the slow consumer is then closed).
     pub fn post_to(&self, socket: &Socket, message: &Frame) -> Result<(), PushError> {
@@ -295,6 +360,7 @@ impl Gateway for Registry {
     }
 
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+        self.pace(ids).await;
         match frame(payload) {
             Ok(message) => self.post_all(ids, &message),
             Err(e) => vec![Err(e); ids.len()],
