@@ -12,7 +12,8 @@
 //! | `src/lib.rs` | [`Settings`], start-up (store, auth or dev mode, push path), [`run`] |
 //! | `src/ws.rs` | the handshake (authorizer, then `$connect`) and each connection's reader and writer |
 //! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
-//! | `src/registry.rs` | live sockets, their bounded queues, the in-process `Gateway` |
+//! | `src/outbox.rs` | a socket's bounded outbound queue, one cache line per push |
+//! | `src/registry.rs` | live sockets, the in-process `Gateway`, fan-out's pacing |
 //! | `src/cluster.rs` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
 //! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
 //! | `src/events.rs` | events built as API Gateway builds them |
@@ -21,6 +22,7 @@
 mod cluster;
 mod events;
 mod http;
+mod outbox;
 mod registry;
 mod tracking;
 mod upgrade;

@@ -1,6 +1,6 @@
 //! The sockets this gateway holds, and the in-process [`Gateway`] that writes to them.
 //!
-//! Each connection has a bounded outbound queue drained by its writer task. A post only
+//! Each connection has a bounded outbound queue ([`Outbox`]) drained by its writer task. A post only
 //! enqueues, so one slow client never slows a fan-out to the others. When a client's queue
 //! is full the client is too slow to keep up: it is closed with 1008 (policy violation,
 //! reason `slow consumer`) and counted, and the post answers 410 so the publisher's
@@ -24,11 +24,11 @@ use bytes::Bytes;
 use herald::gateway::{ConnectionInfo, Gateway, PushError};
 use herald::ids::{ConnectionId, now_ms};
 use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::ConnectionMeta;
+use crate::outbox::{Outbox, Refused};
 
 /// Close code for a client whose outbound queue overflowed.
 pub const SLOW_CONSUMER_CODE: u16 = 1008;
@@ -50,37 +50,34 @@ const PACE_TICK: Duration = Duration::from_millis(1);
 
 /// One live socket as the rest of the gateway sees it.
 pub struct Socket {
+    /// What the writer sends; first, on a cache line of its own, as a post touches nothing
+    /// else of the socket.
+    pub outbox: Outbox,
     /// What the handshake established.
     pub meta: ConnectionMeta,
-    queue: mpsc::Sender<Frame>,
     /// Cancelled when the gateway decides to close the socket.
     pub closing: CancellationToken,
     close_reason: Mutex<Option<(u16, String)>>,
     /// Written by the writer after every batch; on a cache line of its own, so a publish
     /// reading `closed` and `queue` on another core does not miss on it.
     last_active: CacheLine<AtomicI64>,
-    /// Set with `closing`; a plain flag is cheaper to read on every post.
-    closed: AtomicBool,
     disconnected: AtomicBool,
     /// The rooms this socket joined, mirrored here so a restarted store can be refilled.
     rooms: Mutex<BTreeSet<RoomName>>,
 }
 
 impl Socket {
-    /// A socket and the receiving end of its outbound queue.
-    pub fn new(meta: ConnectionMeta, queue_len: usize) -> (Arc<Self>, mpsc::Receiver<Frame>) {
-        let (queue, rx) = mpsc::channel(queue_len.max(1));
-        let socket = Arc::new(Self {
+    /// A socket whose outbox holds up to `queue_len` notifications.
+    pub fn new(meta: ConnectionMeta, queue_len: usize) -> Arc<Self> {
+        Arc::new(Self {
+            outbox: Outbox::new(queue_len),
             last_active: CacheLine(AtomicI64::new(meta.connected_at)),
             meta,
-            queue,
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
-            closed: AtomicBool::new(false),
             disconnected: AtomicBool::new(false),
             rooms: Mutex::new(BTreeSet::new()),
-        });
-        (socket, rx)
+        })
     }
 
     /// Asks the socket to close with `code` and `reason`; the first request wins.
@@ -91,7 +88,7 @@ impl Socket {
                 *current = Some((code, reason.to_owned()));
             }
         }
-        self.closed.store(true, Ordering::Release);
+        self.outbox.close();
         self.closing.cancel();
     }
 
@@ -128,14 +125,9 @@ impl Socket {
         }
     }
 
-    /// How many notifications wait in the queue.
-    fn backlog(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
-    }
-
     /// Whether the socket still takes posts (no close has been asked for).
     fn is_open(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
+        self.outbox.is_open()
     }
 
     /// True exactly once: whoever gets `true` runs `$disconnect`.
@@ -247,12 +239,9 @@ impl Hasher for IdHasher {
     }
 }
 
-/// A frame as queued: built once per publish and shared by every recipient's queue.
-///
-/// Queues hold a pointer rather than the message itself because tokio's channel allocates
-/// its first block of 32 slots with the channel: 32 pointers per idle connection instead of
-/// 32 messages of 56 bytes saves 1.5 KiB on each.
-pub type Frame = Arc<Message>;
+/// A frame as queued: built once per publish; each recipient's queue holds a copy that
+/// shares its bytes.
+pub type Frame = Message;
 
 /// The frame for a payload: text when it is UTF-8 (all of Herald's own messages), as API
 /// Gateway forwards posted bytes as they are otherwise.
@@ -260,10 +249,10 @@ pub fn frame(payload: Bytes) -> Result<Frame, PushError> {
     if payload.len() > MAX_NOTIFICATION_BYTES {
         return Err(PushError::PayloadTooLarge);
     }
-    Ok(Arc::new(match Utf8Bytes::try_from(payload.clone()) {
+    Ok(match Utf8Bytes::try_from(payload.clone()) {
         Ok(text) => Message::Text(text),
         Err(_) => Message::Binary(payload),
-    }))
+    })
 }
 
 impl Registry {
@@ -314,8 +303,8 @@ impl Registry {
         let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
         let (mut sampled, mut deep, mut depth) = (0, 0, 0);
         for socket in ids.iter().step_by(step).filter_map(|id| sockets.get(id)) {
-            let backlog = socket.backlog();
-            let high_water = BACKLOG_HIGH_WATER.min(socket.queue.max_capacity() / 2);
+            let backlog = socket.outbox.len();
+            let high_water = BACKLOG_HIGH_WATER.min(socket.outbox.capacity() / 2);
             sampled += 1;
             depth += backlog;
             if socket.is_open() && backlog > high_water {
@@ -328,19 +317,16 @@ impl Registry {
     /// Queues `message` for a socket already looked up: gone once a close has been asked
     /// for, or when its queue is full (the slow consumer is then closed).
     pub fn post_to(&self, socket: &Socket, message: &Frame) -> Result<(), PushError> {
-        if !socket.is_open() {
-            return Err(PushError::Gone);
-        }
         // `lastActiveAt` is stamped by the writer when it sends, not here on the hot path.
-        match socket.queue.try_send(message.clone()) {
+        match socket.outbox.push(message) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(connection_id = %socket.meta.id, "outbound queue full; closing the slow consumer");
                 socket.close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON);
                 Err(PushError::Gone)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Gone),
+            Err(Refused::Closed) => Err(PushError::Gone),
         }
     }
 }

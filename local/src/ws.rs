@@ -13,6 +13,7 @@
 //! gateway (DELETE, slow consumer, shutdown). When the reader ends, the writer sends the
 //! close frame, and `$disconnect` runs exactly once with the close code and reason.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,6 @@ use herald::events::iam::IamPolicyEffect;
 use herald::ids::{ConnectionId, now_ms};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -38,13 +38,16 @@ use tracing::{debug, info, warn};
 use crate::App;
 use crate::events::ConnectionMeta;
 use crate::http::{decode_query, message_response};
-use crate::registry::{Frame, SLOW_CONSUMER_CODE, Socket};
+use crate::registry::{SLOW_CONSUMER_CODE, Socket};
 use crate::upgrade::{Upgrade, Upgraded};
 
 type Ws = WebSocketStream<TcpStream>;
 
 /// The read buffer per connection (see the upgrade below).
 const READ_BUFFER_BYTES: usize = 1024;
+/// The most slots a writer's batch keeps between bursts (about the high-water mark at which
+/// fan-out waits for writers).
+const BATCH_CAPACITY_KEPT: usize = 2 * crate::registry::BACKLOG_HIGH_WATER;
 
 /// `GET /{stage}` with an upgrade: the handshake.
 pub(crate) async fn handshake(
@@ -123,7 +126,7 @@ pub(crate) async fn handshake(
         meta.context = context;
     }
 
-    let (socket, rx) = Socket::new(meta, limits.outbound_queue);
+    let socket = Socket::new(meta, limits.outbound_queue);
     app.registry.insert(socket.clone());
     let connect = app.events.connect(&socket.meta, &header_pairs, &query);
     let answer = herald::handlers::connect(&app.services, &connect).await;
@@ -150,26 +153,20 @@ pub(crate) async fn handshake(
     let (response, upgraded) = upgrade.accept();
     let connection = app
         .connections
-        .track_future(run(app.clone(), socket, rx, upgraded, config));
+        .track_future(run(app.clone(), socket, upgraded, config));
     app.sockets.handle().spawn(connection);
     response
 }
 
 /// Completes the upgrade on the connections' runtime, then serves the connection.
-async fn run(
-    app: Arc<App>,
-    socket: Arc<Socket>,
-    rx: mpsc::Receiver<Frame>,
-    upgraded: Upgraded,
-    config: WebSocketConfig,
-) {
+async fn run(app: Arc<App>, socket: Arc<Socket>, upgraded: Upgraded, config: WebSocketConfig) {
     match upgraded.into_socket().await {
         Ok((stream, early)) => {
             // With nothing read early this is `from_raw_socket`: the same buffer, empty.
             let ws =
                 WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
                     .await;
-            serve(app, socket, ws, rx).await;
+            serve(app, socket, ws).await;
         }
         Err(error) => {
             warn!(connection_id = %socket.meta.id, %error, "upgrade failed after $connect");
@@ -186,10 +183,10 @@ async fn run(
 }
 
 /// Runs one connection to its end, then `$disconnect`.
-async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: Ws, rx: mpsc::Receiver<Frame>) {
+async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: Ws) {
     debug!(connection_id = %socket.meta.id, "connected");
     let (sink, stream) = ws.split();
-    let writer = tokio::spawn(write(sink, rx, socket.clone()));
+    let writer = tokio::spawn(write(sink, socket.clone()));
     let (code, reason) = read(&app, &socket, stream).await;
     socket.close(code, &reason);
     if let Err(e) = writer.await {
@@ -277,25 +274,22 @@ async fn read(app: &App, socket: &Socket, mut stream: SplitStream<Ws>) -> (u16, 
     }
 }
 
-/// Drains the queue into the socket, flushing once per batch; on close, sends what was
+/// Drains the outbox into the socket, flushing once per batch; on close, sends what was
 /// already queued (unless the client is the slow one) and the close frame.
-async fn write(
-    mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Frame>,
-    socket: Arc<Socket>,
-) {
+async fn write(mut sink: SplitSink<Ws, Message>, socket: Arc<Socket>) {
+    let mut batch = VecDeque::new();
     loop {
-        let first = tokio::select! {
+        let taken = tokio::select! {
             biased;
-            next = rx.recv() => match next {
-                Some(first) => first,
-                None => break,
-            },
+            taken = socket.outbox.take(&mut batch) => taken,
             () = socket.closing.cancelled() => break,
         };
+        if taken == 0 {
+            break;
+        }
         // A client that stops reading blocks the flush; a close must still get through.
         let sent = tokio::select! {
-            sent = send_batch(&mut sink, &mut rx, first) => sent,
+            sent = send_batch(&mut sink, &mut batch) => sent,
             () = socket.closing.cancelled() => break,
         };
         socket.touch();
@@ -308,8 +302,9 @@ async fn write(
     let (code, reason) = socket.close_reason().unwrap_or((1000, String::new()));
     let slow = code == SLOW_CONSUMER_CODE;
     let goodbye = async {
-        if !slow && let Ok(first) = rx.try_recv() {
-            send_batch(&mut sink, &mut rx, first).await?;
+        // What was taken but not sent when the close came goes first, in order.
+        if !slow && socket.outbox.take_now(&mut batch) > 0 {
+            send_batch(&mut sink, &mut batch).await?;
         }
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -324,14 +319,17 @@ async fn write(
     let _ = tokio::time::timeout(patience, goodbye).await;
 }
 
+/// Sends `batch` (emptying it) with one flush. After a burst its allocation, which the
+/// outbox reuses, is given back so an idle connection stays small.
 async fn send_batch(
     sink: &mut SplitSink<Ws, Message>,
-    rx: &mut mpsc::Receiver<Frame>,
-    first: Frame,
+    batch: &mut VecDeque<Message>,
 ) -> Result<(), WsError> {
-    sink.feed(Arc::unwrap_or_clone(first)).await?;
-    while let Ok(more) = rx.try_recv() {
-        sink.feed(Arc::unwrap_or_clone(more)).await?;
+    while let Some(frame) = batch.pop_front() {
+        sink.feed(frame).await?;
+    }
+    if batch.capacity() > BATCH_CAPACITY_KEPT {
+        batch.shrink_to(BATCH_CAPACITY_KEPT);
     }
     sink.flush().await
 }

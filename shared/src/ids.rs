@@ -78,6 +78,15 @@ impl ConnectionId {
             Repr::Shared(text) => text,
         }
     }
+
+    /// The id's bytes, without the UTF-8 check of [`as_str`](Self::as_str): comparing and
+    /// hashing run once per recipient of a publish.
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(text) => text.as_bytes(),
+        }
+    }
 }
 
 impl From<&str> for ConnectionId {
@@ -96,7 +105,7 @@ impl From<&str> for ConnectionId {
 // Equality, order and hash are the text's, whichever way it is held.
 impl PartialEq for ConnectionId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -110,13 +119,16 @@ impl PartialOrd for ConnectionId {
 
 impl Ord for ConnectionId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        // UTF-8 orders bytewise as text does.
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl std::hash::Hash for ConnectionId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        // As `str` hashes: the bytes, then a byte no UTF-8 text holds.
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
