@@ -369,3 +369,109 @@ impl Gateway for Registry {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A registry holding `n` sockets, each with `queued` notifications waiting.
+    fn registry_with(n: usize, queued: usize) -> (Arc<Registry>, Vec<ConnectionId>) {
+        let registry = Arc::new(Registry::default());
+        let frame = frame(Bytes::from_static(b"{}")).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let socket = Socket::new(
+                ConnectionMeta {
+                    id: ConnectionId::generate(),
+                    connected_at: 0,
+                    source_ip: "127.0.0.1".into(),
+                    user_agent: None,
+                    domain_name: "localhost".into(),
+                    context: serde_json::Map::new(),
+                },
+                1024,
+            );
+            for _ in 0..queued {
+                socket.outbox.push(&frame).unwrap();
+            }
+            ids.push(socket.meta.id.clone());
+            registry.insert(socket);
+        }
+        (registry, ids)
+    }
+
+    fn deep(registry: &Registry, ids: &[ConnectionId]) -> usize {
+        ids.iter()
+            .filter(|id| registry.socket(id).unwrap().outbox.len() > BACKLOG_HIGH_WATER)
+            .count()
+    }
+
+    // Paused time: the ticks of `pace` and of the writers below advance in step, however
+    // busy the machine running the test is.
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_waits_while_the_writers_drain_deep_queues() {
+        let (registry, ids) = registry_with(8, BACKLOG_HIGH_WATER + 40);
+        // Writers that send four notifications per socket every millisecond.
+        let draining = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    for socket in registry.all() {
+                        let mut taken = VecDeque::new();
+                        socket.outbox.take_now(&mut taken);
+                        for frame in taken.iter().skip(4) {
+                            socket.outbox.push(frame).unwrap();
+                        }
+                    }
+                }
+            }
+        });
+        assert_eq!(deep(&registry, &ids), 8);
+        tokio::time::timeout(Duration::from_secs(10), registry.pace(&ids))
+            .await
+            .expect("the queues drained below the mark");
+        draining.abort();
+        assert!(
+            deep(&registry, &ids) * 2 <= ids.len(),
+            "fan-out went on only once most queues were below the mark"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_does_not_wait_for_queues_that_do_not_drain() {
+        let (registry, ids) = registry_with(8, BACKLOG_HIGH_WATER + 40);
+        tokio::time::timeout(Duration::from_secs(5), registry.pace(&ids))
+            .await
+            .expect("stalled queues are left to overflow, not waited for");
+        assert_eq!(deep(&registry, &ids), 8);
+    }
+
+    #[test]
+    fn shallow_or_mostly_shallow_pages_are_not_held_up() {
+        let (registry, ids) = registry_with(8, BACKLOG_HIGH_WATER);
+        assert_eq!(registry.sample_backlog(&ids), None);
+        // Three deep queues of eight: a minority, so no wait.
+        let frame = frame(Bytes::from_static(b"{}")).unwrap();
+        for id in &ids[..3] {
+            registry.socket(id).unwrap().outbox.push(&frame).unwrap();
+        }
+        assert_eq!(registry.sample_backlog(&ids), None);
+        registry
+            .socket(&ids[3])
+            .unwrap()
+            .outbox
+            .push(&frame)
+            .unwrap();
+        registry
+            .socket(&ids[4])
+            .unwrap()
+            .outbox
+            .push(&frame)
+            .unwrap();
+        assert!(registry.sample_backlog(&ids).is_some(), "five of eight");
+    }
+}

@@ -186,6 +186,24 @@ impl Drop for SocketRuntime {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_connections_threads_yield_to_the_http_side() {
+        let nice = || {
+            rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                .expect("a thread's own nice value")
+        };
+        let here = nice();
+        let runtime = SocketRuntime::new().unwrap();
+        // Run on one of the runtime's workers, not on this thread.
+        let there = runtime
+            .handle()
+            .block_on(async { tokio::spawn(async move { nice() }).await.unwrap() });
+        // An unprivileged process cannot go back below its own nice value.
+        assert_eq!(there, CONNECTIONS_NICE.max(here));
+        assert_eq!(nice(), here, "the calling thread keeps its priority");
+    }
+
     #[test]
     fn header_tokens_are_matched_in_lists_and_case_insensitively() {
         let mut headers = HeaderMap::new();
