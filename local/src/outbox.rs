@@ -21,6 +21,9 @@ use std::task::{Poll, Waker};
 
 use tokio_tungstenite::tungstenite::Message;
 
+/// Slots each of the outbox's two buffers keeps while the connection is idle.
+const IDLE_SLOTS: usize = 16;
+
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -133,6 +136,11 @@ impl Outbox {
             if state.closed {
                 return Poll::Ready(0);
             }
+            // Going idle: give back what a burst grew (both buffers are empty now), so a
+            // connection that once took a flood is small again. Not done per batch, which
+            // under load would reallocate on every take.
+            batch.shrink_to(IDLE_SLOTS);
+            state.frames.shrink_to(IDLE_SLOTS);
             match &mut state.writer {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 slot => *slot = Some(cx.waker().clone()),
@@ -203,6 +211,24 @@ mod tests {
             .unwrap();
         assert_eq!(n, batch.len());
         assert_eq!(batch.front(), Some(&text("one")));
+    }
+
+    #[tokio::test]
+    async fn a_writer_going_idle_gives_back_what_a_burst_grew() {
+        let outbox = Outbox::new(1024);
+        let mut batch = VecDeque::new();
+        for _ in 0..2 {
+            for _ in 0..500 {
+                outbox.push(&text("x")).unwrap();
+            }
+            assert_eq!(outbox.take(&mut batch).await, 500);
+            batch.clear();
+        }
+        assert!(batch.capacity() >= 500 && outbox.lock().frames.capacity() >= 500);
+        let idle = tokio::time::timeout(Duration::from_millis(10), outbox.take(&mut batch));
+        assert!(idle.await.is_err(), "nothing was queued");
+        assert!(batch.capacity() <= IDLE_SLOTS);
+        assert!(outbox.lock().frames.capacity() <= IDLE_SLOTS);
     }
 
     #[tokio::test]

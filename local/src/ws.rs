@@ -45,9 +45,6 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// The read buffer per connection (see the upgrade below).
 const READ_BUFFER_BYTES: usize = 1024;
-/// The most slots a writer's batch keeps between bursts (about the high-water mark at which
-/// fan-out waits for writers).
-const BATCH_CAPACITY_KEPT: usize = 2 * crate::registry::BACKLOG_HIGH_WATER;
 
 /// `GET /{stage}` with an upgrade: the handshake.
 pub(crate) async fn handshake(
@@ -319,17 +316,13 @@ async fn write(mut sink: SplitSink<Ws, Message>, socket: Arc<Socket>) {
     let _ = tokio::time::timeout(patience, goodbye).await;
 }
 
-/// Sends `batch` (emptying it) with one flush. After a burst its allocation, which the
-/// outbox reuses, is given back so an idle connection stays small.
+/// Sends `batch` (emptying it) with one flush.
 async fn send_batch(
     sink: &mut SplitSink<Ws, Message>,
     batch: &mut VecDeque<Message>,
 ) -> Result<(), WsError> {
     while let Some(frame) = batch.pop_front() {
         sink.feed(frame).await?;
-    }
-    if batch.capacity() > BATCH_CAPACITY_KEPT {
-        batch.shrink_to(BATCH_CAPACITY_KEPT);
     }
     sink.flush().await
 }
