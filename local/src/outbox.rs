@@ -117,9 +117,10 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// The most frames it holds.
-    pub fn capacity(&self) -> usize {
-        self.lock().capacity as usize
+    /// How many frames wait and how many it may hold, while it is open.
+    pub fn backlog(&self) -> Option<(usize, usize)> {
+        let state = self.lock();
+        (!state.closed).then(|| (state.frames.len(), state.capacity as usize))
     }
 
     /// Moves every queued frame into `batch` (which must be empty; its allocation is

@@ -1,7 +1,7 @@
 //! The sockets this gateway holds, and the in-process [`Gateway`] that writes to them.
 //!
-//! Each connection has a bounded outbound queue ([`Outbox`]) drained by its writer task. A post only
-//! enqueues, so one slow client never slows a fan-out to the others. When a client's queue
+//! Each connection has a bounded outbound queue ([`Outbox`]) drained by its writer task. A
+//! post only enqueues, so one slow client never slows a fan-out to the others. When a client's queue
 //! is full the client is too slow to keep up: it is closed with 1008 (policy violation,
 //! reason `slow consumer`) and counted, and the post answers 410 so the publisher's
 //! `delivered` count stays exact and the store forgets it.
@@ -10,8 +10,8 @@
 //! publishes can queue faster than they write. Fan-out therefore paces itself: before it
 //! queues a page, it looks at a few of the page's queues, and while most of them hold more
 //! than [`BACKLOG_HIGH_WATER`] notifications and are draining, it waits. Clients that keep
-//! up are never closed as slow consumers by a flood, and the publisher is slowed to the
-//! rate the writers deliver at, as API Gateway would throttle it.
+//! up are never closed as slow consumers by a flood: the publisher is slowed to the rate
+//! the writers deliver at instead.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -59,7 +59,7 @@ pub struct Socket {
     pub closing: CancellationToken,
     close_reason: Mutex<Option<(u16, String)>>,
     /// Written by the writer after every batch; on a cache line of its own, so a publish
-    /// reading `closed` and `queue` on another core does not miss on it.
+    /// pushing into the outbox on another core does not miss on it.
     last_active: CacheLine<AtomicI64>,
     disconnected: AtomicBool,
     /// The rooms this socket joined, mirrored here so a restarted store can be refilled.
@@ -303,12 +303,13 @@ impl Registry {
         let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
         let (mut sampled, mut deep, mut depth) = (0, 0, 0);
         for socket in ids.iter().step_by(step).filter_map(|id| sockets.get(id)) {
-            let backlog = socket.outbox.len();
-            let high_water = BACKLOG_HIGH_WATER.min(socket.outbox.capacity() / 2);
             sampled += 1;
-            depth += backlog;
-            if socket.is_open() && backlog > high_water {
-                deep += 1;
+            // A closed socket's queue is not waited for: it is only ever emptied, or dropped.
+            if let Some((queued, capacity)) = socket.outbox.backlog() {
+                depth += queued;
+                if queued > BACKLOG_HIGH_WATER.min(capacity / 2) {
+                    deep += 1;
+                }
             }
         }
         (deep * 2 > sampled).then_some(depth)
