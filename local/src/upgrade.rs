@@ -12,10 +12,10 @@
 //! cores busy, a publish otherwise waited for a core as long as it ran, and the writers it
 //! woke each sent one or two notifications per `send(2)`. Yielding to the HTTP side lets
 //! the publish finish at once and the writers find more queued per write, which is cheaper
-//! for the gateway and the clients alike (the fan-out benchmark went from 35 % to about
-//! 80 % of the baseline). The publish is then faster than the writers can drain under a
-//! flood, so fan-out paces itself on their queues (`Registry::pace`) instead of letting
-//! them overflow.
+//! for the gateway and the clients alike (with the outbox and pacing, the fan-out
+//! benchmark went from 35 % to a median of 74 % of the baseline; see BENCHMARKS.md). The
+//! publish is then faster than the writers can drain under a flood, so fan-out paces
+//! itself on their queues (`Registry::pace`) instead of letting them overflow.
 //!
 //! To move a connection there, its TCP socket is taken out of hyper after the `101` and
 //! registered with the connections' runtime, so its reads and writes are driven there too

@@ -55,8 +55,9 @@ impl<'de> Deserialize<'de> for ConnectionId {
 
 impl ConnectionId {
     /// Wraps an id received from API Gateway, a client or a store.
-    pub fn new(id: impl Into<String>) -> Self {
-        Self::from(id.into().as_str())
+    pub fn new(id: impl AsRef<str>) -> Self {
+        // Borrowed, not converted to a `String`: an inline id is copied from the text.
+        Self::from(id.as_ref())
     }
 
     /// A fresh random id in API Gateway's format.
