@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
-use herald::gateway::{ConnectionInfo, Gateway, PushError};
+use herald::gateway::{ConnectionInfo, Failures, Gateway, PushError};
 use herald::ids::{ConnectionId, now_ms};
 use herald::store::{Connection, ConnectionStore, RedisStore, StoreError, redis_error};
 use redis::aio::ConnectionManager;
@@ -102,15 +102,20 @@ struct Info {
     user_agent: Option<String>,
 }
 
+impl From<&PushError> for Outcome {
+    fn from(error: &PushError) -> Self {
+        match error {
+            PushError::Gone => Self::Gone,
+            PushError::PayloadTooLarge => Self::TooLarge,
+            PushError::Throttled => Self::Throttled,
+            _ => Self::Failed,
+        }
+    }
+}
+
 impl From<&Result<(), PushError>> for Outcome {
     fn from(result: &Result<(), PushError>) -> Self {
-        match result {
-            Ok(()) => Self::Ok,
-            Err(PushError::Gone) => Self::Gone,
-            Err(PushError::PayloadTooLarge) => Self::TooLarge,
-            Err(PushError::Throttled) => Self::Throttled,
-            Err(_) => Self::Failed,
-        }
+        result.as_ref().err().map_or(Self::Ok, Self::from)
     }
 }
 
@@ -235,8 +240,13 @@ impl Cluster {
                     (None, None) => Bytes::new(),
                 };
                 let ids: Vec<ConnectionId> = ids.into_iter().map(ConnectionId::new).collect();
-                let results = registry.post_many(&ids, payload).await;
-                Answer::Results(results.iter().map(Outcome::from).collect())
+                let mut outcomes = vec![Outcome::Ok; ids.len()];
+                for (i, error) in registry.post_many(&ids, payload).await {
+                    if let Some(outcome) = outcomes.get_mut(i) {
+                        *outcome = Outcome::from(&error);
+                    }
+                }
+                Answer::Results(outcomes)
             }
             Op::Get { id } => Answer::Info(
                 Gateway::get(registry, &ConnectionId::new(id))
@@ -360,7 +370,7 @@ impl Gateway for Cluster {
         self.post_many(std::slice::from_ref(id), payload)
             .await
             .pop()
-            .unwrap_or(Err(PushError::Gone))
+            .map_or(Ok(()), |(_, error)| Err(error))
     }
 
     async fn get(&self, id: &ConnectionId) -> Result<ConnectionInfo, PushError> {
@@ -413,7 +423,7 @@ impl Gateway for Cluster {
         true
     }
 
-    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
         // Remote sockets are skipped by the sampling; their instances pace themselves.
         self.registry.pace(ids).await;
         let mut results: Vec<Option<Result<(), PushError>>> = vec![None; ids.len()];
@@ -478,7 +488,12 @@ impl Gateway for Cluster {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or(Err(PushError::Gone)))
+            .enumerate()
+            .filter_map(|(i, result)| match result {
+                Some(Ok(())) => None,
+                Some(Err(error)) => Some((i, error)),
+                None => Some((i, PushError::Gone)),
+            })
             .collect()
     }
 }

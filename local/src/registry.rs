@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald::gateway::{ConnectionInfo, Gateway, PushError};
+use herald::gateway::{ConnectionInfo, Failures, Gateway, PushError};
 use herald::ids::{ConnectionId, now_ms};
 use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -263,16 +263,20 @@ impl Registry {
         })
     }
 
-    /// Queues `message` for each of `ids` under one read lock of the socket table.
-    pub fn post_all(&self, ids: &[ConnectionId], message: &Frame) -> Vec<Result<(), PushError>> {
+    /// Queues `message` for each of `ids` under one read lock of the socket table; answers
+    /// the ones that failed.
+    pub fn post_all(&self, ids: &[ConnectionId], message: &Frame) -> Failures {
         let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
-        ids.iter()
-            .map(|id| {
-                sockets
-                    .get(id)
-                    .map_or(Err(PushError::Gone), |socket| self.post_to(socket, message))
-            })
-            .collect()
+        let mut failures = Failures::new();
+        for (i, id) in ids.iter().enumerate() {
+            let posted = sockets
+                .get(id)
+                .map_or(Err(PushError::Gone), |socket| self.post_to(socket, message));
+            if let Err(error) = posted {
+                failures.push((i, error));
+            }
+        }
+        failures
     }
 
     /// Waits while most of the sampled queues of `ids` are past the high-water mark and
@@ -346,11 +350,11 @@ impl Gateway for Registry {
         true
     }
 
-    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
         self.pace(ids).await;
         match frame(payload) {
             Ok(message) => self.post_all(ids, &message),
-            Err(e) => vec![Err(e); ids.len()],
+            Err(e) => (0..ids.len()).map(|i| (i, e.clone())).collect(),
         }
     }
 

@@ -216,23 +216,30 @@ async fn deliver_in_batches(
             Ok(page) => page,
             Err(error) => return Err(FanoutError { counts, error }),
         };
-        let results = gateway.post_many(&page, payload.clone()).await;
+        let failures = gateway.post_many(&page, payload.clone()).await;
+        counts.delivered += page.len().saturating_sub(failures.len()) as u64;
         let mut follow_ups: FuturesUnordered<BoxFuture<'_, Outcome>> = FuturesUnordered::new();
-        for (id, result) in page.into_iter().zip(results) {
-            match result {
-                Ok(()) => counts.delivered += 1,
-                Err(PushError::Throttled) => {
+        for (i, error) in failures {
+            let Some(id) = page.get(i).cloned() else {
+                warn!(
+                    index = i,
+                    "a gateway answered for a recipient it was not given"
+                );
+                continue;
+            };
+            match error {
+                PushError::Throttled => {
                     let retry = post_one(store, gateway, id, payload.clone(), config);
                     follow_ups.push(Box::pin(retry));
                 }
-                Err(PushError::Gone) => {
+                PushError::Gone => {
                     counts.gone += 1;
                     follow_ups.push(Box::pin(async move {
                         forget(store, &id).await;
                         Outcome::Forgotten
                     }));
                 }
-                Err(error) => {
+                error => {
                     warn!(connection_id = %id, %error, "post failed");
                     counts.failed += 1;
                 }

@@ -22,6 +22,10 @@ pub use recording::{RecordingGateway, Scripted};
 
 use crate::ids::ConnectionId;
 
+/// The posts of a [`Gateway::post_many`] that failed, each with the index of its id. Most
+/// posts succeed, so a page that all went through is answered without an allocation.
+pub type Failures = Vec<(usize, PushError)>;
+
 /// Errors of a push to one connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
@@ -73,13 +77,16 @@ pub trait Gateway: Send + Sync + 'static {
         false
     }
 
-    /// Posts one payload to many connections; one answer per id, in order. Fan-out calls
-    /// it once per page of recipients when [`Gateway::prefers_batches`] says so.
-    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
-        let mut results = Vec::with_capacity(ids.len());
-        for id in ids {
-            results.push(self.post(id, payload.clone()).await);
+    /// Posts one payload to many connections and answers the posts that failed, each with
+    /// the index of its id in `ids`, in order; every other id was posted. Fan-out calls it
+    /// once per page of recipients when [`Gateway::prefers_batches`] says so.
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
+        let mut failures = Failures::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let Err(error) = self.post(id, payload.clone()).await {
+                failures.push((i, error));
+            }
         }
-        results
+        failures
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{ConnectionInfo, Gateway, PushError};
+use super::{ConnectionInfo, Failures, Gateway, PushError};
 use crate::ids::ConnectionId;
 
 /// A scripted answer for one connection.
@@ -162,12 +162,14 @@ impl Gateway for RecordingGateway {
         self.batching.load(Ordering::SeqCst)
     }
 
-    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Vec<Result<(), PushError>> {
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
         self.batches.fetch_add(1, Ordering::SeqCst);
-        let mut results = Vec::with_capacity(ids.len());
-        for id in ids {
-            results.push(self.post(id, payload.clone()).await);
+        let mut failures = Failures::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let Err(error) = self.post(id, payload.clone()).await {
+                failures.push((i, error));
+            }
         }
-        results
+        failures
     }
 }
