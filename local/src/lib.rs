@@ -13,6 +13,7 @@
 //! | `src/ws.rs` | the handshake (authorizer, then `$connect`) and each connection's reader and writer |
 //! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
 //! | `src/outbox.rs` | a socket's bounded outbound queue, one cache line per push |
+//! | `src/wire.rs` | frames to clients as bytes, encoded once per publish |
 //! | `src/registry.rs` | live sockets, the in-process `Gateway`, fan-out's pacing |
 //! | `src/cluster.rs` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
 //! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
@@ -26,6 +27,7 @@ mod outbox;
 mod registry;
 mod tracking;
 mod upgrade;
+mod wire;
 mod ws;
 
 use std::future::Future;

@@ -16,10 +16,16 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
-use tokio_tungstenite::tungstenite::Message;
+use bytes::Bytes;
+
+/// A frame as queued: its bytes on the wire (see `wire.rs`), encoded once per publish and
+/// shared by every recipient's queue. A pointer rather than the 32-byte `Bytes`, so that one
+/// cache line of a queue holds eight notifications: a publish queuing into a socket it
+/// queued into a moment ago mostly writes a line it already holds.
+pub type Frame = Arc<Bytes>;
 
 /// Slots each of the outbox's two buffers keeps while the connection is idle.
 const IDLE_SLOTS: usize = 16;
@@ -42,7 +48,7 @@ pub struct Outbox {
 }
 
 struct State {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Frame>,
     /// The writer, when it waits for frames.
     writer: Option<Waker>,
     /// Kept under the lock, on its line, rather than beside it on the next.
@@ -68,9 +74,8 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a copy of `frame` (a reference count on its bytes) and wakes the writer if
-    /// it waits.
-    pub fn push(&self, frame: &Message) -> Result<(), Refused> {
+    /// Queues `frame` (a reference count) and wakes the writer if it waits.
+    pub fn push(&self, frame: &Frame) -> Result<(), Refused> {
         let writer = {
             let mut state = self.lock();
             if state.closed {
@@ -87,6 +92,22 @@ impl Outbox {
             writer.wake();
         }
         Ok(())
+    }
+
+    /// Queues a frame the protocol itself sends (a pong), outside the notifications' rules:
+    /// never refused as a slow consumer, dropped once closed or full.
+    pub fn push_control(&self, frame: Frame) {
+        let writer = {
+            let mut state = self.lock();
+            if state.closed || state.frames.len() >= state.capacity as usize {
+                return;
+            }
+            state.frames.push_back(frame);
+            state.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
     }
 
     /// Refuses every later push and wakes the writer. What is queued stays for the writer
@@ -126,7 +147,7 @@ impl Outbox {
     /// Moves every queued frame into `batch` (which must be empty; its allocation is
     /// reused for the next pushes) and returns how many; waits while none is queued.
     /// Once closed and empty, returns 0 without waiting.
-    pub async fn take(&self, batch: &mut VecDeque<Message>) -> usize {
+    pub async fn take(&self, batch: &mut VecDeque<Frame>) -> usize {
         debug_assert!(batch.is_empty(), "the previous batch was sent");
         poll_fn(|cx| {
             let mut state = self.lock();
@@ -152,7 +173,7 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `batch` without waiting; returns how many.
-    pub fn take_now(&self, batch: &mut VecDeque<Message>) -> usize {
+    pub fn take_now(&self, batch: &mut VecDeque<Frame>) -> usize {
         let mut state = self.lock();
         batch.append(&mut state.frames);
         batch.len()
@@ -166,8 +187,8 @@ mod tests {
 
     use super::*;
 
-    fn text(s: &'static str) -> Message {
-        Message::text(s)
+    fn text(s: &'static str) -> Frame {
+        Arc::new(Bytes::from_static(s.as_bytes()))
     }
 
     #[test]

@@ -24,11 +24,12 @@ use bytes::Bytes;
 use herald::gateway::{ConnectionInfo, Failures, Gateway, PushError};
 use herald::ids::{ConnectionId, now_ms};
 use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::ConnectionMeta;
+pub use crate::outbox::Frame;
 use crate::outbox::{Outbox, Refused};
+use crate::wire::{self, Opcode};
 
 /// Close code for a client whose outbound queue overflowed.
 pub const SLOW_CONSUMER_CODE: u16 = 1008;
@@ -239,20 +240,17 @@ impl Hasher for IdHasher {
     }
 }
 
-/// A frame as queued: built once per publish; each recipient's queue holds a copy that
-/// shares its bytes.
-pub type Frame = Message;
-
 /// The frame for a payload: text when it is UTF-8 (all of Herald's own messages), as API
 /// Gateway forwards posted bytes as they are otherwise.
 pub fn frame(payload: Bytes) -> Result<Frame, PushError> {
     if payload.len() > MAX_NOTIFICATION_BYTES {
         return Err(PushError::PayloadTooLarge);
     }
-    Ok(match Utf8Bytes::try_from(payload.clone()) {
-        Ok(text) => Message::Text(text),
-        Err(_) => Message::Binary(payload),
-    })
+    let opcode = match std::str::from_utf8(&payload) {
+        Ok(_) => Opcode::Text,
+        Err(_) => Opcode::Binary,
+    };
+    Ok(Arc::new(wire::encode(opcode, &payload)))
 }
 
 impl Registry {

@@ -7,41 +7,50 @@
 //! the registry before `connect` stores the connection, so a publish that sees the stored
 //! connection always finds a socket to queue into, even before the upgrade has finished.
 //!
-//! Connection: the writer drains the bounded queue into the socket, all that is queued,
-//! then one flush. The reader runs each text frame through `message` in order, enforces
-//! the size, binary, idle and duration limits, and watches for a close requested by the
-//! gateway (DELETE, slow consumer, shutdown). When the reader ends, the writer sends the
-//! close frame, and `$disconnect` runs exactly once with the close code and reason.
+//! Connection: the socket is split in two halves. The writer owns the writing half: it takes
+//! everything queued in the outbox and writes it in one vectored write, each frame as the
+//! bytes encoded once per publish (`wire.rs`), so nothing is framed or copied per recipient
+//! in user space. tungstenite owns the reading half: the reader runs each text frame
+//! through `message` in order, enforces the size, binary, idle and duration limits, and
+//! watches for a close requested by the gateway (DELETE, slow consumer, shutdown); the
+//! pongs tungstenite writes go through the outbox, so the writer alone writes to the
+//! socket. When the reader ends, the writer sends the close frame (echoing the client's
+//! when it closed), and `$disconnect` runs exactly once with the close code and reason.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures::StreamExt;
 use herald::auth::token_from_request;
 use herald::events::iam::IamPolicyEffect;
 use herald::ids::{ConnectionId, now_ms};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 
 use crate::App;
 use crate::events::ConnectionMeta;
 use crate::http::{decode_query, message_response};
-use crate::registry::{SLOW_CONSUMER_CODE, Socket};
+use crate::registry::{Frame, SLOW_CONSUMER_CODE, Socket};
 use crate::upgrade::{Upgrade, Upgraded};
+use crate::wire::{self, Opcode};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Incoming>;
 
 /// The read buffer per connection (see the upgrade below).
 const READ_BUFFER_BYTES: usize = 1024;
@@ -159,11 +168,16 @@ pub(crate) async fn handshake(
 async fn run(app: Arc<App>, socket: Arc<Socket>, upgraded: Upgraded, config: WebSocketConfig) {
     match upgraded.into_socket().await {
         Ok((stream, early)) => {
+            let (read_half, write_half) = stream.into_split();
+            let incoming = Incoming {
+                read: read_half,
+                socket: socket.clone(),
+            };
             // With nothing read early this is `from_raw_socket`: the same buffer, empty.
             let ws =
-                WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config))
+                WebSocketStream::from_partially_read(incoming, early, Role::Server, Some(config))
                     .await;
-            serve(app, socket, ws).await;
+            serve(app, socket, ws, write_half).await;
         }
         Err(error) => {
             warn!(connection_id = %socket.meta.id, %error, "upgrade failed after $connect");
@@ -180,11 +194,10 @@ async fn run(app: Arc<App>, socket: Arc<Socket>, upgraded: Upgraded, config: Web
 }
 
 /// Runs one connection to its end, then `$disconnect`.
-async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: Ws) {
+async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: Ws, out: OwnedWriteHalf) {
     debug!(connection_id = %socket.meta.id, "connected");
-    let (sink, stream) = ws.split();
-    let writer = tokio::spawn(write(sink, socket.clone()));
-    let (code, reason) = read(&app, &socket, stream).await;
+    let writer = tokio::spawn(write(out, socket.clone()));
+    let (code, reason) = read(&app, &socket, ws).await;
     socket.close(code, &reason);
     if let Err(e) = writer.await {
         warn!(connection_id = %socket.meta.id, error = %e, "writer task failed");
@@ -193,6 +206,45 @@ async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: Ws) {
     // A close the gateway asked for names the reason; otherwise the client's.
     let (code, reason) = socket.close_reason().unwrap_or((code, reason));
     Box::pin(finish(app, socket, code, reason)).await;
+}
+
+/// The connection as tungstenite sees it: it reads from the socket, and what it writes on
+/// its own (the pong that answers a ping) joins the outbox, so that the writer is the only
+/// one writing to the socket and a pong never lands inside a notification.
+struct Incoming {
+    read: OwnedReadHalf,
+    socket: Arc<Socket>,
+}
+
+impl AsyncRead for Incoming {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Incoming {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.socket
+            .outbox
+            .push_control(Arc::new(Bytes::copy_from_slice(buf)));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Runs `$disconnect`, once per connection whatever path got here.
@@ -214,7 +266,7 @@ fn read_error_close(error: &WsError) -> (u16, String) {
 }
 
 /// Reads until the connection ends; returns the close code and reason for `$disconnect`.
-async fn read(app: &App, socket: &Socket, mut stream: SplitStream<Ws>) -> (u16, String) {
+async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
     let limits = &app.settings.limits;
     let ends_at = Instant::now() + limits.max_duration;
     let mut idle_at = Instant::now() + limits.idle_timeout;
@@ -271,44 +323,53 @@ async fn read(app: &App, socket: &Socket, mut stream: SplitStream<Ws>) -> (u16, 
     }
 }
 
-/// Drains the outbox into the socket, flushing once per batch; on close, sends what was
-/// already queued (unless the client is the slow one) and the close frame.
-async fn write(mut sink: SplitSink<Ws, Message>, socket: Arc<Socket>) {
-    let mut batch = VecDeque::new();
-    loop {
+/// Drains the outbox into the socket, one vectored write per batch; on close, sends what
+/// was already queued (unless the client is the slow one) and the close frame.
+async fn write(mut out: OwnedWriteHalf, socket: Arc<Socket>) {
+    let mut unsent = Unsent::default();
+    'serving: loop {
         let taken = tokio::select! {
             biased;
-            taken = socket.outbox.take(&mut batch) => taken,
+            taken = socket.outbox.take(&mut unsent.frames) => taken,
             () = socket.closing.cancelled() => break,
         };
         if taken == 0 {
             break;
         }
-        // A client that stops reading blocks the flush; a close must still get through.
-        let sent = tokio::select! {
-            sent = send_batch(&mut sink, &mut batch) => sent,
-            () = socket.closing.cancelled() => break,
-        };
-        socket.touch();
-        if let Err(e) = sent {
-            debug!(connection_id = %socket.meta.id, error = %e, "write failed");
-            socket.close(1006, "Connection was closed abnormally");
-            return;
+        while !unsent.frames.is_empty() {
+            // A client that stops reading blocks the write; a close must still get through.
+            // One write at a time, so a close that interrupts knows what went out.
+            let wrote = tokio::select! {
+                wrote = unsent.write_some(&mut out) => wrote,
+                () = socket.closing.cancelled() => break 'serving,
+            };
+            if let Err(e) = wrote {
+                debug!(connection_id = %socket.meta.id, error = %e, "write failed");
+                socket.close(1006, "Connection was closed abnormally");
+                return;
+            }
         }
+        socket.touch();
     }
     let (code, reason) = socket.close_reason().unwrap_or((1000, String::new()));
     let slow = code == SLOW_CONSUMER_CODE;
     let goodbye = async {
-        // What was taken but not sent when the close came goes first, in order.
-        if !slow && socket.outbox.take_now(&mut batch) > 0 {
-            send_batch(&mut sink, &mut batch).await?;
+        if slow {
+            // Only the end of a frame already begun, so that the close frame parses.
+            unsent
+                .frames
+                .truncate(usize::from(unsent.front_written > 0));
+        } else {
+            // What was queued when the close came goes first, in order.
+            socket.outbox.take_now(&mut unsent.frames);
         }
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: Utf8Bytes::from(reason.as_str()),
-        };
-        sink.send(Message::Close(Some(frame))).await?;
-        sink.close().await
+        while !unsent.frames.is_empty() {
+            unsent.write_some(&mut out).await?;
+        }
+        if let Some(frame) = close_frame(code, &reason) {
+            out.write_all(&frame).await?;
+        }
+        out.shutdown().await
     };
     // A client that stopped reading must not hold the connection open, nor the gateway's
     // shutdown: a slow consumer's socket is most likely full, so it gets only a moment.
@@ -316,15 +377,69 @@ async fn write(mut sink: SplitSink<Ws, Message>, socket: Arc<Socket>) {
     let _ = tokio::time::timeout(patience, goodbye).await;
 }
 
-/// Sends `batch` (emptying it) with one flush.
-async fn send_batch(
-    sink: &mut SplitSink<Ws, Message>,
-    batch: &mut VecDeque<Message>,
-) -> Result<(), WsError> {
-    while let Some(frame) = batch.pop_front() {
-        sink.feed(frame).await?;
+/// The close frame for `code`: none for 1006, which says no close frame came, and an empty
+/// one for 1005, which says the client's had no code (RFC 6455 §7.4.1).
+fn close_frame(code: u16, reason: &str) -> Option<Bytes> {
+    match code {
+        1006 => None,
+        1005 => Some(wire::encode(Opcode::Close, &[])),
+        code => Some(wire::close(code, reason)),
     }
-    sink.flush().await
+}
+
+/// Frames taken from the outbox and not yet written.
+#[derive(Default)]
+struct Unsent {
+    frames: VecDeque<Frame>,
+    /// How much of the first frame is already written.
+    front_written: usize,
+}
+
+/// Frames handed to one `writev`: more than a batch under load holds, well under `IOV_MAX`.
+const SLICES_PER_WRITE: usize = 128;
+
+impl Unsent {
+    /// One vectored write of what is unsent; forgets what it wrote. Cancel-safe: a write
+    /// that has not completed has written nothing.
+    ///
+    /// Polled by hand so that the slices are built on the stack at each poll rather than
+    /// kept in the writer's task, where 2 KiB of them would sit for the connection's life.
+    fn write_some<'a>(
+        &'a mut self,
+        out: &'a mut OwnedWriteHalf,
+    ) -> impl Future<Output = io::Result<()>> + 'a {
+        poll_fn(move |cx| {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); SLICES_PER_WRITE];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+                    let skip = if count == 0 { self.front_written } else { 0 };
+                    *slot = IoSlice::new(&frame[skip..]);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut *out).poll_write_vectored(cx, &slices[..count]))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.forget(written);
+            Poll::Ready(Ok(()))
+        })
+    }
+
+    /// Drops the first `written` bytes.
+    fn forget(&mut self, mut written: usize) {
+        while let Some(front) = self.frames.front() {
+            let left = front.len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                return;
+            }
+            written -= left;
+            self.front_written = 0;
+            self.frames.pop_front();
+        }
+    }
 }
 
 /// The JSON body API Gateway gives its own errors.

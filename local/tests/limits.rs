@@ -206,3 +206,28 @@ async fn websocket_pings_are_answered() {
         .unwrap();
     assert_eq!(answer, Message::Pong(b"are you there".to_vec().into()));
 }
+
+#[tokio::test]
+async fn a_close_from_the_client_is_echoed_once_after_what_was_queued() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let gw = Gateway::start().await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    c.send(json!({"action":"whoami"})).await;
+    c.ws.close(Some(CloseFrame {
+        code: 4000.into(),
+        reason: "done here".into(),
+    }))
+    .await
+    .unwrap();
+    // The reply to the request, then the echo of the close, then the end of the stream.
+    assert_eq!(c.recv().await["type"], "whoami");
+    assert_eq!(c.closed().await, (4000, "done here".to_owned()));
+    let after = tokio::time::timeout(common::PATIENCE, c.ws.next())
+        .await
+        .expect("the socket ended");
+    assert!(
+        !matches!(after, Some(Ok(_))),
+        "nothing after the close: {after:?}"
+    );
+}

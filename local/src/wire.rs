@@ -1,0 +1,125 @@
+//! WebSocket frames from the gateway to a client, as bytes on the wire (RFC 6455 §5.2).
+//!
+//! A server's frames are not masked, so a notification's frame is the same bytes for every
+//! recipient: it is encoded once per publish and every writer sends those bytes as they
+//! are, with no per-recipient framing or copy in user space. tungstenite still reads each
+//! connection (unmasking, reassembly, limits); only the writing side is done here.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A frame's opcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    /// A UTF-8 text message.
+    Text = 0x1,
+    /// A binary message.
+    Binary = 0x2,
+    /// The closing handshake.
+    Close = 0x8,
+}
+
+/// The FIN bit: every frame sent here is a whole message.
+const FIN: u8 = 0x80;
+
+/// One unfragmented, unmasked frame carrying `payload`.
+pub fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(payload.len() + 10);
+    frame.put_u8(FIN | opcode as u8);
+    // The length takes 7 bits, or 126 then 16 bits, or 127 then 64 bits.
+    match payload.len() {
+        n @ 0..=125 => frame.put_u8(n as u8),
+        n @ 126..=0xffff => {
+            frame.put_u8(126);
+            frame.put_u16(n as u16);
+        }
+        n => {
+            frame.put_u8(127);
+            frame.put_u64(n as u64);
+        }
+    }
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
+/// A close frame with `code` and `reason`, the reason cut (at a character boundary) to the
+/// 123 bytes a control frame leaves for it.
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(Opcode::Close, &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Cursor, Read, Write};
+
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
+    use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+    use super::*;
+
+    /// What a client receives: `bytes` read by tungstenite in the client role.
+    struct Received(Cursor<Vec<u8>>);
+
+    impl Read for Received {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Received {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The one message `bytes` hold, as a client reads it; fails if anything is left over.
+    fn receive(bytes: &[u8]) -> Message {
+        let stream = Received(Cursor::new(bytes.to_vec()));
+        let mut ws = WebSocket::from_raw_socket(stream, Role::Client, None);
+        let message = ws.read().expect("a valid frame");
+        let rest = &ws.get_ref().0;
+        assert_eq!(rest.position(), bytes.len() as u64, "one whole frame");
+        message
+    }
+
+    #[test]
+    fn every_length_encoding_reads_back_whole() {
+        for len in [0, 1, 125, 126, 127, 0xffff, 0x10000, 128 * 1024] {
+            let payload = "x".repeat(len);
+            let message = receive(&encode(Opcode::Text, payload.as_bytes()));
+            assert_eq!(message, Message::Text(Utf8Bytes::from(payload)), "{len}");
+        }
+        let message = receive(&encode(Opcode::Binary, &[0xff, 0]));
+        assert_eq!(message, Message::Binary(vec![0xff, 0].into()));
+    }
+
+    #[test]
+    fn close_frames_carry_the_code_and_a_reason_cut_to_fit() {
+        let Message::Close(Some(frame)) = receive(&close(1008, "slow consumer")) else {
+            panic!("a close frame with a code");
+        };
+        assert_eq!(u16::from(frame.code), 1008);
+        assert_eq!(frame.reason.as_str(), "slow consumer");
+
+        let long = "é".repeat(100);
+        let Message::Close(Some(frame)) = receive(&close(1001, &long)) else {
+            panic!("a close frame with a code");
+        };
+        assert_eq!(
+            frame.reason.as_str(),
+            "é".repeat(61),
+            "123 bytes at most, whole characters"
+        );
+    }
+}
