@@ -80,12 +80,16 @@ impl Inner {
 
     /// The live ids among `entries` (id, expiry; already positioned after the cursor), at
     /// most `limit` of them read.
+    /// Up to `limit` live ids of `entries`, of which there are at most `total`.
     fn page<'a>(
         mut entries: impl Iterator<Item = (&'a ConnectionId, i64)>,
+        total: usize,
         limit: usize,
         now: i64,
     ) -> Page<ConnectionId> {
-        let mut items = Vec::new();
+        // Sized once: a fan-out reads a room page after page, and growing each page's list
+        // from empty reallocated it eight times per page.
+        let mut items = Vec::with_capacity(total.min(limit.max(1)));
         let mut last = None;
         for (id, expires_at) in entries.by_ref().take(limit.max(1)) {
             last = Some(id);
@@ -217,7 +221,7 @@ impl ConnectionStore for MemoryStore {
         Ok(match inner.rooms.get(room) {
             Some(members) => {
                 let entries = members.range(after(cursor)).map(|(id, at)| (id, *at));
-                Inner::page(entries, limit, now_ms())
+                Inner::page(entries, members.len(), limit, now_ms())
             }
             None => Page {
                 items: vec![],
@@ -255,7 +259,12 @@ impl ConnectionStore for MemoryStore {
             .connections
             .range(after(cursor))
             .map(|(id, e)| (id, e.connection.expires_at));
-        Ok(Inner::page(entries, limit, now_ms()))
+        Ok(Inner::page(
+            entries,
+            inner.connections.len(),
+            limit,
+            now_ms(),
+        ))
     }
 
     async fn claim_idempotency_key(
