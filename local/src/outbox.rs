@@ -213,6 +213,21 @@ mod tests {
         assert_eq!(outbox.push(&text("d")), Err(Refused::Closed));
     }
 
+    #[test]
+    fn control_frames_queue_in_order_and_are_dropped_rather_than_refused() {
+        let outbox = Outbox::new(2);
+        outbox.push(&text("a")).unwrap();
+        outbox.push_control(text("pong"));
+        assert_eq!(outbox.push(&text("b")), Err(Refused::Full));
+        outbox.push_control(text("dropped: full"));
+        let mut batch = VecDeque::new();
+        outbox.take_now(&mut batch);
+        assert_eq!(batch, [text("a"), text("pong")]);
+        outbox.close();
+        outbox.push_control(text("dropped: closed"));
+        assert!(outbox.is_empty());
+    }
+
     #[tokio::test]
     async fn the_writer_waits_for_a_push_and_takes_everything_queued() {
         let outbox = Arc::new(Outbox::new(16));

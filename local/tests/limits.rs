@@ -231,3 +231,39 @@ async fn a_close_from_the_client_is_echoed_once_after_what_was_queued() {
         "nothing after the close: {after:?}"
     );
 }
+
+#[tokio::test]
+async fn a_close_during_a_long_write_comes_after_every_queued_message_whole() {
+    use futures::StreamExt;
+    let gw = Gateway::start().await;
+    let api = gw.management();
+    let mut c = gw.connect("alice", &[], &[]).await;
+    // Ten megabytes queued while the client does not read: more than the socket buffers
+    // hold (up to 4 MiB to send here), so the writer is part-way through a frame when
+    // the close comes.
+    const MESSAGES: usize = 80;
+    let big = |i: usize| format!("{i}{}", "x".repeat(120 * 1024));
+    for i in 0..MESSAGES {
+        api.post_to_connection()
+            .connection_id(&c.id)
+            .data(Blob::new(json!(big(i)).to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+    api.delete_connection()
+        .connection_id(&c.id)
+        .send()
+        .await
+        .unwrap();
+    // Read as they come, unparsed: the gateway gives a client a second to take the rest.
+    for i in 0..MESSAGES {
+        let received = tokio::time::timeout(common::PATIENCE, c.ws.next())
+            .await
+            .expect("a message in time");
+        let sent = json!(big(i)).to_string();
+        let whole = matches!(&received, Some(Ok(Message::Text(text))) if *text == sent);
+        assert!(whole, "message {i} whole and in order");
+    }
+    assert_eq!(c.closed().await.0, 1000);
+}
