@@ -76,6 +76,17 @@ impl Outbox {
 
     /// Queues `frame` (a reference count) and wakes the writer if it waits.
     pub fn push(&self, frame: &Frame) -> Result<(), Refused> {
+        self.enqueue(frame.clone())
+    }
+
+    /// Queues a frame the protocol itself sends (a pong), outside the notifications' rules:
+    /// never refused as a slow consumer, dropped once closed or full.
+    pub fn push_control(&self, frame: Frame) {
+        // Refused means dropped here: the caller has no client to close.
+        let _ = self.enqueue(frame);
+    }
+
+    fn enqueue(&self, frame: Frame) -> Result<(), Refused> {
         let writer = {
             let mut state = self.lock();
             if state.closed {
@@ -84,7 +95,7 @@ impl Outbox {
             if state.frames.len() >= state.capacity as usize {
                 return Err(Refused::Full);
             }
-            state.frames.push_back(frame.clone());
+            state.frames.push_back(frame);
             state.writer.take()
         };
         // Woken outside the lock: the writer's first act is to take it.
@@ -92,22 +103,6 @@ impl Outbox {
             writer.wake();
         }
         Ok(())
-    }
-
-    /// Queues a frame the protocol itself sends (a pong), outside the notifications' rules:
-    /// never refused as a slow consumer, dropped once closed or full.
-    pub fn push_control(&self, frame: Frame) {
-        let writer = {
-            let mut state = self.lock();
-            if state.closed || state.frames.len() >= state.capacity as usize {
-                return;
-            }
-            state.frames.push_back(frame);
-            state.writer.take()
-        };
-        if let Some(writer) = writer {
-            writer.wake();
-        }
     }
 
     /// Refuses every later push and wakes the writer. What is queued stays for the writer

@@ -81,12 +81,22 @@ pub trait Gateway: Send + Sync + 'static {
     /// the index of its id in `ids`, in order; every other id was posted. Fan-out calls it
     /// once per page of recipients when [`Gateway::prefers_batches`] says so.
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
-        let mut failures = Failures::new();
-        for (i, id) in ids.iter().enumerate() {
-            if let Err(error) = self.post(id, payload.clone()).await {
-                failures.push((i, error));
-            }
-        }
-        failures
+        post_each(self, ids, payload).await
     }
+}
+
+/// [`Gateway::post_many`] as one [`Gateway::post`] per id, in order: the default, and what
+/// a gateway that only counts or records its batches does with each.
+pub(crate) async fn post_each<G: Gateway + ?Sized>(
+    gateway: &G,
+    ids: &[ConnectionId],
+    payload: Bytes,
+) -> Failures {
+    let mut failures = Failures::new();
+    for (i, id) in ids.iter().enumerate() {
+        if let Err(error) = gateway.post(id, payload.clone()).await {
+            failures.push((i, error));
+        }
+    }
+    failures
 }

@@ -164,12 +164,6 @@ impl Gateway for RecordingGateway {
 
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
         self.batches.fetch_add(1, Ordering::SeqCst);
-        let mut failures = Failures::new();
-        for (i, id) in ids.iter().enumerate() {
-            if let Err(error) = self.post(id, payload.clone()).await {
-                failures.push((i, error));
-            }
-        }
-        failures
+        super::post_each(self, ids, payload).await
     }
 }

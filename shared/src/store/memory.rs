@@ -78,9 +78,8 @@ impl Inner {
         Some(entry)
     }
 
-    /// The live ids among `entries` (id, expiry; already positioned after the cursor), at
-    /// most `limit` of them read.
-    /// Up to `limit` live ids of `entries`, of which there are at most `total`.
+    /// The live ids among `entries` (id, expiry; already positioned after the cursor, at
+    /// most `total` of them), at most `limit` of them read.
     fn page<'a>(
         mut entries: impl Iterator<Item = (&'a ConnectionId, i64)>,
         total: usize,
