@@ -1,0 +1,276 @@
+//! Client → server: the frames a client sends over its socket, parsed strictly.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use super::{ErrorCode, MAX_ID_LEN, ProtocolError, RoomName, check_id};
+
+/// One request a client sent over its socket.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientRequest {
+    /// Join a room, optionally recovering what was missed since a notification id.
+    Subscribe {
+        /// The room.
+        room: RoomName,
+        /// The id of the last notification the client saw.
+        since: Option<String>,
+    },
+    /// Leave a room.
+    Unsubscribe {
+        /// The room.
+        room: RoomName,
+    },
+    /// Liveness check.
+    Ping,
+    /// Ask who this connection is.
+    Whoami,
+    /// Publish to a room from the socket.
+    Publish {
+        /// The room.
+        room: RoomName,
+        /// The payload, any JSON.
+        data: Value,
+    },
+}
+
+/// A parsed client frame: the request and the `ref` to echo in the reply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientMessage {
+    /// The client's correlation value, echoed unchanged.
+    pub reference: Option<Value>,
+    /// What the client asked for.
+    pub request: ClientRequest,
+}
+
+/// A client frame that could not be parsed, with the `ref` if one could be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RejectedFrame {
+    /// The client's `ref`, when the frame was an object with a valid one.
+    pub reference: Option<Value>,
+    /// Why the frame was refused.
+    pub error: ProtocolError,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeFrame {
+    #[serde(rename = "action")]
+    _action: String,
+    #[serde(rename = "ref", default)]
+    _ref: Option<Value>,
+    room: RoomName,
+    #[serde(default)]
+    since: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomFrame {
+    #[serde(rename = "action")]
+    _action: String,
+    #[serde(rename = "ref", default)]
+    _ref: Option<Value>,
+    room: RoomName,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BareFrame {
+    #[serde(rename = "action")]
+    _action: String,
+    #[serde(rename = "ref", default)]
+    _ref: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFrame {
+    #[serde(rename = "action")]
+    _action: String,
+    #[serde(rename = "ref", default)]
+    _ref: Option<Value>,
+    room: RoomName,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Value>,
+}
+
+/// Deserializes a field that must be present but may be `null`: with `#[serde(default)]`,
+/// absent gives `None` and any present value, `null` included, gives `Some`.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// The client actions the contract defines, which are also API Gateway route keys.
+pub const CLIENT_ACTIONS: [&str; 5] = ["subscribe", "unsubscribe", "ping", "whoami", "publish"];
+
+/// Parses one text frame from a client.
+pub fn parse_client_frame(text: &str) -> Result<ClientMessage, RejectedFrame> {
+    let reject = |reference: Option<Value>, error| RejectedFrame { reference, error };
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| reject(None, ProtocolError::bad_request(format!("not JSON: {e}"))))?;
+    let Value::Object(object) = value else {
+        return Err(reject(
+            None,
+            ProtocolError::bad_request("a message must be a JSON object"),
+        ));
+    };
+    let reference = match object.get("ref") {
+        None => None,
+        Some(r) => Some(check_ref(r).map_err(|e| reject(None, e))?),
+    };
+    parse_action(object)
+        .map(|request| ClientMessage {
+            reference: reference.clone(),
+            request,
+        })
+        .map_err(|error| reject(reference, error))
+}
+
+fn check_ref(value: &Value) -> Result<Value, ProtocolError> {
+    match value {
+        Value::String(s) if s.len() <= MAX_ID_LEN => Ok(value.clone()),
+        Value::Number(_) => Ok(value.clone()),
+        _ => Err(ProtocolError::bad_request(format!(
+            "ref must be a number or a string of at most {MAX_ID_LEN} characters"
+        ))),
+    }
+}
+
+fn parse_action(object: Map<String, Value>) -> Result<ClientRequest, ProtocolError> {
+    let action = match object.get("action") {
+        Some(Value::String(action)) => action.clone(),
+        Some(_) => return Err(ProtocolError::bad_request("action must be a string")),
+        None => return Err(ProtocolError::bad_request("missing field `action`")),
+    };
+    let value = Value::Object(object);
+    let typed = |e: serde_json::Error| ProtocolError::bad_request(e.to_string());
+    match action.as_str() {
+        "subscribe" => {
+            let frame: SubscribeFrame = serde_json::from_value(value).map_err(typed)?;
+            if let Some(since) = &frame.since {
+                check_id("since", since)?;
+            }
+            Ok(ClientRequest::Subscribe {
+                room: frame.room,
+                since: frame.since,
+            })
+        }
+        "unsubscribe" => {
+            let frame: RoomFrame = serde_json::from_value(value).map_err(typed)?;
+            Ok(ClientRequest::Unsubscribe { room: frame.room })
+        }
+        "ping" => {
+            serde_json::from_value::<BareFrame>(value).map_err(typed)?;
+            Ok(ClientRequest::Ping)
+        }
+        "whoami" => {
+            serde_json::from_value::<BareFrame>(value).map_err(typed)?;
+            Ok(ClientRequest::Whoami)
+        }
+        "publish" => {
+            let frame: PublishFrame = serde_json::from_value(value).map_err(typed)?;
+            let data = frame
+                .data
+                .ok_or_else(|| ProtocolError::bad_request("missing field `data`"))?;
+            Ok(ClientRequest::Publish {
+                room: frame.room,
+                data,
+            })
+        }
+        other => Err(ProtocolError::new(
+            ErrorCode::UnknownAction,
+            format!(
+                "unknown action {other:?}; known: {}",
+                CLIENT_ACTIONS.join(", ")
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use serde_json::json;
+
+    fn parse(text: &str) -> Result<ClientRequest, ProtocolError> {
+        parse_client_frame(text)
+            .map(|m| m.request)
+            .map_err(|r| r.error)
+    }
+
+    #[test]
+    fn every_client_action_parses() {
+        assert_eq!(
+            parse(r#"{"action":"subscribe","room":"orders"}"#),
+            Ok(ClientRequest::Subscribe {
+                room: RoomName::parse("orders").unwrap(),
+                since: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"action":"subscribe","room":"orders","since":"abc"}"#),
+            Ok(ClientRequest::Subscribe {
+                room: RoomName::parse("orders").unwrap(),
+                since: Some("abc".into())
+            })
+        );
+        assert_eq!(
+            parse(r#"{"action":"unsubscribe","room":"o"}"#),
+            Ok(ClientRequest::Unsubscribe {
+                room: RoomName::parse("o").unwrap()
+            })
+        );
+        assert_eq!(parse(r#"{"action":"ping"}"#), Ok(ClientRequest::Ping));
+        assert_eq!(parse(r#"{"action":"whoami"}"#), Ok(ClientRequest::Whoami));
+        assert_eq!(
+            parse(r#"{"action":"publish","room":"o","data":null}"#),
+            Ok(ClientRequest::Publish {
+                room: RoomName::parse("o").unwrap(),
+                data: Value::Null
+            })
+        );
+    }
+
+    #[test]
+    fn ref_is_kept_even_when_the_request_is_refused() {
+        let ok = parse_client_frame(r#"{"action":"ping","ref":7}"#).unwrap();
+        assert_eq!(ok.reference, Some(json!(7)));
+        let rejected = parse_client_frame(r#"{"action":"subscribe","ref":"r1"}"#).unwrap_err();
+        assert_eq!(rejected.reference, Some(json!("r1")));
+        assert_eq!(rejected.error.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_with_the_right_code() {
+        let cases = [
+            ("", ErrorCode::BadRequest),
+            ("not json", ErrorCode::BadRequest),
+            ("[1,2]", ErrorCode::BadRequest),
+            ("\"ping\"", ErrorCode::BadRequest),
+            ("{}", ErrorCode::BadRequest),
+            (r#"{"action":5}"#, ErrorCode::BadRequest),
+            (r#"{"action":"dance"}"#, ErrorCode::UnknownAction),
+            (r#"{"action":"subscribe"}"#, ErrorCode::BadRequest),
+            (r#"{"action":"subscribe","room":""}"#, ErrorCode::BadRequest),
+            (
+                r#"{"action":"subscribe","room":"a b"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (r#"{"action":"subscribe","room":7}"#, ErrorCode::BadRequest),
+            (r#"{"action":"subscribe","rom":"a"}"#, ErrorCode::BadRequest),
+            (r#"{"action":"ping","extra":1}"#, ErrorCode::BadRequest),
+            (r#"{"action":"ping","ref":{"a":1}}"#, ErrorCode::BadRequest),
+            (r#"{"action":"publish","room":"a"}"#, ErrorCode::BadRequest),
+            (
+                r#"{"action":"subscribe","room":"a","since":""}"#,
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (text, code) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.code, code, "{text}: {}", err.message);
+            assert!(!err.message.is_empty());
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The wire formats of the contract: what clients send over the socket, what Herald sends
+//! back, and the `publish` function's input and output.
+//!
+//! Parsing is strict and total: any input, however malformed, becomes either a typed value
+//! or a [`ProtocolError`] carrying the contract's error code, never a panic. Unknown fields
+//! are refused so that a typo (`"rom"`) is reported instead of silently ignored.
+//!
+//! # Layout
+//!
+//! | file | what |
+//! |---|---|
+//! | `protocol/mod.rs` | limits, error codes, room names, identifier checks |
+//! | `protocol/client.rs` | client → server: the frames a client sends over its socket |
+//! | `protocol/server.rs` | server → client: replies and notifications |
+//! | `protocol/publish.rs` | the `publish` function's requests and answers |
+
+mod client;
+mod publish;
+mod server;
+
+pub use client::*;
+pub use publish::*;
+pub use server::*;
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The largest notification, serialized, that API Gateway accepts for one post (128 KiB).
+pub const MAX_NOTIFICATION_BYTES: usize = 128 * 1024;
+/// The most messages one `{"messages":[...]}` batch may carry.
+pub const MAX_BATCH: usize = 100;
+/// The most connection ids one publish may name.
+pub const MAX_CONNECTIONS_PER_PUBLISH: usize = 1_000;
+/// The longest room name.
+pub const MAX_ROOM_LEN: usize = 128;
+/// The longest user id, idempotency key, connection id or `ref` string.
+pub const MAX_ID_LEN: usize = 256;
+
+/// The error codes of the contract's `error` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The input is malformed or breaks a rule.
+    BadRequest,
+    /// The `action` names no known route.
+    UnknownAction,
+    /// The token's claims do not allow this.
+    Forbidden,
+    /// A limit was reached.
+    RateLimited,
+    /// The message or notification is too large.
+    TooLarge,
+    /// Herald could not do it (for example, its store is down); the input was fine.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownAction => "unknown_action",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::TooLarge => "too_large",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A refused input or request, with the code and message the client is sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProtocolError {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// A sentence for the developer reading it.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// A refusal with the given code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A `bad_request` refusal.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// The same error with `context: ` before its message.
+    fn within(self, context: &str) -> Self {
+        Self {
+            code: self.code,
+            message: format!("{context}: {}", self.message),
+        }
+    }
+}
+
+/// A valid room name: 1 to 128 characters of `A-Z a-z 0-9 _ . : @ -`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct RoomName(String);
+
+impl RoomName {
+    /// Checks `name` against the room name rules.
+    pub fn parse(name: &str) -> Result<Self, ProtocolError> {
+        if name.is_empty() || name.len() > MAX_ROOM_LEN {
+            return Err(ProtocolError::bad_request(format!(
+                "room name must be 1 to {MAX_ROOM_LEN} characters"
+            )));
+        }
+        if let Some(c) = name.chars().find(|c| !is_room_char(*c)) {
+            return Err(ProtocolError::bad_request(format!(
+                "room name may not contain {c:?}: allowed are A-Z a-z 0-9 _ . : @ -"
+            )));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for RoomName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RoomName::parse(&name).map_err(|e| serde::de::Error::custom(e.message))
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `c` may appear in a room name.
+pub(crate) fn is_room_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-')
+}
+
+/// Checks a free-form identifier (user id, idempotency key, connection id).
+fn check_id(what: &str, value: &str) -> Result<(), ProtocolError> {
+    if value.is_empty() || value.len() > MAX_ID_LEN {
+        return Err(ProtocolError::bad_request(format!(
+            "{what} must be 1 to {MAX_ID_LEN} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ProtocolError::bad_request(format!(
+            "{what} may not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_rules() {
+        for ok in ["orders", "a", "user:42@eu-west.1_x", &"r".repeat(128)] {
+            assert!(RoomName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "with space", "a/b", "a*", "ü", "x,y", &"r".repeat(129)] {
+            let err = RoomName::parse(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{bad}");
+        }
+    }
+}

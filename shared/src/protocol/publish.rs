@@ -1,0 +1,315 @@
+//! The `publish` function's API: who a publish goes to, single and batch requests, and
+//! the answers.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{MAX_BATCH, MAX_CONNECTIONS_PER_PUBLISH, ProtocolError, RoomName, check_id};
+use crate::ids::ConnectionId;
+
+/// Who a publish goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection subscribed to the room.
+    Room(RoomName),
+    /// Every connection of the user.
+    User(String),
+    /// The given connections, without repeats.
+    Connections(Vec<ConnectionId>),
+    /// Every connection.
+    Broadcast,
+}
+
+/// One validated publish request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishRequest {
+    /// The recipients.
+    pub target: Target,
+    /// The payload.
+    pub data: Value,
+    /// The caller's idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// The `publish` function's direct-invoke input: one request or a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PublishInput {
+    /// `{"room"|"user"|"connections"|"broadcast": …, "data": …}`
+    Single(PublishRequest),
+    /// `{"messages": [...]}`, delivered in list order.
+    Batch(Vec<PublishRequest>),
+}
+
+impl PublishInput {
+    /// Validates a publish payload.
+    pub fn parse(value: &Value) -> Result<Self, ProtocolError> {
+        let Value::Object(object) = value else {
+            return Err(ProtocolError::bad_request(
+                "a publish must be a JSON object",
+            ));
+        };
+        let Some(messages) = object.get("messages") else {
+            return PublishRequest::parse(value).map(Self::Single);
+        };
+        if object.len() > 1 {
+            return Err(ProtocolError::bad_request(
+                "a batch has only the field `messages`",
+            ));
+        }
+        let Value::Array(messages) = messages else {
+            return Err(ProtocolError::bad_request("`messages` must be an array"));
+        };
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            return Err(ProtocolError::bad_request(format!(
+                "a batch holds 1 to {MAX_BATCH} messages, not {}",
+                messages.len()
+            )));
+        }
+        messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| PublishRequest::parse(m).map_err(|e| e.within(&format!("messages[{i}]"))))
+            .collect::<Result<_, _>>()
+            .map(Self::Batch)
+    }
+}
+
+impl PublishRequest {
+    /// A publish of `data` to `target`.
+    pub fn new(target: Target, data: Value) -> Self {
+        Self {
+            target,
+            data,
+            idempotency_key: None,
+        }
+    }
+
+    /// The same request with an idempotency key.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// The request as the `publish` function takes it, for callers that invoke it.
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        let (field, value) = match &self.target {
+            Target::Room(room) => ("room", Value::String(room.as_str().to_owned())),
+            Target::User(user) => ("user", Value::String(user.clone())),
+            Target::Connections(ids) => (
+                "connections",
+                Value::Array(
+                    ids.iter()
+                        .map(|id| Value::String(id.as_str().to_owned()))
+                        .collect(),
+                ),
+            ),
+            Target::Broadcast => ("broadcast", Value::Bool(true)),
+        };
+        object.insert(field.to_owned(), value);
+        object.insert("data".to_owned(), self.data.clone());
+        if let Some(key) = &self.idempotency_key {
+            object.insert("id".to_owned(), Value::String(key.clone()));
+        }
+        Value::Object(object)
+    }
+
+    /// Validates one publish request: exactly one target, `data` present, sizes in bounds.
+    pub fn parse(value: &Value) -> Result<Self, ProtocolError> {
+        let Value::Object(object) = value else {
+            return Err(ProtocolError::bad_request(
+                "a publish must be a JSON object",
+            ));
+        };
+        const FIELDS: [&str; 6] = ["room", "user", "connections", "broadcast", "data", "id"];
+        if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(ProtocolError::bad_request(format!(
+                "unknown field `{unknown}`; expected one of {}",
+                FIELDS.join(", ")
+            )));
+        }
+        let targets: Vec<&str> = FIELDS[..4]
+            .iter()
+            .copied()
+            .filter(|f| object.contains_key(*f))
+            .collect();
+        let target = match targets.as_slice() {
+            [one] => parse_target(one, &object[*one])?,
+            [] => {
+                return Err(ProtocolError::bad_request(
+                    "a publish needs one target: room, user, connections or broadcast",
+                ));
+            }
+            many => {
+                return Err(ProtocolError::bad_request(format!(
+                    "a publish has exactly one target, not {}",
+                    many.join(" and ")
+                )));
+            }
+        };
+        let data = object
+            .get("data")
+            .cloned()
+            .ok_or_else(|| ProtocolError::bad_request("missing field `data`"))?;
+        let idempotency_key = match object.get("id") {
+            None => None,
+            Some(Value::String(key)) => {
+                check_id("id", key)?;
+                Some(key.clone())
+            }
+            Some(_) => return Err(ProtocolError::bad_request("id must be a string")),
+        };
+        Ok(Self {
+            target,
+            data,
+            idempotency_key,
+        })
+    }
+}
+
+fn parse_target(field: &str, value: &Value) -> Result<Target, ProtocolError> {
+    match (field, value) {
+        ("room", Value::String(room)) => RoomName::parse(room).map(Target::Room),
+        ("user", Value::String(user)) => {
+            check_id("user", user)?;
+            Ok(Target::User(user.clone()))
+        }
+        ("connections", Value::Array(ids)) => {
+            if ids.is_empty() || ids.len() > MAX_CONNECTIONS_PER_PUBLISH {
+                return Err(ProtocolError::bad_request(format!(
+                    "connections holds 1 to {MAX_CONNECTIONS_PER_PUBLISH} ids, not {}",
+                    ids.len()
+                )));
+            }
+            let mut seen = HashSet::new();
+            let mut unique = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Value::String(id) = id else {
+                    return Err(ProtocolError::bad_request(
+                        "connections must be an array of strings",
+                    ));
+                };
+                check_id("a connection id", id)?;
+                if seen.insert(id.as_str()) {
+                    unique.push(ConnectionId::new(id.as_str()));
+                }
+            }
+            Ok(Target::Connections(unique))
+        }
+        ("broadcast", Value::Bool(true)) => Ok(Target::Broadcast),
+        ("broadcast", _) => Err(ProtocolError::bad_request("broadcast must be true")),
+        (field, _) => Err(ProtocolError::bad_request(format!(
+            "{field} must be a string"
+        ))),
+    }
+}
+
+/// The answer to one publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishOutcome {
+    /// The notification id (for a repeated idempotency key, the first publish's).
+    pub id: String,
+    /// Sockets the notification was written to.
+    pub delivered: u64,
+    /// Recipients that no longer exist; the store has forgotten them.
+    pub gone: u64,
+    /// Recipients that could not be reached (throttled past the retry limit, or errors).
+    pub failed: u64,
+}
+
+/// The answer to a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// One outcome per message, in order.
+    pub results: Vec<PublishOutcome>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+    use serde_json::json;
+
+    #[test]
+    fn publish_requests_need_exactly_one_target() {
+        let ok = PublishInput::parse(&json!({"room":"orders","data":{"a":1},"id":"k1"})).unwrap();
+        assert_eq!(
+            ok,
+            PublishInput::Single(PublishRequest {
+                target: Target::Room(RoomName::parse("orders").unwrap()),
+                data: json!({"a":1}),
+                idempotency_key: Some("k1".into()),
+            })
+        );
+        let user = PublishRequest::parse(&json!({"user":"alice","data":1})).unwrap();
+        assert_eq!(user.target, Target::User("alice".into()));
+        let conns = PublishRequest::parse(&json!({"connections":["a","b","a"],"data":1})).unwrap();
+        assert_eq!(
+            conns.target,
+            Target::Connections(vec!["a".into(), "b".into()])
+        );
+        let all = PublishRequest::parse(&json!({"broadcast":true,"data":1})).unwrap();
+        assert_eq!(all.target, Target::Broadcast);
+
+        let bad = [
+            json!({"data":1}),
+            json!({"room":"a","user":"b","data":1}),
+            json!({"room":"a"}),
+            json!({"room":"a b","data":1}),
+            json!({"room":5,"data":1}),
+            json!({"broadcast":false,"data":1}),
+            json!({"connections":[],"data":1}),
+            json!({"connections":[1],"data":1}),
+            json!({"connections":[""],"data":1}),
+            json!({"connections":"a","data":1}),
+            json!({"user":"","data":1}),
+            json!({"room":"a","data":1,"id":7}),
+            json!({"room":"a","data":1,"extra":true}),
+            json!([1]),
+            json!(null),
+        ];
+        for input in bad {
+            let err = PublishInput::parse(&input).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{input}");
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_their_json() {
+        let targets = [
+            Target::Room(RoomName::parse("orders").unwrap()),
+            Target::User("alice".into()),
+            Target::Connections(vec!["a".into(), "b".into()]),
+            Target::Broadcast,
+        ];
+        for target in targets {
+            let request = PublishRequest::new(target, json!({"n": 1})).with_idempotency_key("k");
+            assert_eq!(PublishRequest::parse(&request.to_json()), Ok(request));
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_and_name_the_bad_message() {
+        let batch = PublishInput::parse(&json!({"messages":[
+            {"room":"a","data":1},{"user":"u","data":2}
+        ]}))
+        .unwrap();
+        let PublishInput::Batch(items) = batch else {
+            panic!("expected a batch")
+        };
+        assert_eq!(items.len(), 2);
+
+        let err = PublishInput::parse(&json!({"messages":[{"room":"a","data":1},{"room":"a"}]}))
+            .unwrap_err();
+        assert!(err.message.starts_with("messages[1]:"), "{}", err.message);
+        assert!(PublishInput::parse(&json!({"messages":[]})).is_err());
+        assert!(PublishInput::parse(&json!({"messages":{}})).is_err());
+        assert!(PublishInput::parse(&json!({"messages":[], "room":"a"})).is_err());
+        let too_many: Vec<Value> = (0..=MAX_BATCH)
+            .map(|_| json!({"room":"a","data":1}))
+            .collect();
+        assert!(PublishInput::parse(&json!({ "messages": too_many })).is_err());
+    }
+}
