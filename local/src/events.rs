@@ -293,10 +293,13 @@ mod tests {
         assert_eq!(ctx.authorizer.fields["principalId"], json!("alice"));
         assert_eq!(ctx.identity.source_ip.as_deref(), Some("127.0.0.1"));
 
-        let gone = factory.disconnect(&meta(), 1001, "Going away");
+        let gone = factory.disconnect(&meta(), crate::close_code::GOING_AWAY, "Going away");
         let ctx = &gone.request_context;
         assert_eq!(ctx.route_key.as_deref(), Some("$disconnect"));
-        assert_eq!(ctx.disconnect_status_code, Some(1001));
+        assert_eq!(
+            ctx.disconnect_status_code,
+            Some(i64::from(crate::close_code::GOING_AWAY))
+        );
         assert_eq!(ctx.disconnect_reason.as_deref(), Some("Going away"));
         assert!(ctx.message_id.is_none());
         assert_eq!(ctx.authorizer.fields["rooms"], json!("orders"));

@@ -10,20 +10,22 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use herald::gateway::PushError;
 use herald::ids::ConnectionId;
 use serde_json::{Value, json};
 
+use crate::answer::{aws_error, json_response, message_response};
 use crate::events::iso8601;
-use crate::{App, ws};
+use crate::query::percent_decode;
+use crate::{App, handshake};
 
 /// Every route of the gateway.
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/{stage}", get(ws::handshake))
+        .route("/{stage}", get(handshake::handshake))
         .fallback(dispatch)
         .with_state(app)
 }
@@ -185,92 +187,9 @@ fn function_name(name: &str) -> &str {
     name.split(':').next().unwrap_or(name)
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// An AWS-style error: the type in `x-amzn-ErrorType`, the text in the body's `message`.
-fn aws_error(status: StatusCode, kind: &'static str, message: &str) -> Response {
-    let mut response = json_response(status, &json!({"message": message, "Type": "User"}));
-    response
-        .headers_mut()
-        .insert("x-amzn-errortype", HeaderValue::from_static(kind));
-    response
-}
-
-/// `{"message": ...}` with `status`, as API Gateway answers a refused handshake.
-pub(crate) fn message_response(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        ws::error_body(message),
-    )
-        .into_response()
-}
-
-/// Decodes `%XX` escapes (and `+` as a space in query strings, see [`decode_query`]).
-pub(crate) fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The pairs of a query string, decoded.
-pub(crate) fn decode_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                percent_decode(&k.replace('+', " ")),
-                percent_decode(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("%40connections"), "@connections");
-        assert_eq!(percent_decode("abc%3D"), "abc=");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(
-            decode_query("token=a.b%2Bc&x=1+2&flag"),
-            vec![
-                ("token".into(), "a.b+c".into()),
-                ("x".into(), "1 2".into()),
-                ("flag".into(), String::new())
-            ]
-        );
-    }
 
     #[test]
     fn function_names_from_names_and_arns() {

@@ -8,23 +8,33 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `src/main.rs` | flags and environment, signals, then [`run`] |
-//! | `src/lib.rs` | [`Settings`], start-up (store, auth or dev mode, push path), [`run`] |
-//! | `src/ws.rs` | the handshake (authorizer, then `$connect`) and each connection's reader and writer |
+//! | `src/main.rs` | flags (defaults from the constants here), signals, then [`bind`] and [`Ready::serve`] |
+//! | `src/lib.rs` | [`Settings`] and their defaults, [`Ready::serve`] |
+//! | `src/root.rs` | the composition root: store, auth or dev mode, cluster, push path, from one [`Settings`] |
+//! | `src/handshake.rs` | the handshake: admission, token, authorizer, `$connect`, upgrade |
+//! | `src/ws.rs` | each connection's reader and writer, `$disconnect` |
+//! | `src/close_code.rs` | WebSocket close codes by name |
 //! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
 //! | `src/outbox.rs` | a socket's bounded outbound queue, one cache line per push |
 //! | `src/wire.rs` | frames to clients as bytes, encoded once per publish |
 //! | `src/registry.rs` | live sockets, the in-process `Gateway`, fan-out's pacing |
-//! | `src/cluster.rs` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
+//! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
 //! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
 //! | `src/events.rs` | events built as API Gateway builds them |
 //! | `src/http.rs` | the `@connections` Management API and the Lambda Invoke API |
+//! | `src/answer.rs` | HTTP answers in AWS's shapes |
+//! | `src/query.rs` | percent-decoding of paths and query strings |
 
+mod answer;
+pub mod close_code;
 mod cluster;
 mod events;
+mod handshake;
 mod http;
 mod outbox;
+mod query;
 mod registry;
+mod root;
 mod tracking;
 mod upgrade;
 mod wire;
@@ -35,21 +45,44 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::auth::{AuthConfig, JwtKey, Verifier};
-use herald::config::{Config, ConfigError, StoreKind};
-use herald::gateway::{ApiGatewayManagement, Gateway};
+use herald::auth::Verifier;
+use herald::config::Config;
+use herald::gateway::Gateway;
 use herald::handlers::Services;
-use herald::store::{ConnectionStore, RedisStore};
+use herald::store::ConnectionStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use events::{EventFactory, iso8601, request_time, route_key};
 pub use registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
+pub use root::{bind, prepare};
 
-use cluster::Cluster;
-use tracking::TrackingStore;
 use upgrade::SocketRuntime;
+
+/// The address `herald-local` listens on: loopback only, unless told otherwise.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// The port `herald-local` listens on.
+pub const DEFAULT_PORT: u16 = 3001;
+/// API Gateway's largest message (128 KiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// API Gateway's largest frame (32 KiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 32 * 1024;
+/// API Gateway's idle timeout (10 minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// API Gateway's maximum connection duration (2 hours).
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(7200);
+/// Messages queued for one client before it counts as a slow consumer.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// The stage when none is given.
+pub const DEFAULT_STAGE: &str = "local";
+/// The function names the Invoke API runs `publish` for, when none are given.
+pub const DEFAULT_PUBLISH_FUNCTIONS: [&str; 2] = ["publish", "herald-publish"];
+/// How often, with a shared store, an instance refreshes its connections' records.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// A record lives this many heartbeats unless refreshed: a crashed instance's connections
+/// vanish that quickly, a live one's never do.
+pub const HEARTBEATS_PER_LIFETIME: u32 = 3;
 
 /// API Gateway's per-connection limits, each configurable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,11 +106,11 @@ pub struct SocketLimits {
 impl Default for SocketLimits {
     fn default() -> Self {
         Self {
-            max_message_bytes: 128 * 1024,
-            max_frame_bytes: 32 * 1024,
-            idle_timeout: Duration::from_secs(600),
-            max_duration: Duration::from_secs(7200),
-            outbound_queue: 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_duration: DEFAULT_MAX_DURATION,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             max_per_ip: None,
             max_total: None,
         }
@@ -110,13 +143,13 @@ impl Settings {
     /// Settings with API Gateway's defaults on `config`.
     pub fn new(config: Config) -> Self {
         Self {
-            stage: "local".into(),
+            stage: DEFAULT_STAGE.into(),
             limits: SocketLimits::default(),
             push_via_http: false,
-            publish_functions: vec!["publish".into(), "herald-publish".into()],
+            publish_functions: DEFAULT_PUBLISH_FUNCTIONS.map(String::from).to_vec(),
             config,
             instance_id: random_instance_id(),
-            heartbeat: Duration::from_secs(10),
+            heartbeat: DEFAULT_HEARTBEAT,
             store: None,
         }
     }
@@ -132,12 +165,18 @@ pub fn random_instance_id() -> String {
 /// Errors that stop the gateway from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A component could not be built from the settings.
+    #[error(transparent)]
+    Build(#[from] herald::compose::BuildError),
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] herald::config::ConfigError),
     /// The JWT key is unusable.
     #[error(transparent)]
     Auth(#[from] herald::auth::AuthError),
+    /// The cluster could not be joined.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[source] herald::store::StoreError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -179,155 +218,8 @@ pub struct Ready {
     pub addr: SocketAddr,
     /// Configured keys, or dev mode.
     pub auth: AuthMode,
-    app: Arc<App>,
-    listener: TcpListener,
-}
-
-/// What start-up assembles before the port opens.
-struct Parts {
-    settings: Settings,
-    auth: AuthMode,
-    verifier: Verifier,
-    services: Services,
-    registry: Arc<Registry>,
-    router: Arc<dyn Gateway>,
-    /// With a shared store: the cluster and the store its heartbeat refreshes.
-    heartbeat: Option<(Arc<Cluster>, Arc<dyn ConnectionStore>)>,
-}
-
-/// Sets up auth (or dev mode), the store and, on Redis, this instance's place in the
-/// cluster: everything that must be ready before the port opens.
-async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
-    let (auth_config, auth) = match settings.config.auth.clone() {
-        Some(auth) => (auth, AuthMode::Configured),
-        None => {
-            // 244 random bits from the OS, never written anywhere but this process.
-            let secret = format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            let token = herald::auth::sign_hs256(secret.as_bytes(), "dev", &["*"], &["*"], 86_400)?;
-            let config = AuthConfig {
-                key: JwtKey::Secret(secret.into_bytes()),
-                issuer: None,
-                audience: None,
-            };
-            settings.config.auth = Some(config.clone());
-            (config, AuthMode::Dev { token })
-        }
-    };
-    let verifier = Verifier::new(&auth_config)?;
-    let registry = Arc::new(Registry::default());
-    let shared = settings.store.is_none() && settings.config.store == StoreKind::Redis;
-    let (store, router, heartbeat): (Arc<dyn ConnectionStore>, Arc<dyn Gateway>, _) = if shared {
-        let url = settings
-            .config
-            .redis_url
-            .clone()
-            .ok_or(ConfigError::Missing("HERALD_REDIS_URL"))?;
-        let unreachable = |e: herald::store::StoreError| ConfigError::Invalid {
-            var: "HERALD_REDIS_URL",
-            reason: format!("cannot reach Redis at {url}: {e}"),
-        };
-        let redis = RedisStore::connect(&url).await.map_err(unreachable)?;
-        let instance = settings.instance_id.clone();
-        let cluster = Cluster::start(&url, &instance, registry.clone(), redis.clone())
-            .await
-            .map_err(unreachable)?;
-        let store: Arc<dyn ConnectionStore> =
-            Arc::new(TrackingStore::new(Arc::new(redis), registry.clone()));
-        (store.clone(), cluster.clone(), Some((cluster, store)))
-    } else {
-        let store = match settings.store.clone() {
-            Some(store) => store,
-            None => herald::store::open(&settings.config).await?,
-        };
-        (store, registry.clone(), None)
-    };
-    let mut services = Services::new(store, &settings.config);
-    if heartbeat.is_some() {
-        services.instance = Some(settings.instance_id.clone());
-        // A record lives three heartbeats unless refreshed: a crashed instance's
-        // connections vanish that quickly, a live one's never do.
-        services.limits.connection_lifetime = settings.heartbeat * 3;
-    }
-    Ok(Parts {
-        settings,
-        auth,
-        verifier,
-        services,
-        registry,
-        router,
-        heartbeat,
-    })
-}
-
-fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
-    let addr = listener.local_addr()?;
-    let Parts {
-        settings,
-        auth,
-        verifier,
-        services,
-        registry,
-        router,
-        heartbeat,
-    } = parts;
-    let gateway: Arc<dyn Gateway> = if settings.push_via_http {
-        Arc::new(ApiGatewayManagement::local(&format!(
-            "http://{addr}/{}",
-            settings.stage
-        )))
-    } else {
-        router.clone()
-    };
-    let events = EventFactory {
-        stage: settings.stage.clone(),
-        api_id: "herald-local".into(),
-    };
-    let shutdown = CancellationToken::new();
-    if let Some((cluster, store)) = heartbeat {
-        let ttl = services.limits.connection_lifetime;
-        tokio::spawn(cluster::heartbeat(
-            cluster,
-            store,
-            settings.heartbeat,
-            ttl,
-            shutdown.clone(),
-        ));
-    }
-    let app = Arc::new(App {
-        settings,
-        services,
-        verifier,
-        registry,
-        router,
-        gateway,
-        events,
-        shutdown,
-        connections: TaskTracker::new(),
-        sockets: SocketRuntime::new()?,
-    });
-    Ok(Ready {
-        addr,
-        auth,
-        app,
-        listener,
-    })
-}
-
-/// Prepares the gateway on an already bound `listener` (tests bind `127.0.0.1:0`).
-pub async fn prepare(listener: TcpListener, settings: Settings) -> Result<Ready, StartError> {
-    finish(assemble(settings).await?, listener)
-}
-
-/// Prepares everything, then binds `host:port`: the port opens only once the gateway can
-/// serve (store reachable, cross-instance subscription in place).
-pub async fn bind(host: &str, port: u16, settings: Settings) -> Result<Ready, StartError> {
-    let parts = assemble(settings).await?;
-    let listener = TcpListener::bind((host, port)).await?;
-    finish(parts, listener)
+    pub(crate) app: Arc<App>,
+    pub(crate) listener: TcpListener,
 }
 
 impl Ready {

@@ -5,47 +5,57 @@ use std::time::Duration;
 
 use clap::Parser;
 use herald::config::Config;
-use herald_local::{AuthMode, Settings, SocketLimits};
+use herald::limits::DEFAULT_MAX_CONNECTIONS_PER_USER;
+use herald_local::{
+    AuthMode, DEFAULT_HEARTBEAT, DEFAULT_HOST, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
+    DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_STAGE, Settings, SocketLimits,
+};
 
 /// A local API Gateway for WebSockets running Herald's handlers.
 ///
 /// Store, JWT and per-user settings come from the environment as in the contract:
 /// HERALD_STORE, HERALD_REDIS_URL, HERALD_TABLE, HERALD_JWT_SECRET, HERALD_JWT_PUBLIC_KEY,
-/// HERALD_JWT_ISSUER, HERALD_JWT_AUDIENCE, HERALD_IDEMPOTENCY_WINDOW_SECS,
-/// HERALD_FANOUT_CONCURRENCY. With no JWT key it runs in dev mode and prints a token.
+/// HERALD_JWT_ISSUER, HERALD_JWT_AUDIENCE, HERALD_MAX_CONNECTIONS_PER_USER,
+/// HERALD_IDEMPOTENCY_WINDOW_SECS, HERALD_FANOUT_CONCURRENCY. With no JWT key it runs in
+/// dev mode and prints a token.
 #[derive(Parser, Debug)]
 #[command(name = "herald-local", version)]
 struct Flags {
     /// Address to listen on.
-    #[arg(long, env = "HERALD_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = "HERALD_HOST", default_value = DEFAULT_HOST)]
     host: String,
     /// Port to listen on; 0 picks a free one (the bound address is printed).
-    #[arg(long, env = "HERALD_PORT", default_value_t = 3001)]
+    #[arg(long, env = "HERALD_PORT", default_value_t = DEFAULT_PORT)]
     port: u16,
     /// Stage name, the first path segment of every endpoint.
-    #[arg(long, env = "HERALD_STAGE", default_value = "local")]
+    #[arg(long, env = "HERALD_STAGE", default_value = DEFAULT_STAGE)]
     stage: String,
     /// Push through the real AWS SDK client to this gateway's own @connections endpoint.
     #[arg(long, env = "HERALD_PUSH_VIA_HTTP")]
     push_via_http: bool,
     /// Largest message in bytes (larger closes with 1009).
-    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 128 * 1024)]
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
     /// Largest frame in bytes (larger closes with 1009).
-    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
     /// Seconds without client traffic before a connection is closed.
-    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout_secs: u64,
     /// Seconds a connection may live.
-    #[arg(long, env = "HERALD_MAX_CONNECTION_SECS", default_value_t = 7200)]
+    #[arg(long, env = "HERALD_MAX_CONNECTION_SECS", default_value_t = DEFAULT_MAX_DURATION.as_secs())]
     max_connection_secs: u64,
     /// Messages queued per client before it is closed as a slow consumer (1008).
-    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE)]
     outbound_queue: usize,
-    /// Connections per user (0: no limit).
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
-    max_connections_per_user: usize,
+    /// Connections per user (0: no limit); overrides HERALD_MAX_CONNECTIONS_PER_USER,
+    /// which the configuration reads.
+    #[arg(long, help = format!(
+        "Connections per user (0: no limit) [default: HERALD_MAX_CONNECTIONS_PER_USER, \
+         else {DEFAULT_MAX_CONNECTIONS_PER_USER}]"
+    ))]
+    max_connections_per_user: Option<usize>,
     /// Connections per source IP (0: no limit).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     max_connections_per_ip: usize,
@@ -56,7 +66,7 @@ struct Flags {
     #[arg(
         long,
         env = "HERALD_PUBLISH_FUNCTIONS",
-        default_value = "publish,herald-publish",
+        default_values_t = DEFAULT_PUBLISH_FUNCTIONS.map(String::from),
         value_delimiter = ','
     )]
     publish_functions: Vec<String>,
@@ -65,7 +75,7 @@ struct Flags {
     instance_id: Option<String>,
     /// With Redis: how often this instance refreshes its connections' records (they
     /// expire after three missed heartbeats).
-    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = heartbeat_ms(DEFAULT_HEARTBEAT))]
     heartbeat_ms: u64,
 }
 
@@ -73,20 +83,21 @@ fn non_zero(n: usize) -> Option<usize> {
     (n > 0).then_some(n)
 }
 
+fn heartbeat_ms(interval: Duration) -> u64 {
+    u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let flags = Flags::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        // Logs go to stderr; stdout carries only what a user or script reads: the
-        // address and, in dev mode, the token.
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr; stdout carries only what a user or script reads: the address
+    // and, in dev mode, the token.
+    herald::telemetry::init_local();
 
     let mut config = Config::from_env()?;
-    config.limits.max_connections_per_user = non_zero(flags.max_connections_per_user);
+    if let Some(max) = flags.max_connections_per_user {
+        config.limits.max_connections_per_user = non_zero(max);
+    }
     let settings = Settings {
         stage: flags.stage,
         limits: SocketLimits {

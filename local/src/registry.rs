@@ -32,7 +32,7 @@ use crate::outbox::{Outbox, Refused};
 use crate::wire::{self, Opcode};
 
 /// Close code for a client whose outbound queue overflowed.
-pub const SLOW_CONSUMER_CODE: u16 = 1008;
+pub const SLOW_CONSUMER_CODE: u16 = crate::close_code::POLICY_VIOLATION;
 /// Close reason for a client whose outbound queue overflowed.
 pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue full";
 
@@ -368,7 +368,7 @@ impl Gateway for Registry {
 
     async fn delete(&self, id: &ConnectionId) -> Result<(), PushError> {
         let socket = self.live(id)?;
-        socket.close(1000, "Connection closed by the server");
+        socket.close(crate::close_code::NORMAL, "Connection closed by the server");
         Ok(())
     }
 }

@@ -12,8 +12,7 @@
 //! cores busy, a publish otherwise waited for a core as long as it ran, and the writers it
 //! woke each sent one or two notifications per `send(2)`. Yielding to the HTTP side lets
 //! the publish finish at once and the writers find more queued per write, which is cheaper
-//! for the gateway and the clients alike (with the outbox and pacing, the fan-out
-//! benchmark went from 35 % to a median of 74 % of the baseline; see BENCHMARKS.md). The
+//! for the gateway and the clients alike (BENCHMARKS.md has the measured effect). The
 //! publish is then faster than the writers can drain under a flood, so fan-out paces
 //! itself on their queues (`Registry::pace`) instead of letting them overflow.
 //!
@@ -32,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::http::message_response;
+use crate::answer::message_response;
 
 /// A request to upgrade to a WebSocket (RFC 6455 §4.2.1), checked.
 pub(crate) struct Upgrade {
@@ -157,8 +156,9 @@ impl SocketRuntime {
     }
 }
 
-/// How much lower the connections' threads run than the HTTP side's (a nice value: each
-/// step is about 10 % less CPU when both want a core, so 10 is about a tenth).
+/// How much lower the connections' threads run than the HTTP side's, as a nice value: low
+/// enough that a publish gets a core at once, high enough that the writers still run
+/// whenever the HTTP side is idle (BENCHMARKS.md compares values).
 pub(crate) const CONNECTIONS_NICE: i32 = 10;
 
 /// Lowers the calling thread's priority (see the module header). Linux keeps a nice value

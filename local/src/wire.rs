@@ -63,6 +63,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
     use super::*;
+    use crate::close_code;
 
     /// What a client receives: `bytes` read by tungstenite in the client role.
     struct Received(Cursor<Vec<u8>>);
@@ -106,14 +107,16 @@ mod tests {
 
     #[test]
     fn close_frames_carry_the_code_and_a_reason_cut_to_fit() {
-        let Message::Close(Some(frame)) = receive(&close(1008, "slow consumer")) else {
+        let Message::Close(Some(frame)) =
+            receive(&close(close_code::POLICY_VIOLATION, "slow consumer"))
+        else {
             panic!("a close frame with a code");
         };
-        assert_eq!(u16::from(frame.code), 1008);
+        assert_eq!(u16::from(frame.code), close_code::POLICY_VIOLATION);
         assert_eq!(frame.reason.as_str(), "slow consumer");
 
         let long = "é".repeat(100);
-        let Message::Close(Some(frame)) = receive(&close(1001, &long)) else {
+        let Message::Close(Some(frame)) = receive(&close(close_code::GOING_AWAY, &long)) else {
             panic!("a close frame with a code");
         };
         assert_eq!(

@@ -1,13 +1,6 @@
-//! The WebSocket side: the handshake as API Gateway runs it, then one reader and one writer
-//! per connection.
+//! One WebSocket connection after its handshake (`handshake.rs`): a reader and a writer.
 //!
-//! Handshake: connection limits (429), the token (401 without calling the authorizer when
-//! there is none), the `authorizer` handler (401 on refusal, 403 on a Deny policy), then
-//! `connect` (its non-2xx refuses the upgrade with that status). The socket's queue is in
-//! the registry before `connect` stores the connection, so a publish that sees the stored
-//! connection always finds a socket to queue into, even before the upgrade has finished.
-//!
-//! Connection: the socket is split in two halves. The writer owns the writing half: it takes
+//! The socket is split in two halves. The writer owns the writing half: it takes
 //! everything queued in the outbox and writes it in one vectored write, each frame as the
 //! bytes encoded once per publish (`wire.rs`), so nothing is framed or copied per recipient
 //! in user space. tungstenite owns the reading half: the reader runs each text frame
@@ -20,152 +13,35 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use herald::auth::token_from_request;
-use herald::events::iam::IamPolicyEffect;
-use herald::ids::{ConnectionId, now_ms};
-use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::App;
-use crate::events::ConnectionMeta;
-use crate::http::{decode_query, message_response};
 use crate::registry::{Frame, SLOW_CONSUMER_CODE, Socket};
-use crate::upgrade::{Upgrade, Upgraded};
+use crate::upgrade::Upgraded;
 use crate::wire::{self, Opcode};
+use crate::{App, close_code};
 
 type Ws = WebSocketStream<Incoming>;
 
-/// The read buffer per connection (see the upgrade below).
-const READ_BUFFER_BYTES: usize = 1024;
-
-/// `GET /{stage}` with an upgrade: the handshake.
-pub(crate) async fn handshake(
-    State(app): State<Arc<App>>,
-    Path(stage): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    upgrade: Upgrade,
-) -> Response {
-    if stage != app.settings.stage {
-        return message_response(StatusCode::FORBIDDEN, "Forbidden");
-    }
-    if app.shutdown.is_cancelled() {
-        return message_response(StatusCode::SERVICE_UNAVAILABLE, "Shutting down");
-    }
-    let limits = &app.settings.limits;
-    let source_ip = peer.ip().to_string();
-    if limits
-        .max_total
-        .is_some_and(|max| app.registry.len() >= max)
-        || limits
-            .max_per_ip
-            .is_some_and(|max| app.registry.count_ip(&source_ip) >= max)
-    {
-        return message_response(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
-    }
-
-    let query = decode_query(query.as_deref().unwrap_or(""));
-    let header_pairs: Vec<(String, String)> = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
-    let query_token = query
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.as_str());
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    // API Gateway answers 401 itself, without invoking the authorizer, when the identity
-    // source is missing.
-    if token_from_request(query_token, authorization).is_none() {
-        return message_response(StatusCode::UNAUTHORIZED, "Unauthorized");
-    }
-
-    let mut meta = ConnectionMeta {
-        id: ConnectionId::generate(),
-        connected_at: now_ms(),
-        source_ip,
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        domain_name: headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost")
-            .to_owned(),
-        context: serde_json::Map::new(),
-    };
-    let request = app.events.authorizer_request(&meta, &header_pairs, &query);
-    let allowed = match herald::handlers::authorize(&app.verifier, &request) {
-        Ok(allowed) => allowed,
-        Err(e) => {
-            info!(error = %e, "handshake refused by the authorizer");
-            return message_response(StatusCode::UNAUTHORIZED, "Unauthorized");
-        }
-    };
-    let statement = allowed.policy_document.statement.first();
-    if !statement.is_some_and(|s| s.effect == IamPolicyEffect::Allow) {
-        return message_response(StatusCode::FORBIDDEN, "Forbidden");
-    }
-    if let Value::Object(context) = allowed.context {
-        meta.context = context;
-    }
-
-    let socket = Socket::new(meta, limits.outbound_queue);
-    app.registry.insert(socket.clone());
-    let connect = app.events.connect(&socket.meta, &header_pairs, &query);
-    let answer = herald::handlers::connect(&app.services, &connect).await;
-    if !(200..300).contains(&answer.status_code) {
-        app.registry.remove(&socket.meta.id);
-        let status = u16::try_from(answer.status_code)
-            .ok()
-            .and_then(|s| StatusCode::from_u16(s).ok())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = match answer.body {
-            Some(herald::events::encodings::Body::Text(text)) => text,
-            _ => status.canonical_reason().unwrap_or("").to_owned(),
-        };
-        return message_response(status, &body);
-    }
-
-    // tungstenite reads into a 128 KiB buffer by default, allocated per connection: most
-    // of an idle connection's memory. Clients send small frames; 1 KiB is plenty (larger
-    // frames still arrive whole, over several reads).
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(limits.max_message_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes));
-    let (response, upgraded) = upgrade.accept();
-    let connection = app
-        .connections
-        .track_future(run(app.clone(), socket, upgraded, config));
-    app.sockets.handle().spawn(connection);
-    response
-}
-
 /// Completes the upgrade on the connections' runtime, then serves the connection.
-async fn run(app: Arc<App>, socket: Arc<Socket>, upgraded: Upgraded, config: WebSocketConfig) {
+pub(crate) async fn run(
+    app: Arc<App>,
+    socket: Arc<Socket>,
+    upgraded: Upgraded,
+    config: WebSocketConfig,
+) {
     match upgraded.into_socket().await {
         Ok((stream, early)) => {
             let (read_half, write_half) = stream.into_split();
@@ -185,7 +61,7 @@ async fn run(app: Arc<App>, socket: Arc<Socket>, upgraded: Upgraded, config: Web
             Box::pin(finish(
                 app,
                 socket,
-                1006,
+                close_code::ABNORMAL,
                 "Connection was closed abnormally".into(),
             ))
             .await;
@@ -260,8 +136,11 @@ async fn finish(app: Arc<App>, socket: Arc<Socket>, code: u16, reason: String) {
 /// Why a WebSocket read failed: 1009 for a message or frame over the limits, else 1006.
 fn read_error_close(error: &WsError) -> (u16, String) {
     match error {
-        WsError::Capacity(_) => (1009, "Message too big".into()),
-        e => (1006, format!("Connection was closed abnormally: {e}")),
+        WsError::Capacity(_) => (close_code::MESSAGE_TOO_BIG, "Message too big".into()),
+        e => (
+            close_code::ABNORMAL,
+            format!("Connection was closed abnormally: {e}"),
+        ),
     }
 }
 
@@ -274,25 +153,35 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
         let frame = tokio::select! {
             biased;
             () = socket.closing.cancelled() => {
-                return socket.close_reason().unwrap_or((1000, String::new()));
+                return socket
+                    .close_reason()
+                    .unwrap_or((close_code::NORMAL, String::new()));
             }
             () = app.shutdown.cancelled() => {
-                socket.close(1001, "Going away");
+                socket.close(close_code::GOING_AWAY, "Going away");
                 continue;
             }
             () = sleep_until(ends_at) => {
-                socket.close(1001, "Going away: maximum connection duration reached");
+                socket.close(
+                    close_code::GOING_AWAY,
+                    "Going away: maximum connection duration reached",
+                );
                 continue;
             }
             () = sleep_until(idle_at) => {
-                socket.close(1001, "Going away: idle timeout");
+                socket.close(close_code::GOING_AWAY, "Going away: idle timeout");
                 continue;
             }
             frame = stream.next() => frame,
         };
         idle_at = Instant::now() + limits.idle_timeout;
         match frame {
-            None => return (1006, "Connection was closed abnormally".into()),
+            None => {
+                return (
+                    close_code::ABNORMAL,
+                    "Connection was closed abnormally".into(),
+                );
+            }
             Some(Err(e)) => {
                 let (code, reason) = read_error_close(&e);
                 socket.close(code, &reason);
@@ -310,13 +199,19 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
                 .await;
             }
             Some(Ok(Message::Binary(_))) => {
-                socket.close(1003, "Binary frames are not supported");
+                socket.close(
+                    close_code::UNSUPPORTED_DATA,
+                    "Binary frames are not supported",
+                );
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => socket.touch(),
             Some(Ok(Message::Close(frame))) => {
                 return match frame {
                     Some(f) => (u16::from(f.code), f.reason.to_string()),
-                    None => (1005, "Client-side close frame status not set".into()),
+                    None => (
+                        close_code::NO_STATUS,
+                        "Client-side close frame status not set".into(),
+                    ),
                 };
             }
         }
@@ -345,13 +240,15 @@ async fn write(mut out: OwnedWriteHalf, socket: Arc<Socket>) {
             };
             if let Err(e) = wrote {
                 debug!(connection_id = %socket.meta.id, error = %e, "write failed");
-                socket.close(1006, "Connection was closed abnormally");
+                socket.close(close_code::ABNORMAL, "Connection was closed abnormally");
                 return;
             }
         }
         socket.touch();
     }
-    let (code, reason) = socket.close_reason().unwrap_or((1000, String::new()));
+    let (code, reason) = socket
+        .close_reason()
+        .unwrap_or((close_code::NORMAL, String::new()));
     let slow = code == SLOW_CONSUMER_CODE;
     let goodbye = async {
         if slow {
@@ -381,8 +278,8 @@ async fn write(mut out: OwnedWriteHalf, socket: Arc<Socket>) {
 /// one for 1005, which says the client's had no code (RFC 6455 §7.4.1).
 fn close_frame(code: u16, reason: &str) -> Option<Bytes> {
     match code {
-        1006 => None,
-        1005 => Some(wire::encode(Opcode::Close, &[])),
+        close_code::ABNORMAL => None,
+        close_code::NO_STATUS => Some(wire::encode(Opcode::Close, &[])),
         code => Some(wire::close(code, reason)),
     }
 }
@@ -440,9 +337,4 @@ impl Unsent {
             self.frames.pop_front();
         }
     }
-}
-
-/// The JSON body API Gateway gives its own errors.
-pub(crate) fn error_body(message: &str) -> String {
-    json!({ "message": message }).to_string()
 }

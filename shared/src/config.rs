@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
+use crate::limits::Limits;
+use crate::store::{DynamoSettings, RedisSettings, StoreSettings};
 
 /// A configuration problem, naming the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,28 +46,6 @@ impl FromStr for StoreKind {
             "redis" => Ok(Self::Redis),
             "dynamodb" => Ok(Self::DynamoDb),
             other => Err(format!("{other:?} is not one of memory, redis, dynamodb")),
-        }
-    }
-}
-
-/// Limits the handlers enforce.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections one user may hold at once; `None` for no limit.
-    pub max_connections_per_user: Option<usize>,
-    /// How long a connection record lives without `$disconnect`: API Gateway's 2-hour
-    /// maximum connection duration plus a margin, so a lost `$disconnect` leaves no zombie.
-    pub connection_lifetime: Duration,
-    /// How long a publish idempotency key is remembered.
-    pub idempotency_window: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections_per_user: Some(100),
-            connection_lifetime: Duration::from_secs(2 * 3600 + 300),
-            idempotency_window: Duration::from_secs(300),
         }
     }
 }
@@ -108,6 +88,28 @@ impl Config {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
         }
+    }
+
+    /// The store's settings; `create_table` as the host wants it (`herald-local` creates a
+    /// missing DynamoDB table, the Lambda functions leave that to the template).
+    pub fn store_settings(&self, create_table: bool) -> Result<StoreSettings, ConfigError> {
+        Ok(match self.store {
+            StoreKind::Memory => StoreSettings::Memory,
+            StoreKind::Redis => StoreSettings::Redis(RedisSettings::new(
+                self.redis_url
+                    .clone()
+                    .ok_or(ConfigError::Missing("HERALD_REDIS_URL"))?,
+            )),
+            StoreKind::DynamoDb => StoreSettings::Dynamo(DynamoSettings {
+                table: self
+                    .table
+                    .clone()
+                    .ok_or(ConfigError::Missing("HERALD_TABLE"))?,
+                endpoint: self.dynamodb_endpoint.clone(),
+                room_shards: self.room_shards,
+                create_table,
+            }),
+        })
     }
 
     /// Reads the process environment.
@@ -296,11 +298,33 @@ mod tests {
         assert_eq!(c.fanout.max_retries, 1);
     }
 
-    #[tokio::test]
-    async fn lambda_functions_refuse_the_memory_store() {
-        let err = crate::store::open_shared(&config(&[]).unwrap()).await.err();
-        assert!(err.unwrap().to_string().contains("shared store"));
-        assert!(crate::store::open(&config(&[]).unwrap()).await.is_ok());
+    #[test]
+    fn store_settings_name_what_is_missing() {
+        assert_eq!(
+            config(&[]).unwrap().store_settings(true),
+            Ok(StoreSettings::Memory)
+        );
+        let redis = config(&[("HERALD_STORE", "redis")]).unwrap();
+        assert_eq!(
+            redis.store_settings(true),
+            Err(ConfigError::Missing("HERALD_REDIS_URL"))
+        );
+        let dynamo = config(&[("HERALD_STORE", "dynamodb")]).unwrap();
+        assert_eq!(
+            dynamo.store_settings(true),
+            Err(ConfigError::Missing("HERALD_TABLE"))
+        );
+        let dynamo = config(&[
+            ("HERALD_STORE", "dynamodb"),
+            ("HERALD_TABLE", "t"),
+            ("HERALD_ROOM_SHARDS", "3"),
+        ])
+        .unwrap();
+        let Ok(StoreSettings::Dynamo(settings)) = dynamo.store_settings(false) else {
+            panic!("a DynamoDB store");
+        };
+        assert_eq!((settings.table.as_str(), settings.room_shards), ("t", 3));
+        assert!(!settings.create_table);
     }
 
     #[test]
@@ -313,9 +337,18 @@ mod tests {
             ("HERALD_IDEMPOTENCY_WINDOW_SECS", "1.5"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
-            assert!(err.to_string().starts_with(var), "{var}={value}: {err}");
+            assert!(
+                matches!(&err, ConfigError::Invalid { var: named, .. } if *named == var),
+                "{var}={value}: {err}"
+            );
         }
         let both = config(&[("HERALD_JWT_SECRET", "a"), ("HERALD_JWT_PUBLIC_KEY", "b")]);
-        assert!(both.is_err());
+        assert!(matches!(
+            both,
+            Err(ConfigError::Invalid {
+                var: "HERALD_JWT_PUBLIC_KEY",
+                ..
+            })
+        ));
     }
 }

@@ -62,12 +62,13 @@ pub struct Counts {
 
 /// Fan-out stopped because the store could not list the recipients; `counts` says what
 /// was already done.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("fan-out interrupted after {counts:?}: {error}")]
 pub struct FanoutError {
     /// Deliveries made before the store failed.
     pub counts: Counts,
     /// The store's error.
+    #[source]
     pub error: StoreError,
 }
 

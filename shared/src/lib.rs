@@ -8,23 +8,31 @@
 //!
 //! | module | file | what |
 //! |---|---|---|
+//! | [`error`] | `src/error.rs` | what each layer's error keeps of its cause |
 //! | [`ids`] | `src/ids.rs` | connection ids in API Gateway's shape, notification ids, the clock |
-//! | [`protocol`] | `src/protocol.rs` | client frames, replies, notifications, the publish API, validation |
-//! | [`auth`] | `src/auth.rs` | JWT verification, room patterns, the identity in the authorizer context |
-//! | [`store`] | `src/store/` | `ConnectionStore`, `MemoryStore`, the shared store test suite |
+//! | [`protocol`] | `src/protocol/` | client frames, replies, notifications, the publish API, validation |
+//! | [`auth`] | `src/auth/` | JWT verification, room patterns, the identity in the authorizer context |
+//! | [`aws`] | `src/aws.rs` | SDK settings: the default chain, or fixed ones for loopback servers |
+//! | [`store`] | `src/store/` | `ConnectionStore`, its backends (`memory.rs`, `redis.rs`, `dynamo/`), `ForwardingStore`, the shared store test suite |
 //! | [`gateway`] | `src/gateway/` | `Gateway` (`@connections`), `ApiGatewayManagement`, a recording double |
 //! | [`fanout`] | `src/fanout.rs` | paged recipients, bounded concurrency, 410 cleanup, 429 backoff |
+//! | [`limits`] | `src/limits.rs` | the limits the handlers enforce, and their defaults |
 //! | [`handlers`] | `src/handlers/` | `authorize`, `connect`, `disconnect`, `message`, `publish` |
-//! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables |
-//! | [`telemetry`] | `src/telemetry.rs` | tracing set-up for Lambda |
+//! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables, read once |
+//! | [`compose`] | `src/compose.rs` | the composition root: every component built from one `Config` |
+//! | [`telemetry`] | `src/telemetry.rs` | tracing set-up for Lambda and `herald-local` |
 //! | `testing` | `src/testing.rs` | feature `test-support`: real servers (Redis) started for tests |
 
 pub mod auth;
+pub mod aws;
+pub mod compose;
 pub mod config;
+pub mod error;
 pub mod fanout;
 pub mod gateway;
 pub mod handlers;
 pub mod ids;
+pub mod limits;
 pub mod protocol;
 pub mod store;
 pub mod telemetry;

@@ -62,7 +62,7 @@ fn world_with(vars: &[(&str, &str)]) -> World {
     let config = Config::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap();
     let store = Arc::new(MemoryStore::new());
     World {
-        services: Services::new(store.clone(), &config),
+        services: herald::compose::services(store.clone(), &config),
         store,
         gateway: RecordingGateway::new(),
     }

@@ -1,20 +1,17 @@
 //! The `message` Lambda: `$default` and the action routes. Replies go back through the
 //! Management API of the endpoint the event came from (or `HERALD_WS_ENDPOINT`).
 
-use herald::aws_config::{self, BehaviorVersion};
-use herald::config::Config;
+use herald::compose::Lambda;
 use herald::events::apigw::ApiGatewayWebsocketProxyRequest;
-use herald::gateway::ManagementClients;
-use herald::handlers::{Services, message};
+use herald::handlers::message;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     herald::telemetry::init_lambda();
-    let config = Config::from_env()?;
-    let services = Services::new(herald::store::open_shared(&config).await?, &config);
-    let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
-    let clients = ManagementClients::new(sdk, config.ws_endpoint.clone());
+    let root = Lambda::from_env()?;
+    let services = root.services().await?;
+    let clients = root.management_clients().await;
     let (services, clients) = (&services, &clients);
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {

@@ -290,23 +290,11 @@ impl CountingStore {
 }
 
 #[async_trait::async_trait]
-impl herald::store::ConnectionStore for CountingStore {
-    async fn add(&self, c: &herald::store::Connection) -> Result<(), herald::store::StoreError> {
-        self.inner.add(c).await
+impl herald::store::ForwardingStore for CountingStore {
+    fn inner(&self) -> &dyn herald::store::ConnectionStore {
+        &self.inner
     }
-    async fn get(
-        &self,
-        id: &herald::ids::ConnectionId,
-    ) -> Result<Option<herald::store::Connection>, herald::store::StoreError> {
-        self.inner.get(id).await
-    }
-    async fn refresh(
-        &self,
-        id: &herald::ids::ConnectionId,
-        expires_at: i64,
-    ) -> Result<bool, herald::store::StoreError> {
-        self.inner.refresh(id, expires_at).await
-    }
+
     async fn remove(
         &self,
         id: &herald::ids::ConnectionId,
@@ -317,65 +305,6 @@ impl herald::store::ConnectionStore for CountingStore {
             .unwrap()
             .entry(id.as_str().to_owned())
             .or_default() += 1;
-        self.inner.remove(id).await
-    }
-    async fn join(
-        &self,
-        id: &herald::ids::ConnectionId,
-        room: &herald::protocol::RoomName,
-    ) -> Result<(), herald::store::StoreError> {
-        self.inner.join(id, room).await
-    }
-    async fn leave(
-        &self,
-        id: &herald::ids::ConnectionId,
-        room: &herald::protocol::RoomName,
-    ) -> Result<bool, herald::store::StoreError> {
-        self.inner.leave(id, room).await
-    }
-    async fn rooms_of(
-        &self,
-        id: &herald::ids::ConnectionId,
-    ) -> Result<Vec<herald::protocol::RoomName>, herald::store::StoreError> {
-        self.inner.rooms_of(id).await
-    }
-    async fn room_members(
-        &self,
-        room: &herald::protocol::RoomName,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<herald::store::Page<herald::ids::ConnectionId>, herald::store::StoreError> {
-        self.inner.room_members(room, cursor, limit).await
-    }
-    async fn user_connections(
-        &self,
-        user: &str,
-    ) -> Result<Vec<herald::ids::ConnectionId>, herald::store::StoreError> {
-        self.inner.user_connections(user).await
-    }
-    async fn count_user(&self, user: &str) -> Result<usize, herald::store::StoreError> {
-        self.inner.count_user(user).await
-    }
-    async fn all_connections(
-        &self,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<herald::store::Page<herald::ids::ConnectionId>, herald::store::StoreError> {
-        self.inner.all_connections(cursor, limit).await
-    }
-    async fn claim_idempotency_key(
-        &self,
-        key: &str,
-        id: &str,
-        window: Duration,
-    ) -> Result<Option<String>, herald::store::StoreError> {
-        self.inner.claim_idempotency_key(key, id, window).await
-    }
-    async fn release_idempotency_key(
-        &self,
-        key: &str,
-        id: &str,
-    ) -> Result<(), herald::store::StoreError> {
-        self.inner.release_idempotency_key(key, id).await
+        herald::store::ConnectionStore::remove(&self.inner, id).await
     }
 }

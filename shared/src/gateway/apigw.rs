@@ -20,6 +20,7 @@ use aws_sdk_apigatewaymanagement::primitives::{Blob, DateTime};
 use bytes::Bytes;
 
 use super::{ConnectionInfo, Gateway, PushError};
+use crate::error::{self, Described};
 use crate::ids::ConnectionId;
 
 /// How long one `@connections` call may take before it counts as failed.
@@ -55,21 +56,7 @@ impl ApiGatewayManagement {
     /// A client for a local endpoint (such as `herald-local`'s own), which accepts any
     /// signature: fixed dummy credentials and region, nothing read from the environment.
     pub fn local(endpoint: &str) -> Self {
-        let credentials = aws_sdk_apigatewaymanagement::config::Credentials::new(
-            "local",
-            "local",
-            None,
-            None,
-            "herald-local",
-        );
-        let sdk = SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(
-                aws_sdk_apigatewaymanagement::config::SharedCredentialsProvider::new(credentials),
-            )
-            .build();
-        Self::new(&sdk, endpoint)
+        Self::new(&crate::aws::local_sdk_config(endpoint), endpoint)
     }
 
     /// The endpoint this client posts to.
@@ -86,14 +73,18 @@ where
 {
     let status = error.raw_response().map(|r| r.status().as_u16());
     let code = error.code().map(str::to_owned);
+    let kept = |error: SdkError<E, HttpResponse>| {
+        error::source(Described::new(
+            DisplayErrorContext(&error).to_string(),
+            error,
+        ))
+    };
     match (code.as_deref(), status) {
         (Some("GoneException"), _) | (_, Some(410)) => PushError::Gone,
         (Some("LimitExceededException"), _) | (_, Some(429)) => PushError::Throttled,
         (Some("PayloadTooLargeException"), _) | (_, Some(413)) => PushError::PayloadTooLarge,
-        (Some("ForbiddenException"), _) | (_, Some(403)) => {
-            PushError::Forbidden(DisplayErrorContext(&error).to_string())
-        }
-        _ => PushError::Other(DisplayErrorContext(&error).to_string()),
+        (Some("ForbiddenException"), _) | (_, Some(403)) => PushError::Forbidden(kept(error)),
+        _ => PushError::Other(kept(error)),
     }
 }
 

@@ -20,6 +20,7 @@ pub use apigw::{ApiGatewayManagement, ManagementClients};
 #[cfg(any(test, feature = "test-support"))]
 pub use recording::{RecordingGateway, Scripted};
 
+use crate::error::Source;
 use crate::ids::ConnectionId;
 
 /// The posts of a [`Gateway::post_many`] that failed, each with the index of its id. Most
@@ -27,7 +28,7 @@ use crate::ids::ConnectionId;
 pub type Failures = Vec<(usize, PushError)>;
 
 /// Errors of a push to one connection.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PushError {
     /// 410 `GoneException`: the connection no longer exists.
     #[error("connection is gone")]
@@ -40,14 +41,21 @@ pub enum PushError {
     PayloadTooLarge,
     /// 403 `ForbiddenException`: the caller may not manage this API's connections.
     #[error("forbidden: {0}")]
-    Forbidden(String),
+    Forbidden(#[source] Source),
     /// Anything else: a 5xx, a timeout, a broken connection.
     #[error("push failed: {0}")]
-    Other(String),
+    Other(#[source] Source),
+}
+
+impl PushError {
+    /// A failure with nothing below it but a sentence.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::Other(crate::error::because(message))
+    }
 }
 
 /// What `GET @connections/{id}` tells about a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionInfo {
     /// When it connected, ms since the epoch.
     pub connected_at: i64,

@@ -134,7 +134,7 @@ impl Gateway for RecordingGateway {
             Some(Scripted::ThrottledTimes(n)) if attempt <= n => {
                 return Err(PushError::Throttled);
             }
-            Some(Scripted::Fails) => return Err(PushError::Other("500 from the double".into())),
+            Some(Scripted::Fails) => return Err(PushError::other("500 from the double")),
             _ => {}
         }
         lock(&self.posts).push((id.clone(), payload));

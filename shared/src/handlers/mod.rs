@@ -22,9 +22,9 @@ pub use disconnect::disconnect;
 pub use message::message;
 pub use publish::{PublishError, publish, publish_one};
 
-use crate::config::{Config, Limits};
 use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;
+use crate::limits::Limits;
 use crate::store::ConnectionStore;
 
 /// What the connect, disconnect, message and publish handlers share.
@@ -42,12 +42,12 @@ pub struct Services {
 }
 
 impl Services {
-    /// Services on `store` with the limits and pacing of `config`.
-    pub fn new(store: Arc<dyn ConnectionStore>, config: &Config) -> Self {
+    /// Services on `store` with these limits and this pacing.
+    pub fn new(store: Arc<dyn ConnectionStore>, limits: Limits, fanout: FanoutConfig) -> Self {
         Self {
             store,
-            limits: config.limits.clone(),
-            fanout: config.fanout.clone(),
+            limits,
+            fanout,
             instance: None,
         }
     }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tracing::{error, warn};
 
 use super::Services;
+use crate::error::{self, Described, Source};
 use crate::fanout::deliver;
 use crate::gateway::Gateway;
 use crate::ids::{notification_id, now_ms};
@@ -17,14 +18,15 @@ use crate::protocol::{
 };
 
 /// Why a publish did not happen.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The request is invalid; retrying it will not help.
     #[error("{0}")]
     BadRequest(ProtocolError),
-    /// Herald could not complete it (the store failed); a retry may succeed.
+    /// Herald could not complete it (the store failed); a retry may succeed. The source is
+    /// the store's or the interrupted fan-out's error.
     #[error("unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Source),
 }
 
 impl PublishError {
@@ -80,9 +82,9 @@ async fn publish_batch(
                         code: p.code,
                         message: format!("{context}: {}", p.message),
                     }),
-                    PublishError::Unavailable(m) => {
-                        PublishError::Unavailable(format!("{context}: {m}"))
-                    }
+                    PublishError::Unavailable(source) => PublishError::Unavailable(error::source(
+                        Described::new(format!("{context}: {source}"), source),
+                    )),
                 });
             }
         }
@@ -133,7 +135,7 @@ pub async fn publish_one(
         let claimed = store
             .claim_idempotency_key(key, &id, services.limits.idempotency_window)
             .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            .map_err(|e| PublishError::Unavailable(error::source(e)))?;
         if let Some(first) = claimed {
             return Ok(PublishOutcome {
                 id: first,
@@ -163,7 +165,7 @@ pub async fn publish_one(
             {
                 warn!(key = %key, error = %release, "could not release the idempotency key");
             }
-            Err(PublishError::Unavailable(e.to_string()))
+            Err(PublishError::Unavailable(error::source(e)))
         }
     }
 }

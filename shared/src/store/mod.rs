@@ -13,19 +13,23 @@
 //! one test suite each backend runs against a real server.
 
 mod dynamo;
+mod forwarding;
 mod memory;
 mod redis;
 #[cfg(any(test, feature = "test-support"))]
 pub mod suite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use dynamo::{ALL_SHARDS, DynamoStore, TABLE, TableSchema};
+pub use dynamo::{ALL_SHARDS, DynamoSettings, DynamoStore, TABLE, TableSchema};
+pub use forwarding::ForwardingStore;
 pub use memory::MemoryStore;
-pub use redis::{RedisStore, manager_config as redis_manager_config, store_error as redis_error};
+pub use redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisSettings, RedisStore};
 
+use crate::error::Source;
 use crate::ids::ConnectionId;
 use crate::protocol::RoomName;
 
@@ -56,24 +60,50 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
-/// Errors of the storage layer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Errors of the storage layer. A backend's failure keeps the backend's own error as its
+/// source; the variant says what a caller can do about it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The connection does not exist (or has expired).
     #[error("connection not found")]
     NotFound,
     /// The backend could not be reached or did not answer in time.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("{backend} unavailable: {source}")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// Its error.
+        #[source]
+        source: Source,
+    },
     /// The backend throttled the request past its retries.
-    #[error("store throttled: {0}")]
-    Throttled(String),
+    #[error("{backend} throttled: {source}")]
+    Throttled {
+        /// Which backend.
+        backend: &'static str,
+        /// Its error.
+        #[source]
+        source: Source,
+    },
     /// A cursor that this store did not hand out.
     #[error("invalid cursor")]
     InvalidCursor,
-    /// Any other backend failure.
-    #[error("store error: {0}")]
-    Backend(String),
+    /// Any other backend failure, or settings the backend cannot use.
+    #[error("{backend} failed: {source}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// Its error.
+        #[source]
+        source: Source,
+    },
+}
+
+impl StoreError {
+    /// Whether the backend could not be reached: the one failure a caller may wait out.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 /// The state Herald keeps about connections, rooms and publishes.
@@ -135,97 +165,34 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// Gives back a key this publish claimed but could not complete, so a retry can run.
     /// Does nothing when the key is held by another id.
     async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError>;
-}
 
-/// Opens a store that several processes share, as every Lambda function needs: the memory
-/// store is refused, since each function instance would see only its own connections. The
-/// DynamoDB table must exist (the SAM template creates it).
-pub async fn open_shared(
-    config: &crate::config::Config,
-) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
-    if config.store == crate::config::StoreKind::Memory {
-        return Err(crate::config::ConfigError::Invalid {
-            var: "HERALD_STORE",
-            reason: "the Lambda functions need a shared store: set it to dynamodb or redis".into(),
-        });
-    }
-    open_with(config, false).await
-}
-
-/// Opens the store `config` names, creating the DynamoDB table if it is missing (what
-/// `herald-local` does against DynamoDB Local).
-pub async fn open(
-    config: &crate::config::Config,
-) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
-    open_with(config, true).await
-}
-
-async fn open_with(
-    config: &crate::config::Config,
-    create_table: bool,
-) -> Result<std::sync::Arc<dyn ConnectionStore>, crate::config::ConfigError> {
-    use crate::config::{ConfigError, StoreKind};
-    match config.store {
-        StoreKind::Memory => Ok(std::sync::Arc::new(MemoryStore::new())),
-        StoreKind::Redis => {
-            let url = config
-                .redis_url
-                .as_deref()
-                .ok_or(ConfigError::Missing("HERALD_REDIS_URL"))?;
-            let store = RedisStore::connect(url)
-                .await
-                .map_err(|e| ConfigError::Invalid {
-                    var: "HERALD_REDIS_URL",
-                    reason: format!("cannot reach Redis at {url}: {e}"),
-                })?;
-            Ok(std::sync::Arc::new(store))
+    /// The instance named by each connection's record (`None` for unknown ones and for
+    /// records without one), in order. Backends that can, answer in one round trip.
+    async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.push(self.get(id).await?.and_then(|c| c.instance));
         }
-        StoreKind::DynamoDb => {
-            let table = config
-                .table
-                .as_deref()
-                .ok_or(ConfigError::Missing("HERALD_TABLE"))?;
-            let sdk = dynamo_sdk_config(config.dynamodb_endpoint.as_deref()).await;
-            let store = DynamoStore::new(&sdk, table, config.room_shards);
-            if create_table {
-                store
-                    .create_table_if_missing()
-                    .await
-                    .map_err(|e| ConfigError::Invalid {
-                        var: "HERALD_TABLE",
-                        reason: format!("cannot create or reach table {table}: {e}"),
-                    })?;
-            }
-            Ok(std::sync::Arc::new(store))
-        }
+        Ok(found)
     }
 }
 
-/// SDK settings for DynamoDB: the default chain on AWS; against a loopback endpoint
-/// (DynamoDB Local, a test server), fixed dummy credentials, since those accept any.
-async fn dynamo_sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let local = endpoint.is_some_and(|e| {
-        e.starts_with("http://127.")
-            || e.starts_with("http://localhost")
-            || e.starts_with("http://[::1]")
-    });
-    match endpoint {
-        Some(endpoint) if local => local_sdk_config(endpoint),
-        _ => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
-    }
+/// Which store to open, with that backend's own settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// In this process only.
+    Memory,
+    /// A Redis server.
+    Redis(RedisSettings),
+    /// A DynamoDB table.
+    Dynamo(DynamoSettings),
 }
 
-/// SDK settings for a local DynamoDB-compatible server at `endpoint`: fixed dummy
-/// credentials and region, nothing read from the environment.
-pub fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    let credentials =
-        aws_sdk_dynamodb::config::Credentials::new("local", "local", None, None, "herald-local");
-    aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
-            credentials,
-        ))
-        .build()
+/// Opens the store `settings` name.
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn ConnectionStore>, StoreError> {
+    Ok(match settings {
+        StoreSettings::Memory => Arc::new(MemoryStore::new()),
+        StoreSettings::Redis(redis) => Arc::new(RedisStore::open(redis).await?),
+        StoreSettings::Dynamo(dynamo) => Arc::new(DynamoStore::open(dynamo).await?),
+    })
 }

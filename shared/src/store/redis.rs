@@ -35,6 +35,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 
 use super::{Connection, ConnectionStore, Page, StoreError};
+use crate::error::{self, Described};
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
 
@@ -140,41 +141,89 @@ fn scripts() -> &'static Scripts {
     })
 }
 
-/// Maps a Redis error: unreachable or slow servers are `Unavailable`, the rest `Backend`.
-pub fn store_error(e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
-        StoreError::Unavailable(format!("redis: {e}"))
-    } else {
-        StoreError::Backend(format!("redis: {e}"))
+/// The backend's name in errors.
+const BACKEND: &str = "redis";
+
+/// Unreachable or slow servers are `Unavailable`, the rest `Backend`; either keeps the
+/// Redis error as its source.
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        let unreachable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal();
+        let source = error::source(e);
+        if unreachable {
+            StoreError::Unavailable {
+                backend: BACKEND,
+                source,
+            }
+        } else {
+            StoreError::Backend {
+                backend: BACKEND,
+                source,
+            }
+        }
     }
 }
 
-/// The connection manager settings Herald uses: fail fast, reconnect in the background.
-pub fn manager_config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500))
+/// How long a connection attempt may take before Redis counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest pause between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// The key prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "herald:";
+
+/// Where the Redis store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The server, e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Put before every key (to share one Redis between deployments).
+    pub prefix: String,
+}
+
+impl RedisSettings {
+    /// The server at `url`, keys under [`DEFAULT_PREFIX`].
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+
+    /// How every connection to this server behaves, the store's and any other a host
+    /// opens beside it (the cluster's pub/sub): fail fast, reconnect in the background.
+    pub fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(MAX_RECONNECT_DELAY)
+    }
 }
 
 impl RedisStore {
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`) with the default prefix `herald:`.
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`) with the default prefix.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with_prefix(url, "herald:").await
+        Self::open(&RedisSettings::new(url)).await
     }
 
-    /// Connects with a key prefix of its own (to share one Redis between deployments).
-    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            StoreError::Backend(format!("HERALD_REDIS_URL {url:?} is not a Redis URL: {e}"))
-        })?;
-        let redis = ConnectionManager::new_with_config(client, manager_config())
-            .await
-            .map_err(store_error)?;
+    /// Connects as `settings` say.
+    pub async fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|e| StoreError::Backend {
+                backend: BACKEND,
+                source: error::source(Described::new(
+                    format!("{:?} is not a Redis URL: {e}", settings.url),
+                    e,
+                )),
+            })?;
+        let redis = ConnectionManager::new_with_config(client, settings.manager_config()).await?;
         Ok(Self {
             redis,
-            prefix: prefix.to_owned(),
+            prefix: settings.prefix.clone(),
             scripts: scripts(),
         })
     }
@@ -197,29 +246,6 @@ impl RedisStore {
 
     fn all_key(&self) -> String {
         format!("{}all", self.prefix)
-    }
-
-    /// The instance named by each connection's record (`None` for unknown ones), in one
-    /// round trip.
-    pub async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut redis = self.redis.clone();
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hget(self.conn_key(id), "instance");
-        }
-        let found: Vec<Option<String>> = pipe.query_async(&mut redis).await.map_err(store_error)?;
-        Ok(found
-            .into_iter()
-            .map(|i| i.filter(|i| !i.is_empty()))
-            .collect())
-    }
-
-    /// The key prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     /// A page of `key`'s members after `cursor`, keeping those whose record still exists
@@ -245,8 +271,7 @@ impl RedisStore {
             .arg(0)
             .arg(limit)
             .query_async(&mut redis)
-            .await
-            .map_err(store_error)?;
+            .await?;
         let next = (ids.len() == limit).then(|| ids[ids.len() - 1].clone());
         if ids.is_empty() {
             return Ok(Page {
@@ -258,7 +283,7 @@ impl RedisStore {
         for id in &ids {
             exists.exists(self.conn_key(&ConnectionId::new(id.as_str())));
         }
-        let alive: Vec<bool> = exists.query_async(&mut redis).await.map_err(store_error)?;
+        let alive: Vec<bool> = exists.query_async(&mut redis).await?;
         let (mut items, mut dead) = (Vec::with_capacity(ids.len()), Vec::new());
         for (id, alive) in ids.into_iter().zip(alive) {
             if alive {
@@ -325,15 +350,12 @@ impl ConnectionStore for RedisStore {
             .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)
-            .map_err(store_error)
+            .map_err(StoreError::from)
     }
 
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let mut redis = self.redis.clone();
-        let fields: Vec<(String, String)> = redis
-            .hgetall(self.conn_key(id))
-            .await
-            .map_err(store_error)?;
+        let fields: Vec<(String, String)> = redis.hgetall(self.conn_key(id)).await?;
         Ok(parse_record(id, &fields).filter(|c| c.expires_at > now_ms()))
     }
 
@@ -349,7 +371,7 @@ impl ConnectionStore for RedisStore {
             .invoke_async::<i64>(&mut redis)
             .await
             .map(|n| n == 1)
-            .map_err(store_error)
+            .map_err(StoreError::from)
     }
 
     async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
@@ -363,8 +385,7 @@ impl ConnectionStore for RedisStore {
             .arg(id.as_str())
             .arg(&self.prefix)
             .invoke_async(&mut redis)
-            .await
-            .map_err(store_error)?;
+            .await?;
         Ok(parse_record(id, &pairs(fields)).filter(|c| c.expires_at > now_ms()))
     }
 
@@ -379,8 +400,7 @@ impl ConnectionStore for RedisStore {
             .arg(id.as_str())
             .arg(room.as_str())
             .invoke_async(&mut redis)
-            .await
-            .map_err(store_error)?;
+            .await?;
         if joined == 1 {
             Ok(())
         } else {
@@ -399,15 +419,12 @@ impl ConnectionStore for RedisStore {
             .invoke_async::<i64>(&mut redis)
             .await
             .map(|n| n == 1)
-            .map_err(store_error)
+            .map_err(StoreError::from)
     }
 
     async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
         let mut redis = self.redis.clone();
-        let names: Vec<String> = redis
-            .smembers(self.rooms_key(id))
-            .await
-            .map_err(store_error)?;
+        let names: Vec<String> = redis.smembers(self.rooms_key(id)).await?;
         Ok(names
             .iter()
             .filter_map(|n| RoomName::parse(n).ok())
@@ -427,8 +444,7 @@ impl ConnectionStore for RedisStore {
         let mut redis = self.redis.clone();
         let ids: Vec<String> = redis
             .zrangebyscore(self.user_key(user), format!("({}", now_ms()), "+inf")
-            .await
-            .map_err(store_error)?;
+            .await?;
         Ok(ids.into_iter().map(ConnectionId::new).collect())
     }
 
@@ -440,8 +456,7 @@ impl ConnectionStore for RedisStore {
             .zrembyscore(&key, "-inf", now)
             .zcount(&key, format!("({now}"), "+inf")
             .query_async(&mut redis)
-            .await
-            .map_err(store_error)?;
+            .await?;
         Ok(count)
     }
 
@@ -471,7 +486,7 @@ impl ConnectionStore for RedisStore {
             .arg("GET")
             .query_async(&mut redis)
             .await
-            .map_err(store_error)
+            .map_err(StoreError::from)
     }
 
     async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
@@ -483,7 +498,23 @@ impl ConnectionStore for RedisStore {
             .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)
-            .map_err(store_error)
+            .map_err(StoreError::from)
+    }
+
+    async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(self.conn_key(id), "instance");
+        }
+        let found: Vec<Option<String>> = pipe.query_async(&mut redis).await?;
+        Ok(found
+            .into_iter()
+            .map(|i| i.filter(|i| !i.is_empty()))
+            .collect())
     }
 }
 
@@ -534,7 +565,7 @@ mod tests {
         server.stop();
         let started = std::time::Instant::now();
         let err = store.get(&ConnectionId::generate()).await.unwrap_err();
-        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",

@@ -36,6 +36,7 @@ macro_rules! store_suite {
             idempotency_keys_first_claim_wins,
             idempotency_keys_expire_after_their_window,
             concurrent_joins_all_land,
+            instances_name_each_holder_in_order,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -132,6 +133,23 @@ pub async fn add_then_get(store: &dyn ConnectionStore) {
     assert_eq!(store.get(&c.id).await.expect("get"), Some(c));
 }
 
+/// `instances` names each connection's instance, in the order asked, `None` for unknown
+/// ids and for records without one.
+pub async fn instances_name_each_holder_in_order(store: &dyn ConnectionStore) {
+    let held = connection(&unique("user"));
+    let mut bare = connection(&unique("user"));
+    bare.instance = None;
+    store.add(&held).await.expect("add");
+    store.add(&bare).await.expect("add");
+    let unknown = ConnectionId::generate();
+    let ids = [bare.id.clone(), unknown, held.id.clone()];
+    assert_eq!(
+        store.instances(&ids).await.expect("instances"),
+        vec![None, None, held.instance.clone()]
+    );
+    assert_eq!(store.instances(&[]).await.expect("instances"), vec![]);
+}
+
 /// An unknown id is `None`, not an error.
 pub async fn get_unknown_is_none(store: &dyn ConnectionStore) {
     let id = ConnectionId::generate();
@@ -177,7 +195,7 @@ pub async fn remove_forgets_memberships_and_is_idempotent(store: &dyn Connection
 pub async fn join_needs_a_live_connection(store: &dyn ConnectionStore) {
     let r = room();
     let err = store.join(&ConnectionId::generate(), &r).await.unwrap_err();
-    assert_eq!(err, StoreError::NotFound);
+    assert!(matches!(err, StoreError::NotFound), "{err}");
     assert!(collect_members(store, &r).await.is_empty());
 }
 
@@ -282,10 +300,8 @@ pub async fn expired_connections_are_invisible(store: &dyn ConnectionStore) {
     );
     assert_eq!(store.count_user(&user).await.expect("count"), 1);
     assert!(!collect_all(store).await.contains(&dead.id));
-    assert_eq!(
-        store.join(&dead.id, &room()).await.unwrap_err(),
-        StoreError::NotFound
-    );
+    let err = store.join(&dead.id, &room()).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound), "{err}");
 
     let born_dead = Connection {
         expires_at: now_ms() - 1,

@@ -1,0 +1,347 @@
+//! Several `herald-local` instances on one Redis: each holds its own sockets, and Redis
+//! pub/sub carries posts to whichever instance holds the recipient.
+//!
+//! Every instance subscribes to its own channel, `{prefix}instance:{ID}`, before its port
+//! opens. A post for a socket held elsewhere looks up the instance in the connection's
+//! record and publishes one request there; the holder answers on the asker's channel, so
+//! the caller gets the true outcome (posted, or 410). Fan-out posts a page at a time, so a
+//! room publish costs one request (and one reply) per instance that holds members of the
+//! page, not one per member.
+//!
+//! A dead instance is noticed without waiting: Redis answers `PUBLISH` with the number of
+//! subscribers, and 0 means nobody holds those sockets any more, so they are gone (410)
+//! and fan-out forgets them. A live instance that does not answer within
+//! [`REQUEST_TIMEOUT`] fails the post instead of hanging the publish.
+//!
+//! The subscription uses a RESP3 connection manager that reconnects and resubscribes by
+//! itself after Redis restarts; the heartbeat ([`heartbeat`]) then re-registers every live
+//! socket and its rooms, so an emptied Redis is refilled within one heartbeat.
+//!
+//! | file | what |
+//! |---|---|
+//! | `cluster/mod.rs` | [`Cluster`]: the routing `Gateway`, requests and their answers |
+//! | `cluster/envelope.rs` | the messages instances exchange, and outcomes per post |
+//! | `cluster/bus.rs` | the Redis subscriber and publisher |
+//! | `cluster/heartbeat.rs` | the heartbeat that keeps this instance's records alive |
+
+mod bus;
+mod envelope;
+mod heartbeat;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald::error;
+use herald::gateway::{ConnectionInfo, Failures, Gateway, PushError};
+use herald::ids::ConnectionId;
+use herald::store::{ConnectionStore, RedisSettings, StoreError};
+use redis::PushKind;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+pub use heartbeat::heartbeat;
+
+use crate::registry::Registry;
+use bus::Bus;
+use envelope::{Answer, Envelope, Op};
+
+/// How long a request to another instance may take before the post counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where the cluster meets: the Redis server, whose key prefix its channel names share.
+pub struct ClusterSettings {
+    /// The Redis server the store is on.
+    pub redis: RedisSettings,
+    /// This instance's id.
+    pub instance: String,
+}
+
+/// The routing [`Gateway`] of one instance.
+pub struct Cluster {
+    instance: String,
+    prefix: String,
+    registry: Arc<Registry>,
+    /// The shared store, which names the instance holding each connection.
+    store: Arc<dyn ConnectionStore>,
+    bus: Bus,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    next_request: AtomicU64,
+}
+
+fn channel(prefix: &str, instance: &str) -> String {
+    format!("{prefix}instance:{instance}")
+}
+
+impl Cluster {
+    /// Subscribes this instance's channel and returns its routing gateway.
+    pub async fn start(
+        settings: &ClusterSettings,
+        registry: Arc<Registry>,
+        store: Arc<dyn ConnectionStore>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (pushes, mut incoming) = mpsc::unbounded_channel();
+        let prefix = settings.redis.prefix.clone();
+        let own = channel(&prefix, &settings.instance);
+        let bus = Bus::connect(&settings.redis, &own, pushes).await?;
+        let cluster = Arc::new(Self {
+            instance: settings.instance.clone(),
+            prefix,
+            registry,
+            store,
+            bus,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&cluster);
+        tokio::spawn(async move {
+            while let Some(push) = incoming.recv().await {
+                let Some(cluster) = weak.upgrade() else { break };
+                if push.kind != PushKind::Message {
+                    continue;
+                }
+                let Some(redis::Value::BulkString(body)) = push.data.get(1) else {
+                    continue;
+                };
+                match serde_json::from_slice::<Envelope>(body) {
+                    Ok(envelope) => cluster.receive(envelope),
+                    Err(e) => warn!(error = %e, "unreadable cluster message"),
+                }
+            }
+        });
+        info!(instance = settings.instance, "joined the cluster");
+        Ok(cluster)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Answer>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn receive(self: Arc<Self>, envelope: Envelope) {
+        match envelope {
+            Envelope::Reply { req, answer } => {
+                let waiter = self.pending().remove(&req);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(answer);
+                }
+            }
+            Envelope::Request { req, from, op } => {
+                tokio::spawn(async move {
+                    let answer = self.serve(op).await;
+                    let reply = Envelope::Reply { req, answer };
+                    let body = serde_json::to_vec(&reply).expect("replies serialize");
+                    if let Err(e) = self.bus.publish(&channel(&self.prefix, &from), &body).await {
+                        warn!(error = %e, to = from, "could not answer a cluster request");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Carries out another instance's request on this instance's own sockets.
+    async fn serve(&self, op: Op) -> Answer {
+        let registry = &*self.registry;
+        match op {
+            Op::Post { ids, text, b64 } => {
+                let ids = envelope::ids(ids);
+                let failures = registry.post_many(&ids, envelope::payload(text, b64)).await;
+                envelope::results(ids.len(), failures)
+            }
+            Op::Get { id } => {
+                Answer::Info(Gateway::get(registry, &ConnectionId::new(id)).await.ok())
+            }
+            Op::Delete { id } => {
+                let result = registry.delete(&ConnectionId::new(id)).await;
+                Answer::Results(vec![
+                    result
+                        .as_ref()
+                        .err()
+                        .map_or(envelope::Outcome::Ok, envelope::Outcome::from),
+                ])
+            }
+        }
+    }
+
+    /// Sends `op` to `instance` and waits for its answer.
+    async fn request(&self, instance: &str, op: Op) -> Result<Answer, PushError> {
+        let req = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending().insert(req, tx);
+        let envelope = Envelope::Request {
+            req,
+            from: self.instance.clone(),
+            op,
+        };
+        let body = serde_json::to_vec(&envelope).expect("requests serialize");
+        let sent = self
+            .bus
+            .publish(&channel(&self.prefix, instance), &body)
+            .await;
+        let answer = match sent {
+            Err(e) => Err(PushError::Other(error::source(e))),
+            Ok(0) => {
+                // Nobody listens on that instance's channel: it is gone, and its sockets too.
+                debug!(
+                    instance,
+                    "instance is not subscribed; its connections are gone"
+                );
+                Err(PushError::Gone)
+            }
+            Ok(_) => match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                _ => Err(PushError::other(format!(
+                    "instance {instance} did not answer within {REQUEST_TIMEOUT:?}"
+                ))),
+            },
+        };
+        self.pending().remove(&req);
+        answer
+    }
+
+    /// Pings the subscription's connection, so a dropped one is re-established.
+    pub async fn keepalive(&self) {
+        self.bus.keepalive().await;
+    }
+
+    /// The instance holding `id`, when it is another one; `Err(Gone)` when none holds it.
+    async fn holder(&self, id: &ConnectionId) -> Result<String, PushError> {
+        let found = self
+            .store
+            .instances(std::slice::from_ref(id))
+            .await
+            .map_err(|e| PushError::Other(error::source(e)))?;
+        match found.into_iter().next().flatten() {
+            Some(instance) if instance != self.instance => Ok(instance),
+            _ => Err(PushError::Gone),
+        }
+    }
+
+    /// Queues `payload` into the sockets of `ids` held here, recording their failures;
+    /// answers the indexes of the ids held elsewhere.
+    fn post_here(
+        &self,
+        ids: &[ConnectionId],
+        payload: &Bytes,
+        failures: &mut Failures,
+    ) -> Vec<usize> {
+        let frame = crate::registry::frame(payload.clone());
+        let mut elsewhere = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            // Held here: queue into the socket just looked up, without a second lookup.
+            let Some(socket) = self.registry.socket(id) else {
+                elsewhere.push(i);
+                continue;
+            };
+            let posted = match &frame {
+                Ok(message) => self.registry.post_to(&socket, message),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(error) = posted {
+                failures.push((i, error));
+            }
+        }
+        elsewhere
+    }
+
+    /// Sends the posts to `ids[elsewhere]` to their holders, one request per instance,
+    /// recording their failures. An id no other instance holds is gone.
+    async fn post_elsewhere(
+        &self,
+        ids: &[ConnectionId],
+        elsewhere: Vec<usize>,
+        payload: &Bytes,
+        failures: &mut Failures,
+    ) {
+        let wanted: Vec<ConnectionId> = elsewhere.iter().map(|&i| ids[i].clone()).collect();
+        let holders = match self.store.instances(&wanted).await {
+            Ok(holders) => holders,
+            Err(e) => {
+                let source = error::source(e);
+                failures.extend(
+                    elsewhere
+                        .iter()
+                        .map(|&i| (i, PushError::Other(source.clone()))),
+                );
+                return;
+            }
+        };
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, holder) in elsewhere.into_iter().zip(holders) {
+            match holder {
+                Some(instance) if instance != self.instance => {
+                    groups.entry(instance).or_default().push(i);
+                }
+                _ => failures.push((i, PushError::Gone)),
+            }
+        }
+        let requests = groups.into_iter().map(|(instance, indexes)| async move {
+            let named = indexes
+                .iter()
+                .map(|&i| ids[i].as_str().to_owned())
+                .collect();
+            let answer = self.request(&instance, Op::post(named, payload)).await;
+            envelope::failures_of(&indexes, &answer)
+        });
+        for answered in futures::future::join_all(requests).await {
+            failures.extend(answered);
+        }
+    }
+}
+
+#[async_trait]
+impl Gateway for Cluster {
+    async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError> {
+        self.post_many(std::slice::from_ref(id), payload)
+            .await
+            .pop()
+            .map_or(Ok(()), |(_, error)| Err(error))
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<ConnectionInfo, PushError> {
+        if self.registry.socket(id).is_some() {
+            return Gateway::get(&*self.registry, id).await;
+        }
+        let instance = self.holder(id).await?;
+        let op = Op::Get {
+            id: id.as_str().to_owned(),
+        };
+        match self.request(&instance, op).await? {
+            Answer::Info(Some(info)) => Ok(info),
+            _ => Err(PushError::Gone),
+        }
+    }
+
+    async fn delete(&self, id: &ConnectionId) -> Result<(), PushError> {
+        if self.registry.socket(id).is_some() {
+            return self.registry.delete(id).await;
+        }
+        let instance = self.holder(id).await?;
+        let op = Op::Delete {
+            id: id.as_str().to_owned(),
+        };
+        let answer = self.request(&instance, op).await;
+        envelope::failures_of(&[0], &answer)
+            .pop()
+            .map_or(Ok(()), |(_, error)| Err(error))
+    }
+
+    fn prefers_batches(&self) -> bool {
+        true
+    }
+
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
+        // Remote sockets are skipped by the sampling; their instances pace themselves.
+        self.registry.pace(ids).await;
+        let mut failures = Failures::new();
+        let elsewhere = self.post_here(ids, &payload, &mut failures);
+        if !elsewhere.is_empty() {
+            self.post_elsewhere(ids, elsewhere, &payload, &mut failures)
+                .await;
+            failures.sort_unstable_by_key(|(i, _)| *i);
+        }
+        failures
+    }
+}

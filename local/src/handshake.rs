@@ -1,0 +1,198 @@
+//! The WebSocket handshake as API Gateway runs it, one step after another: admission
+//! (stage, shutdown, connection limits: 429), the token (401 without calling the
+//! authorizer when there is none), the `authorizer` handler (401 on refusal, 403 on a Deny
+//! policy), then `connect` (its non-2xx refuses the upgrade with that status), and only
+//! then the upgrade.
+//!
+//! The socket's queue is in the registry before `connect` stores the connection, so a
+//! publish that sees the stored connection always finds a socket to queue into, even
+//! before the upgrade has finished.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use herald::auth::token_from_request;
+use herald::events::encodings::Body;
+use herald::events::iam::IamPolicyEffect;
+use herald::ids::{ConnectionId, now_ms};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::info;
+
+use crate::App;
+use crate::answer::message_response;
+use crate::events::ConnectionMeta;
+use crate::query::decode_query;
+use crate::registry::Socket;
+use crate::upgrade::Upgrade;
+
+/// The read buffer per connection. tungstenite reads into a 128 KiB buffer by default,
+/// allocated per connection: most of an idle connection's memory. Clients send small
+/// frames; 1 KiB is plenty (larger frames still arrive whole, over several reads).
+const READ_BUFFER_BYTES: usize = 1024;
+
+/// A refused handshake: the status and API Gateway's message.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, message: &str) -> Self {
+        Self(status, message.to_owned())
+    }
+
+    fn into_response(self) -> Response {
+        message_response(self.0, &self.1)
+    }
+}
+
+/// What the handshake knows of the request.
+struct Request {
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+}
+
+/// `GET /{stage}` with an upgrade: the handshake.
+pub(crate) async fn handshake(
+    State(app): State<Arc<App>>,
+    Path(stage): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Upgrade,
+) -> Response {
+    let source_ip = peer.ip().to_string();
+    if let Err(refusal) = admit(&app, &stage, &source_ip) {
+        return refusal.into_response();
+    }
+    let request = Request {
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        query: decode_query(query.as_deref().unwrap_or("")),
+    };
+    let meta = ConnectionMeta {
+        id: ConnectionId::generate(),
+        connected_at: now_ms(),
+        source_ip,
+        user_agent: header_text(&headers, header::USER_AGENT).map(str::to_owned),
+        domain_name: header_text(&headers, header::HOST)
+            .unwrap_or("localhost")
+            .to_owned(),
+        context: serde_json::Map::new(),
+    };
+    let meta = match authorize(&app, &headers, &request, meta) {
+        Ok(meta) => meta,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let socket = match connect(&app, &request, meta).await {
+        Ok(socket) => socket,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let limits = &app.settings.limits;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let (response, upgraded) = upgrade.accept();
+    let connection =
+        app.connections
+            .track_future(crate::ws::run(app.clone(), socket, upgraded, config));
+    app.sockets.handle().spawn(connection);
+    response
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The stage, shutdown and the connection limits: refused before any handler runs.
+fn admit(app: &App, stage: &str, source_ip: &str) -> Result<(), Refusal> {
+    if stage != app.settings.stage {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, "Forbidden"));
+    }
+    if app.shutdown.is_cancelled() {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Shutting down",
+        ));
+    }
+    let limits = &app.settings.limits;
+    let over_total = limits
+        .max_total
+        .is_some_and(|max| app.registry.len() >= max);
+    let over_ip = limits
+        .max_per_ip
+        .is_some_and(|max| app.registry.count_ip(source_ip) >= max);
+    if over_total || over_ip {
+        return Err(Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests",
+        ));
+    }
+    Ok(())
+}
+
+/// The token, then the `authorizer` handler; an allowed connection carries its context.
+fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    request: &Request,
+    mut meta: ConnectionMeta,
+) -> Result<ConnectionMeta, Refusal> {
+    let query_token = request
+        .query
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str());
+    // API Gateway answers 401 itself, without invoking the authorizer, when the identity
+    // source is missing.
+    if token_from_request(query_token, header_text(headers, header::AUTHORIZATION)).is_none() {
+        return Err(Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized"));
+    }
+    let event = app
+        .events
+        .authorizer_request(&meta, &request.headers, &request.query);
+    let allowed = herald::handlers::authorize(&app.verifier, &event).map_err(|e| {
+        info!(error = %e, "handshake refused by the authorizer");
+        Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+    })?;
+    let statement = allowed.policy_document.statement.first();
+    if !statement.is_some_and(|s| s.effect == IamPolicyEffect::Allow) {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, "Forbidden"));
+    }
+    if let Value::Object(context) = allowed.context {
+        meta.context = context;
+    }
+    Ok(meta)
+}
+
+/// Registers the socket, then runs `$connect`; a refusal takes the socket back out.
+async fn connect(
+    app: &App,
+    request: &Request,
+    meta: ConnectionMeta,
+) -> Result<Arc<Socket>, Refusal> {
+    let socket = Socket::new(meta, app.settings.limits.outbound_queue);
+    app.registry.insert(socket.clone());
+    let event = app
+        .events
+        .connect(&socket.meta, &request.headers, &request.query);
+    let answer = herald::handlers::connect(&app.services, &event).await;
+    if (200..300).contains(&answer.status_code) {
+        return Ok(socket);
+    }
+    app.registry.remove(&socket.meta.id);
+    let status = u16::try_from(answer.status_code)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match answer.body {
+        Some(Body::Text(text)) => text,
+        _ => status.canonical_reason().unwrap_or("").to_owned(),
+    };
+    Err(Refusal(status, body))
+}

@@ -1,0 +1,186 @@
+//! `herald-local`'s composition root: every component built from one [`Settings`] value,
+//! before the port opens: auth (or dev mode), the store (through `herald::compose`, as the
+//! Lambda functions open theirs), on Redis this instance's place in the cluster, the push
+//! path, and the state the routes share.
+
+use std::sync::Arc;
+
+use herald::auth::{AuthConfig, JwtKey, Verifier};
+use herald::compose::{self, Host};
+use herald::gateway::{ApiGatewayManagement, Gateway};
+use herald::handlers::Services;
+use herald::store::{ConnectionStore, StoreSettings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{self, Cluster, ClusterSettings};
+use crate::events::EventFactory;
+use crate::registry::Registry;
+use crate::tracking::TrackingStore;
+use crate::upgrade::SocketRuntime;
+use crate::{App, AuthMode, HEARTBEATS_PER_LIFETIME, Ready, Settings, StartError};
+
+/// How long the dev token is valid.
+const DEV_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
+/// The user the dev token names.
+const DEV_USER: &str = "dev";
+/// The API id in every event.
+const API_ID: &str = "herald-local";
+
+/// What start-up assembles before the port opens.
+struct Parts {
+    settings: Settings,
+    auth: AuthMode,
+    verifier: Verifier,
+    services: Services,
+    registry: Arc<Registry>,
+    router: Arc<dyn Gateway>,
+    /// With a shared store: the cluster and the store its heartbeat refreshes.
+    heartbeat: Option<(Arc<Cluster>, Arc<dyn ConnectionStore>)>,
+}
+
+/// The configured key, or dev mode: a random secret that lives only in this process, and a
+/// token signed with it for user `dev`, who may subscribe and publish to every room.
+fn auth(settings: &mut Settings) -> Result<(AuthConfig, AuthMode), StartError> {
+    if let Some(auth) = settings.config.auth.clone() {
+        return Ok((auth, AuthMode::Configured));
+    }
+    // 244 random bits from the OS, never written anywhere but this process.
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let token = herald::auth::sign_hs256(
+        secret.as_bytes(),
+        DEV_USER,
+        &["*"],
+        &["*"],
+        DEV_TOKEN_LIFETIME_SECS,
+    )?;
+    let config = AuthConfig {
+        key: JwtKey::Secret(secret.into_bytes()),
+        issuer: None,
+        audience: None,
+    };
+    settings.config.auth = Some(config.clone());
+    Ok((config, AuthMode::Dev { token }))
+}
+
+/// Sets up auth (or dev mode), the store and, on Redis, this instance's place in the
+/// cluster: everything that must be ready before the port opens.
+async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
+    let (auth_config, auth) = auth(&mut settings)?;
+    let verifier = Verifier::new(&auth_config)?;
+    let registry = Arc::new(Registry::default());
+    // Several instances share Redis only when it is the store they were configured with
+    // (a store handed in by a test stays this instance's own).
+    let (store, redis) = match settings.store.clone() {
+        Some(store) => (store, None),
+        None => {
+            let redis = match settings.config.store_settings(true)? {
+                StoreSettings::Redis(redis) => Some(redis),
+                _ => None,
+            };
+            let store = compose::open_store(&settings.config, Host::Local).await?;
+            (store, redis)
+        }
+    };
+    let (store, router, heartbeat): (Arc<dyn ConnectionStore>, Arc<dyn Gateway>, _) =
+        if let Some(redis) = redis {
+            let cluster_settings = ClusterSettings {
+                redis,
+                instance: settings.instance_id.clone(),
+            };
+            let cluster = Cluster::start(&cluster_settings, registry.clone(), store.clone())
+                .await
+                .map_err(StartError::Cluster)?;
+            let tracked: Arc<dyn ConnectionStore> =
+                Arc::new(TrackingStore::new(store, registry.clone()));
+            (tracked.clone(), cluster.clone(), Some((cluster, tracked)))
+        } else {
+            (store, registry.clone(), None)
+        };
+    let mut services = compose::services(store, &settings.config);
+    if heartbeat.is_some() {
+        services.instance = Some(settings.instance_id.clone());
+        services.limits.connection_lifetime = settings.heartbeat * HEARTBEATS_PER_LIFETIME;
+    }
+    Ok(Parts {
+        settings,
+        auth,
+        verifier,
+        services,
+        registry,
+        router,
+        heartbeat,
+    })
+}
+
+fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
+    let addr = listener.local_addr()?;
+    let Parts {
+        settings,
+        auth,
+        verifier,
+        services,
+        registry,
+        router,
+        heartbeat,
+    } = parts;
+    let gateway: Arc<dyn Gateway> = if settings.push_via_http {
+        Arc::new(ApiGatewayManagement::local(&format!(
+            "http://{addr}/{}",
+            settings.stage
+        )))
+    } else {
+        router.clone()
+    };
+    let events = EventFactory {
+        stage: settings.stage.clone(),
+        api_id: API_ID.into(),
+    };
+    let shutdown = CancellationToken::new();
+    if let Some((cluster, store)) = heartbeat {
+        let ttl = services.limits.connection_lifetime;
+        tokio::spawn(cluster::heartbeat(
+            cluster,
+            store,
+            settings.heartbeat,
+            ttl,
+            shutdown.clone(),
+        ));
+    }
+    let app = Arc::new(App {
+        settings,
+        services,
+        verifier,
+        registry,
+        router,
+        gateway,
+        events,
+        shutdown,
+        connections: TaskTracker::new(),
+        sockets: SocketRuntime::new()?,
+    });
+    Ok(Ready {
+        addr,
+        auth,
+        app,
+        listener,
+    })
+}
+
+/// Prepares the gateway on an already bound `listener` (tests bind `127.0.0.1:0`).
+pub async fn prepare(listener: TcpListener, settings: Settings) -> Result<Ready, StartError> {
+    finish(assemble(settings).await?, listener)
+}
+
+/// Prepares everything, then binds `host:port`: the port opens only once the gateway can
+/// serve (store reachable, cross-instance subscription in place).
+pub async fn bind(host: &str, port: u16, settings: Settings) -> Result<Ready, StartError> {
+    let parts = assemble(settings).await?;
+    let listener = TcpListener::bind((host, port)).await?;
+    finish(parts, listener)
+}

@@ -1,0 +1,203 @@
+//! The composition root: settings are read once into a [`Config`], and every component a
+//! host needs (store, services, token verifier, `@connections` clients) is built from it
+//! here. The Lambda functions build through [`Lambda`]; `herald-local` through
+//! [`open_store`] and [`services`], adding what only it has.
+//!
+//! Nothing below this module reads the environment or knows the configuration: each layer
+//! takes its own small settings value.
+
+use std::sync::Arc;
+
+use crate::auth::{AuthConfig, AuthError, Verifier};
+use crate::config::{Config, ConfigError};
+use crate::error::{self, Source};
+use crate::gateway::ManagementClients;
+use crate::handlers::Services;
+use crate::store::{self, ConnectionStore, StoreError, StoreSettings};
+
+/// Why a component could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// The JWT key is unusable.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The JWT secret could not be read from Secrets Manager.
+    #[error("reading the JWT secret {arn}: {source}")]
+    Secret {
+        /// The secret's ARN.
+        arn: String,
+        /// Secrets Manager's error.
+        #[source]
+        source: Source,
+    },
+}
+
+/// Which host a store is opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// A Lambda function: the store must be shared, and the template created the table.
+    Lambda,
+    /// `herald-local`: any store; a missing DynamoDB table is created.
+    Local,
+}
+
+/// Opens the store `config` names, as `host` needs it.
+pub async fn open_store(
+    config: &Config,
+    host: Host,
+) -> Result<Arc<dyn ConnectionStore>, BuildError> {
+    let settings = config.store_settings(host == Host::Local)?;
+    if host == Host::Lambda && settings == StoreSettings::Memory {
+        // Each function instance would see only its own connections.
+        return Err(ConfigError::Invalid {
+            var: "HERALD_STORE",
+            reason: "the Lambda functions need a shared store: set it to dynamodb or redis".into(),
+        }
+        .into());
+    }
+    store::open(&settings)
+        .await
+        .map_err(|source| BuildError::Store {
+            what: match &settings {
+                StoreSettings::Memory => "opening the memory store".into(),
+                StoreSettings::Redis(redis) => format!("cannot reach Redis at {}", redis.url),
+                StoreSettings::Dynamo(dynamo) => {
+                    format!("cannot create or reach table {}", dynamo.table)
+                }
+            },
+            source,
+        })
+}
+
+/// The handlers' services on `store`, with the limits and pacing of `config`.
+pub fn services(store: Arc<dyn ConnectionStore>, config: &Config) -> Services {
+    Services::new(store, config.limits.clone(), config.fanout.clone())
+}
+
+/// What every Lambda function is built from.
+pub struct Lambda {
+    /// The configuration, read once.
+    pub config: Config,
+}
+
+impl Lambda {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self, BuildError> {
+        Ok(Self {
+            config: Config::from_env()?,
+        })
+    }
+
+    /// The services of the connect, disconnect, message and publish functions.
+    pub async fn services(&self) -> Result<Services, BuildError> {
+        Ok(services(
+            open_store(&self.config, Host::Lambda).await?,
+            &self.config,
+        ))
+    }
+
+    /// The authorizer's verifier: the key from the environment or, on AWS, the Secrets
+    /// Manager secret `HERALD_JWT_SECRET_ARN` names, read once at cold start.
+    pub async fn verifier(&self) -> Result<Verifier, BuildError> {
+        let auth = match (&self.config.auth, &self.config.jwt_secret_arn) {
+            (Some(auth), _) => auth.clone(),
+            (None, Some(arn)) => self.secret_auth(arn).await?,
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "HERALD_JWT_SECRET_ARN, HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY",
+                )
+                .into());
+            }
+        };
+        Ok(Verifier::new(&auth)?)
+    }
+
+    async fn secret_auth(&self, arn: &str) -> Result<AuthConfig, BuildError> {
+        let failed = |source: Source| BuildError::Secret {
+            arn: arn.to_owned(),
+            source,
+        };
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let secret = aws_sdk_secretsmanager::Client::new(&sdk)
+            .get_secret_value()
+            .secret_id(arn)
+            .send()
+            .await
+            .map_err(|e| failed(error::source(e)))?;
+        let value = secret
+            .secret_string()
+            .ok_or_else(|| failed(error::because("the JWT secret must be a string secret")))?;
+        Ok(self
+            .config
+            .auth_with_secret(value.trim().as_bytes().to_vec()))
+    }
+
+    /// `@connections` clients: for `HERALD_WS_ENDPOINT`, or the endpoint each event names.
+    pub async fn management_clients(&self) -> ManagementClients {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        ManagementClients::new(sdk, self.config.ws_endpoint.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let vars: std::collections::HashMap<_, _> = vars.iter().copied().collect();
+        Config::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lambda_functions_refuse_the_memory_store() {
+        let err = open_store(&config(&[]), Host::Lambda).await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                BuildError::Config(ConfigError::Invalid {
+                    var: "HERALD_STORE",
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(open_store(&config(&[]), Host::Local).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_a_store_error_not_a_configuration_error() {
+        let url = format!("redis://127.0.0.1:{}", crate::testing::free_port());
+        let config = config(&[("HERALD_STORE", "redis"), ("HERALD_REDIS_URL", &url)]);
+        let err = open_store(&config, Host::Local).await.err().unwrap();
+        let BuildError::Store { what, source } = &err else {
+            panic!("a store error: {err}");
+        };
+        assert!(what.contains(&url), "{what}");
+        assert!(source.is_unavailable(), "{source}");
+    }
+
+    #[tokio::test]
+    async fn a_verifier_needs_a_key_source() {
+        let lambda = Lambda {
+            config: config(&[]),
+        };
+        let err = lambda.verifier().await.err().unwrap();
+        assert!(matches!(err, BuildError::Config(ConfigError::Missing(_))));
+        let lambda = Lambda {
+            config: config(&[("HERALD_JWT_SECRET", "s")]),
+        };
+        assert!(lambda.verifier().await.is_ok());
+    }
+}

@@ -1,0 +1,312 @@
+//! [`ConnectionStore`] on DynamoDB: connections, memberships and idempotency keys, each
+//! operation in as few requests as its guarantees allow.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem};
+
+use super::errors::{
+    TRANSACTION_CONDITION_FAILED, build_error, store_error, unless_condition_failed,
+};
+use super::keys::{self, Item, Key, attr, n, s};
+use super::schema::TABLE;
+use super::{ALL_SHARDS, DynamoStore};
+use crate::ids::{ConnectionId, now_ms};
+use crate::protocol::RoomName;
+use crate::store::{Connection, ConnectionStore, Page, StoreError};
+
+/// The condition that a connection's record exists and has not expired.
+fn live_condition() -> String {
+    format!(
+        "attribute_exists({}) AND {} > :now",
+        TABLE.partition_key,
+        attr::EXPIRES_AT
+    )
+}
+
+/// The update that moves an item's expiry (`:at` in ms, `:ttl` in seconds).
+fn expiry_update() -> String {
+    format!("SET {} = :at, #ttl = :ttl", attr::EXPIRES_AT)
+}
+
+fn parse_connection(id: &ConnectionId, item: &Item) -> Option<Connection> {
+    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let number = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    Some(Connection {
+        id: id.clone(),
+        user: text(attr::USER)?,
+        source_ip: text(attr::IP).filter(|v| !v.is_empty()),
+        connected_at: number(attr::CONNECTED_AT)?,
+        expires_at: number(attr::EXPIRES_AT)?,
+        instance: text(attr::INSTANCE).filter(|v| !v.is_empty()),
+    })
+}
+
+impl DynamoStore {
+    /// A connection's record, expired or not, read consistently.
+    async fn record(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Key::connection(id).item()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(out.item().and_then(|item| parse_connection(id, item)))
+    }
+
+    /// Moves the expiry of one item that carries a copy of it, if the item still exists.
+    async fn move_expiry(&self, key: &Key, expires_at: i64) -> Result<(), StoreError> {
+        let [(_, at), (_, ttl)] = keys::expiry(expires_at);
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.item()))
+            .update_expression(expiry_update())
+            .condition_expression(format!("attribute_exists({})", TABLE.partition_key))
+            .expression_attribute_names("#ttl", TABLE.ttl_attribute)
+            .expression_attribute_values(":at", at)
+            .expression_attribute_values(":ttl", ttl)
+            .send()
+            .await;
+        // A copy deleted meanwhile (a leave) needs no new expiry.
+        unless_condition_failed(updated).map(drop)
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for DynamoStore {
+    async fn add(&self, c: &Connection) -> Result<(), StoreError> {
+        let partition = keys::connection_partition(&c.id);
+        let mut record = Key::connection(&c.id).with_expiry(c.expires_at);
+        record.extend([
+            (attr::USER.to_owned(), s(&c.user)),
+            (
+                attr::IP.to_owned(),
+                s(c.source_ip.clone().unwrap_or_default()),
+            ),
+            (attr::CONNECTED_AT.to_owned(), n(c.connected_at)),
+            (
+                attr::INSTANCE.to_owned(),
+                s(c.instance.clone().unwrap_or_default()),
+            ),
+            (
+                TABLE.index_partition_key.to_owned(),
+                s(keys::user_partition(&c.user)),
+            ),
+            (TABLE.index_sort_key.to_owned(), s(partition)),
+        ]);
+        let everyone =
+            Key::everyone(keys::shard_of(&c.id, ALL_SHARDS), &c.id).with_expiry(c.expires_at);
+        self.client
+            .transact_write_items()
+            .transact_items(self.put(record)?)
+            .transact_items(self.put(everyone)?)
+            .send()
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        Ok(self.record(id).await?.filter(|c| c.expires_at > now_ms()))
+    }
+
+    async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError> {
+        let [(_, at), (_, ttl)] = keys::expiry(expires_at);
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Key::connection(id).item()))
+            .update_expression(expiry_update())
+            .condition_expression(live_condition())
+            .expression_attribute_names("#ttl", TABLE.ttl_attribute)
+            .expression_attribute_values(":at", at)
+            .expression_attribute_values(":ttl", ttl)
+            .expression_attribute_values(":now", n(now_ms()))
+            .send()
+            .await;
+        if unless_condition_failed(updated)?.is_none() {
+            return Ok(false);
+        }
+        // The copies of the expiry on membership items follow; reads filter by them.
+        for key in self.expiry_copies(id).await? {
+            self.move_expiry(&key, expires_at).await?;
+        }
+        Ok(true)
+    }
+
+    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let existing = self.record(id).await?;
+        let mut keys = self.expiry_copies(id).await?;
+        keys.push(Key::connection(id));
+        self.delete_many(&keys).await?;
+        Ok(existing.filter(|c| c.expires_at > now_ms()))
+    }
+
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+        let connection = self.get(id).await?.ok_or(StoreError::NotFound)?;
+        let live = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(Key::connection(id).item()))
+            .condition_expression(live_condition())
+            .expression_attribute_values(":now", n(now_ms()))
+            .build()
+            .map_err(build_error)?;
+        let shard = keys::shard_of(id, self.room_shards);
+        let reverse = Key::room_of(id, room).with_expiry(connection.expires_at);
+        let member = Key::member(room, shard, id).with_expiry(connection.expires_at);
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(live).build())
+            .transact_items(self.put(reverse)?)
+            .transact_items(self.put(member)?)
+            .send()
+            .await;
+        let Err(e) = written else { return Ok(()) };
+        // The only condition is the connection's liveness.
+        let liveness_failed = match e.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(t)) => t
+                .cancellation_reasons()
+                .iter()
+                .any(|r| r.code() == Some(TRANSACTION_CONDITION_FAILED)),
+            _ => false,
+        };
+        Err(if liveness_failed {
+            StoreError::NotFound
+        } else {
+            store_error(e)
+        })
+    }
+
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+        let reverse = Key::room_of(id, room);
+        let was_member = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(reverse.item()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?
+            .item()
+            .is_some();
+        let member = Key::member(room, keys::shard_of(id, self.room_shards), id);
+        self.client
+            .transact_write_items()
+            .transact_items(self.delete(&reverse)?)
+            .transact_items(self.delete(&member)?)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(was_member)
+    }
+
+    async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
+        if self.get(id).await?.is_none() {
+            return Ok(vec![]);
+        }
+        self.room_items_of(id).await
+    }
+
+    async fn room_members(
+        &self,
+        room: &RoomName,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        self.sharded_page(
+            self.room_shards,
+            |shard| keys::room_partition(room, shard),
+            cursor,
+            limit,
+        )
+        .await
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
+        self.user_query(user).await
+    }
+
+    async fn count_user(&self, user: &str) -> Result<usize, StoreError> {
+        self.user_query(user).await.map(|ids| ids.len())
+    }
+
+    async fn all_connections(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        self.sharded_page(ALL_SHARDS, keys::all_partition, cursor, limit)
+            .await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        id: &str,
+        window: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let item_key = Key::idempotency(key);
+        let mut item = item_key.with_expiry(now.saturating_add(window_ms));
+        item.insert(attr::ID.to_owned(), s(id));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(format!(
+                "attribute_not_exists({}) OR {} <= :now",
+                TABLE.partition_key,
+                attr::EXPIRES_AT
+            ))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        if unless_condition_failed(put)?.is_some() {
+            return Ok(None);
+        }
+        let held = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(item_key.item()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(held
+            .item()
+            .and_then(|i| i.get(attr::ID))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
+    }
+
+    async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Key::idempotency(key).item()))
+            .condition_expression(format!("{} = :id", attr::ID))
+            .expression_attribute_values(":id", s(id))
+            .send()
+            .await;
+        // Held by another publish: not ours to give back.
+        unless_condition_failed(deleted).map(drop)
+    }
+}

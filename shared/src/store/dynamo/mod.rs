@@ -1,0 +1,234 @@
+//! `DynamoStore`: connection state in one DynamoDB table, for the Lambda functions.
+//!
+//! # Table and access patterns
+//!
+//! One table, keys `pk` / `sk` (strings), one global secondary index `by_user`
+//! (`gsi1pk` / `gsi1sk`, projecting `expires_at`), TTL on `ttl` (epoch seconds), on-demand
+//! billing. [`TABLE`] describes it (`schema.rs`); `herald-local` creates it from that description and the
+//! SAM template must match it.
+//!
+//! | item | `pk` | `sk` | other attributes | pattern it serves |
+//! |---|---|---|---|---|
+//! | connection | `conn#ID` | `meta` | `user`, `ip`, `connected_at`, `expires_at`, `instance`, `ttl`, `gsi1pk = user#USER`, `gsi1sk = conn#ID` | get a connection (GetItem); a user's connections (Query `by_user`) |
+//! | room of a connection | `conn#ID` | `room#ROOM` | `expires_at`, `ttl` | a connection's rooms (Query `pk`, `sk` begins with `room#`) |
+//! | member of a room | `room#ROOM#SHARD` | `conn#ID` | `expires_at`, `ttl` | a room's members (Query per shard, paged) |
+//! | member of everyone | `all#SHARD` | `conn#ID` | `expires_at`, `ttl` | broadcast (Query per shard, paged) |
+//! | idempotency key | `idem#KEY` | `idem` | `id`, `expires_at`, `ttl` | claim a key (conditional PutItem) |
+//!
+//! Recipients are always read with Query, page by page (`LastEvaluatedKey`), never Scan: a
+//! room publish reads exactly its members, however many pages they fill. A cursor names the
+//! shard and the last key read.
+//!
+//! TTL deletion lags (up to days), so every read filters `expires_at > now` itself.
+//!
+//! Writes that must be all-or-nothing are transactions: a connection with its broadcast
+//! item; a join (a condition that the connection is live, plus both membership items); a
+//! leave. Removing a connection deletes many items with `BatchWriteItem`, retrying
+//! `UnprocessedItems` with backoff.
+//!
+//! # Broadcast: a sharded "all" partition
+//!
+//! Broadcast reads `all#0` … `all#15` with Query. A Scan would read every item of the
+//! table — with 100,000 connections in three rooms each, about 400,000 items (~80 MB, some
+//! 10,000 read units eventually consistent) — to find 100,000 small ones; the sharded
+//! items are ~10 MB (~1,250 units). Sixteen shards keep each partition far below its 1,000
+//! writes/s when connections churn at up to 16,000/s, at one extra item per connection
+//! written in the same transaction.
+//!
+//! # Hot rooms
+//!
+//! A room's members live under `room#ROOM#SHARD` with `room_shards` shards (default 1,
+//! `HERALD_ROOM_SHARDS`). One partition takes about 1,000 writes/s and 3,000 strongly
+//! consistent reads/s of 4 KB: joins to one room past ~1,000/s, or publishes to a room of
+//! 100,000 members (~10 MB, ~2,500 read units per publish) more than about once a second,
+//! call for more shards; the rest of the code does not change, since reads page through
+//! every shard. Members are assigned a shard by a hash of their connection id.
+//!
+//! # Layout
+//!
+//! | file | what |
+//! |---|---|
+//! | `dynamo/mod.rs` | [`DynamoStore`], its settings and client, batched writes |
+//! | `dynamo/schema.rs` | [`TABLE`], table creation with TTL |
+//! | `dynamo/keys.rs` | typed key builders and attribute names, shards |
+//! | `dynamo/paging.rs` | Query page by page across shards, cursors |
+//! | `dynamo/errors.rs` | SDK errors as `StoreError`s, conditional writes |
+//! | `dynamo/connections.rs` | the `ConnectionStore` implementation |
+
+mod connections;
+mod errors;
+mod keys;
+mod paging;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::types::{Delete, DeleteRequest, Put, TransactWriteItem, WriteRequest};
+
+pub use schema::{TABLE, TableSchema};
+
+use errors::{BACKEND, build_error, store_error};
+use keys::{Item, Key};
+
+use super::StoreError;
+use crate::error;
+use crate::ids::ConnectionId;
+
+/// Shards of the "all" partition.
+pub const ALL_SHARDS: u32 = 16;
+/// Items per `BatchWriteItem`, DynamoDB's maximum.
+const BATCH: usize = 25;
+/// Retries of a batch's unprocessed items before the write counts as throttled.
+const BATCH_RETRIES: u32 = 8;
+/// The first retry of unprocessed items waits up to this long, each later one twice as long.
+const BATCH_BACKOFF: Duration = Duration::from_millis(25);
+/// How long connecting to DynamoDB may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one attempt of a call may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a call may take with its retries.
+const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+/// Attempts per call, the first included.
+const ATTEMPTS: u32 = 3;
+
+/// Where the DynamoDB store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynamoSettings {
+    /// The table.
+    pub table: String,
+    /// Another endpoint than AWS's (DynamoDB Local, a test server); on loopback it gets
+    /// fixed dummy credentials.
+    pub endpoint: Option<String>,
+    /// Partitions each room's members are spread over.
+    pub room_shards: u32,
+    /// Create the table when it is missing (`herald-local`); on AWS the template does.
+    pub create_table: bool,
+}
+
+/// [`ConnectionStore`](super::ConnectionStore) on DynamoDB.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    room_shards: u32,
+}
+
+impl DynamoStore {
+    /// A store on `table`, with clients built from `sdk` (which honours
+    /// `AWS_ENDPOINT_URL_DYNAMODB`). Calls time out after a few seconds instead of hanging.
+    pub fn new(sdk: &SdkConfig, table: &str, room_shards: u32) -> Self {
+        let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+            .retry_config(RetryConfig::standard().with_max_attempts(ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(CALL_TIMEOUT)
+                    .build(),
+            )
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            table: table.to_owned(),
+            room_shards: room_shards.max(1),
+        }
+    }
+
+    /// The store `settings` describe, its table created first when they ask for it.
+    pub async fn open(settings: &DynamoSettings) -> Result<Self, StoreError> {
+        let sdk = crate::aws::sdk_config(settings.endpoint.as_deref()).await;
+        let store = Self::new(&sdk, &settings.table, settings.room_shards);
+        if settings.create_table {
+            store.create_table_if_missing().await?;
+        }
+        Ok(store)
+    }
+
+    /// The client, for tests that inspect the table.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A transaction's put of `item`.
+    fn put(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// A transaction's delete of `key`.
+    fn delete(&self, key: &Key) -> Result<TransactWriteItem, StoreError> {
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key.item()))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
+    /// Deletes `keys` with `BatchWriteItem`, retrying unprocessed items with backoff.
+    async fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(BATCH) {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|key| {
+                    DeleteRequest::builder()
+                        .set_key(Some(key.item()))
+                        .build()
+                        .map(|d| WriteRequest::builder().delete_request(d).build())
+                        .map_err(build_error)
+                })
+                .collect::<Result<_, _>>()?;
+            let mut attempt = 0u32;
+            while !requests.is_empty() {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(store_error)?;
+                requests = out
+                    .unprocessed_items()
+                    .and_then(|u| u.get(&self.table))
+                    .cloned()
+                    .unwrap_or_default();
+                if !requests.is_empty() {
+                    attempt += 1;
+                    if attempt > BATCH_RETRIES {
+                        return Err(StoreError::Throttled {
+                            backend: BACKEND,
+                            source: error::because(format!(
+                                "items left unprocessed after {BATCH_RETRIES} retries"
+                            )),
+                        });
+                    }
+                    let ceiling = BATCH_BACKOFF * (1 << attempt.min(6));
+                    tokio::time::sleep(ceiling.mul_f64(fastrand::f64())).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys of every item that carries a copy of the connection's expiry: its
+    /// broadcast item, and for each room it joined, both membership items.
+    async fn expiry_copies(&self, id: &ConnectionId) -> Result<Vec<Key>, StoreError> {
+        let mut keys = vec![Key::everyone(keys::shard_of(id, ALL_SHARDS), id)];
+        let shard = keys::shard_of(id, self.room_shards);
+        for room in self.room_items_of(id).await? {
+            keys.push(Key::room_of(id, &room));
+            keys.push(Key::member(&room, shard, id));
+        }
+        Ok(keys)
+    }
+}
