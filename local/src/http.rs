@@ -4,11 +4,14 @@
 //!
 //! Paths are split on `/` first and each segment percent-decoded after, because SDKs send
 //! `@connections` as `%40connections` and encode ids and function ARNs.
+//!
+//! Both APIs are the control plane: with credentials configured, a request runs only with
+//! a valid SigV4 signature (`sigv4.rs`), and is otherwise answered 403 as AWS answers it.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -18,9 +21,10 @@ use herald::ids::ConnectionId;
 use serde_json::{Value, json};
 
 use crate::answer::{aws_error, json_response, message_response};
+use crate::async_invoke::{MAX_ASYNC_PAYLOAD_BYTES, Refused};
 use crate::events::iso8601;
 use crate::query::percent_decode;
-use crate::{App, handshake};
+use crate::{App, handshake, sigv4};
 
 /// Every route of the gateway.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -30,12 +34,66 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Lambda's largest synchronous invocation payload (6 MB).
+pub(crate) const MAX_INVOKE_BYTES: usize = 6 * 1024 * 1024;
+
+/// The two control-plane APIs, by path.
+enum Route {
+    /// `POST /2015-03-31/functions/{name}/invocations`.
+    Invoke(String),
+    /// `POST|GET|DELETE /{stage}/@connections/{id}`.
+    Manage { stage: String, id: String },
+}
+
+impl Route {
+    fn of(segments: Vec<String>) -> Option<Self> {
+        match <[String; 4]>::try_from(segments) {
+            Ok([version, functions, name, invocations])
+                if version == "2015-03-31"
+                    && functions == "functions"
+                    && invocations == "invocations" =>
+            {
+                Some(Self::Invoke(name))
+            }
+            Ok(_) => None,
+            Err(segments) => match <[String; 3]>::try_from(segments) {
+                Ok([stage, connections, id]) if connections == "@connections" => {
+                    Some(Self::Manage { stage, id })
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// The largest body the API takes, and its answer to a larger one, as AWS gives it.
+    fn body_limit(&self, app: &App) -> (usize, Response) {
+        match self {
+            Self::Invoke(_) => (
+                MAX_INVOKE_BYTES,
+                aws_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    &format!(
+                        "Request must be smaller than {MAX_INVOKE_BYTES} bytes for the \
+                         InvokeFunction operation"
+                    ),
+                ),
+            ),
+            // A post is one message: nothing larger could be delivered.
+            Self::Manage { .. } => (
+                app.settings.limits.max_message_bytes,
+                push_error(&PushError::PayloadTooLarge),
+            ),
+        }
+    }
+}
+
 async fn dispatch(
     State(app): State<Arc<App>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let segments: Vec<String> = uri
         .path()
@@ -43,25 +101,53 @@ async fn dispatch(
         .split('/')
         .map(percent_decode)
         .collect();
-    match segments.as_slice() {
-        [version, functions, name, invocations]
-            if version == "2015-03-31"
-                && functions == "functions"
-                && invocations == "invocations" =>
-        {
+    let Some(route) = Route::of(segments) else {
+        return message_response(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let (limit, too_large) = route.body_limit(&app);
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return too_large;
+    };
+    if let Err(refusal) = authenticate(&app, &method, &uri, &headers, &body) {
+        tracing::info!(path = uri.path(), error = %refusal, "control-plane request refused");
+        return aws_error(StatusCode::FORBIDDEN, refusal.kind(), &refusal.to_string());
+    }
+    match route {
+        Route::Invoke(name) => {
             if method != Method::POST {
                 return message_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             }
-            invoke(app, name, &headers, body).await
+            invoke(app, &name, &headers, body).await
         }
-        [stage, connections, id] if connections == "@connections" => {
-            if *stage != app.settings.stage {
+        Route::Manage { stage, id } => {
+            if stage != app.settings.stage {
                 return message_response(StatusCode::FORBIDDEN, "Forbidden");
             }
             manage(&app, &method, &ConnectionId::new(id.as_str()), body).await
         }
-        _ => message_response(StatusCode::NOT_FOUND, "Not Found"),
     }
+}
+
+/// Checks the request's SigV4 signature when control-plane credentials are configured;
+/// without them (loopback, or `--insecure-open-control-plane`) any request goes through.
+fn authenticate(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), sigv4::Refusal> {
+    let Some(credentials) = &app.settings.control_plane.credentials else {
+        return Ok(());
+    };
+    let request = sigv4::Request {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers,
+        body,
+    };
+    sigv4::verify(credentials, &request, std::time::SystemTime::now())
 }
 
 /// `POST|GET|DELETE /{stage}/@connections/{id}`, for a socket held here or, with several
@@ -138,16 +224,23 @@ async fn invoke(app: Arc<App>, name: &str, headers: &HeaderMap, body: Bytes) -> 
         .unwrap_or("RequestResponse");
     match invocation {
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
-        "Event" => {
-            tokio::spawn(async move {
-                if let Err(e) =
-                    herald::handlers::publish(&app.services, &*app.gateway, payload).await
-                {
-                    tracing::warn!(error = %e, "asynchronous publish failed");
-                }
-            });
-            StatusCode::ACCEPTED.into_response()
-        }
+        "Event" => match app.async_invokes.submit(payload, body.len()) {
+            Ok(()) => StatusCode::ACCEPTED.into_response(),
+            Err(Refused::Full) => aws_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                "Rate Exceeded. herald-local's queue of asynchronous invocations is full: \
+                 retry with backoff",
+            ),
+            Err(Refused::TooLarge) => aws_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                &format!(
+                    "Request must be smaller than {MAX_ASYNC_PAYLOAD_BYTES} bytes for an \
+                     asynchronous invocation"
+                ),
+            ),
+        },
         "RequestResponse" => {
             let result = herald::handlers::publish(&app.services, &*app.gateway, payload).await;
             let mut response = match result {

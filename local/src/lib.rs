@@ -21,11 +21,15 @@
 //! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
 //! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
 //! | `src/events.rs` | events built as API Gateway builds them |
+//! | `src/serve.rs` | accepting connections: limits from accept, head timeout, bounded drain |
 //! | `src/http.rs` | the `@connections` Management API and the Lambda Invoke API |
+//! | `src/async_invoke.rs` | asynchronous invocations, queued (bounded) and paced |
 //! | `src/answer.rs` | HTTP answers in AWS's shapes |
+//! | `src/sigv4.rs` | SigV4 verification of the control plane, checked against AWS's test suite |
 //! | `src/query.rs` | percent-decoding of paths and query strings |
 
 mod answer;
+mod async_invoke;
 pub mod close_code;
 mod cluster;
 mod events;
@@ -35,6 +39,8 @@ mod outbox;
 mod query;
 mod registry;
 mod root;
+mod serve;
+pub mod sigv4;
 mod tracking;
 mod upgrade;
 mod wire;
@@ -54,9 +60,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use async_invoke::DEFAULT_QUEUED_INVOCATIONS;
 pub use events::{EventFactory, iso8601, request_time, route_key};
 pub use registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
 pub use root::{bind, prepare};
+pub use serve::{DEFAULT_DRAIN, DEFAULT_HEAD_TIMEOUT, HttpLimits};
+pub use sigv4::Credentials;
 
 use upgrade::SocketRuntime;
 
@@ -117,6 +126,28 @@ impl Default for SocketLimits {
     }
 }
 
+/// Who may use the control plane (`@connections`, the Invoke API), which can publish,
+/// read connections and disconnect them.
+#[derive(Clone, Debug, Default)]
+pub struct ControlPlane {
+    /// The key pair every request must be signed with (SigV4); `None`: any signature,
+    /// allowed only on loopback unless `insecure_open`.
+    pub credentials: Option<Credentials>,
+    /// Serve an open control plane beyond loopback (`--insecure-open-control-plane`).
+    pub insecure_open: bool,
+}
+
+/// How the running gateway guards its control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlPlaneMode {
+    /// Every request must carry a SigV4 signature made with the configured credentials.
+    Signed,
+    /// No credentials, on a loopback address: any signature is accepted.
+    OpenOnLoopback,
+    /// No credentials beyond loopback, because `--insecure-open-control-plane` said so.
+    OpenInsecure,
+}
+
 /// Everything `herald-local` is started with.
 #[derive(Clone)]
 pub struct Settings {
@@ -137,6 +168,12 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// A store to use instead of the one `config` names (tests wrap one to observe it).
     pub store: Option<Arc<dyn ConnectionStore>>,
+    /// Who may use the control plane.
+    pub control_plane: ControlPlane,
+    /// Asynchronous invocations that may wait to run; one more is answered 429.
+    pub async_queue: usize,
+    /// How the HTTP side bounds its connections (head timeout, shutdown drain).
+    pub http: HttpLimits,
 }
 
 impl Settings {
@@ -151,6 +188,9 @@ impl Settings {
             instance_id: random_instance_id(),
             heartbeat: DEFAULT_HEARTBEAT,
             store: None,
+            control_plane: ControlPlane::default(),
+            async_queue: DEFAULT_QUEUED_INVOCATIONS,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -177,6 +217,14 @@ pub enum StartError {
     /// The cluster could not be joined.
     #[error("cannot join the cluster: {0}")]
     Cluster(#[source] herald::store::StoreError),
+    /// No control-plane credentials on an address beyond loopback.
+    #[error(
+        "herald-local listens on {0}, beyond loopback, without control-plane credentials: \
+         anyone who reaches the port could publish to every room and disconnect anyone. Set \
+         HERALD_ACCESS_KEY_ID and HERALD_SECRET_ACCESS_KEY (clients sign with them, as with \
+         AWS), or pass --insecure-open-control-plane"
+    )]
+    OpenControlPlane(SocketAddr),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -199,6 +247,8 @@ pub(crate) struct App {
     pub connections: TaskTracker,
     /// Where connection tasks run (see `upgrade.rs`).
     pub sockets: SocketRuntime,
+    /// Asynchronous invocations waiting to run.
+    pub async_invokes: async_invoke::AsyncInvokes,
 }
 
 /// How the gateway authenticates: the configured key, or dev mode's generated secret.
@@ -218,20 +268,22 @@ pub struct Ready {
     pub addr: SocketAddr,
     /// Configured keys, or dev mode.
     pub auth: AuthMode,
+    /// How the control plane is guarded.
+    pub control_plane: ControlPlaneMode,
     pub(crate) app: Arc<App>,
     pub(crate) listener: TcpListener,
 }
 
 impl Ready {
     /// Serves until `shutdown` completes, then closes every client with 1001, runs each
-    /// one's `$disconnect`, and returns.
+    /// one's `$disconnect`, and returns: within the drain time (`HttpLimits::drain`),
+    /// whatever the clients do.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let app = self.app;
         let router = http::router(app.clone());
-        let stop = app.shutdown.clone();
         let graceful = {
             let app = app.clone();
             async move {
@@ -241,15 +293,9 @@ impl Ready {
             }
         };
         tokio::spawn(graceful);
-        let server = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await });
-        server.await?;
-        // Connection tasks see the same token, close their sockets and run `$disconnect`.
-        app.connections.close();
-        app.connections.wait().await;
+        // Connection tasks see the same token, close their sockets and run `$disconnect`;
+        // `serve` waits for them, and for HTTP connections, at most the drain time.
+        serve::serve(app, self.listener, router).await;
         Ok(())
     }
 }

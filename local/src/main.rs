@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use clap::Parser;
 use herald::config::Config;
-use herald::limits::DEFAULT_MAX_CONNECTIONS_PER_USER;
+use herald::limits::{DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_ROOMS_PER_CONNECTION};
 use herald_local::{
-    AuthMode, DEFAULT_HEARTBEAT, DEFAULT_HOST, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION,
+    AuthMode, ControlPlane, ControlPlaneMode, Credentials, DEFAULT_DRAIN, DEFAULT_HEAD_TIMEOUT,
+    DEFAULT_HEARTBEAT, DEFAULT_HOST, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION,
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
-    DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_STAGE, Settings, SocketLimits,
+    DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_QUEUED_INVOCATIONS, DEFAULT_STAGE, HttpLimits, Settings,
+    SocketLimits,
 };
 
 /// A local API Gateway for WebSockets running Herald's handlers.
@@ -56,6 +58,12 @@ struct Flags {
          else {DEFAULT_MAX_CONNECTIONS_PER_USER}]"
     ))]
     max_connections_per_user: Option<usize>,
+    /// Rooms per connection (0: no limit); overrides HERALD_MAX_ROOMS_PER_CONNECTION.
+    #[arg(long, help = format!(
+        "Rooms one connection may join (0: no limit; one more is answered limit_exceeded) \
+         [default: HERALD_MAX_ROOMS_PER_CONNECTION, else {DEFAULT_MAX_ROOMS_PER_CONNECTION}]"
+    ))]
+    max_rooms_per_connection: Option<usize>,
     /// Connections per source IP (0: no limit).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     max_connections_per_ip: usize,
@@ -77,6 +85,32 @@ struct Flags {
     /// expire after three missed heartbeats).
     #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = heartbeat_ms(DEFAULT_HEARTBEAT))]
     heartbeat_ms: u64,
+    /// Seconds a client may take to send a request head before its socket is closed.
+    #[arg(long, env = "HERALD_HEAD_TIMEOUT_SECS", default_value_t = DEFAULT_HEAD_TIMEOUT.as_secs())]
+    head_timeout_secs: u64,
+    /// Seconds shutdown waits for connections to finish (a second signal exits at once).
+    #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = DEFAULT_DRAIN.as_secs())]
+    drain_secs: u64,
+    /// Asynchronous invocations (X-Amz-Invocation-Type: Event) that may wait to run, one
+    /// after another; one more is answered 429 TooManyRequestsException.
+    #[arg(long, env = "HERALD_ASYNC_QUEUE", default_value_t = DEFAULT_QUEUED_INVOCATIONS)]
+    async_queue: usize,
+    /// The access key id control-plane requests (@connections, Lambda Invoke) must be
+    /// signed with (SigV4, as AWS's SDKs sign); with --secret-access-key.
+    #[arg(long, env = "HERALD_ACCESS_KEY_ID", requires = "secret_access_key")]
+    access_key_id: Option<String>,
+    /// The secret that goes with --access-key-id.
+    #[arg(
+        long,
+        env = "HERALD_SECRET_ACCESS_KEY",
+        requires = "access_key_id",
+        hide_env_values = true
+    )]
+    secret_access_key: Option<String>,
+    /// Serve the control plane without credentials on an address beyond loopback: anyone
+    /// who reaches the port can then publish and disconnect. Never on a shared network.
+    #[arg(long, env = "HERALD_INSECURE_OPEN_CONTROL_PLANE")]
+    insecure_open_control_plane: bool,
 }
 
 fn non_zero(n: usize) -> Option<usize> {
@@ -88,8 +122,19 @@ fn heartbeat_ms(interval: Duration) -> u64 {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
+    match run(flags).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The reason as a sentence, not as a debug dump.
+            eprintln!("herald-local: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     // Logs go to stderr; stdout carries only what a user or script reads: the address
     // and, in dev mode, the token.
     herald::telemetry::init_local();
@@ -97,6 +142,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::from_env()?;
     if let Some(max) = flags.max_connections_per_user {
         config.limits.max_connections_per_user = non_zero(max);
+    }
+    if let Some(max) = flags.max_rooms_per_connection {
+        config.limits.max_rooms_per_connection = non_zero(max);
     }
     let settings = Settings {
         stage: flags.stage,
@@ -117,6 +165,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(herald_local::random_instance_id),
         heartbeat: Duration::from_millis(flags.heartbeat_ms),
         store: None,
+        control_plane: ControlPlane {
+            credentials: flags.access_key_id.zip(flags.secret_access_key).map(
+                |(access_key_id, secret_access_key)| Credentials {
+                    access_key_id,
+                    secret_access_key,
+                },
+            ),
+            insecure_open: flags.insecure_open_control_plane,
+        },
+        async_queue: flags.async_queue,
+        http: HttpLimits {
+            head_timeout: Duration::from_secs(flags.head_timeout_secs),
+            drain: Duration::from_secs(flags.drain_secs),
+        },
     };
     let stage = settings.stage.clone();
     // The port opens only once the gateway can serve.
@@ -130,6 +192,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         say(&format!(
             "dev token (user `dev`, every room, 24 h): {token}"
         ));
+    }
+    match ready.control_plane {
+        ControlPlaneMode::Signed => tracing::info!(
+            "control plane: every @connections and Invoke request must be signed (SigV4) \
+             with HERALD_ACCESS_KEY_ID"
+        ),
+        ControlPlaneMode::OpenOnLoopback => tracing::warn!(
+            "control plane open on loopback: any signature is accepted. Set \
+             HERALD_ACCESS_KEY_ID and HERALD_SECRET_ACCESS_KEY to require one"
+        ),
+        ControlPlaneMode::OpenInsecure => tracing::warn!(
+            "INSECURE: control plane open on {addr} without credentials: anyone who reaches \
+             this port can publish to every room and disconnect anyone"
+        ),
     }
     say(&format!(
         "herald-local listening on ws://{addr}/{stage}\n  \
@@ -148,8 +224,22 @@ fn say(text: &str) {
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
-/// Completes on ctrl-c or SIGTERM.
+/// Completes on ctrl-c or SIGTERM; a second one exits at once, without waiting for the
+/// drain.
 async fn shutdown_signal() {
+    next_signal().await;
+    tokio::spawn(async {
+        next_signal().await;
+        tracing::warn!("second signal: exiting without waiting for connections");
+        std::process::exit(SECOND_SIGNAL_EXIT);
+    });
+}
+
+/// The exit status after a second signal, as a shell reports an interrupted command.
+const SECOND_SIGNAL_EXIT: i32 = 130;
+
+/// Completes on the next ctrl-c or SIGTERM.
+async fn next_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for ctrl-c");

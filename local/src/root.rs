@@ -1,8 +1,9 @@
 //! `herald-local`'s composition root: every component built from one [`Settings`] value,
 //! before the port opens: auth (or dev mode), the store (through `herald::compose`, as the
 //! Lambda functions open theirs), on Redis this instance's place in the cluster, the push
-//! path, and the state the routes share.
+//! path, how the control plane is guarded, and the state the routes share.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use herald::auth::{AuthConfig, JwtKey, Verifier};
@@ -14,12 +15,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::async_invoke::AsyncInvokes;
 use crate::cluster::{self, Cluster, ClusterSettings};
 use crate::events::EventFactory;
 use crate::registry::Registry;
 use crate::tracking::TrackingStore;
 use crate::upgrade::SocketRuntime;
-use crate::{App, AuthMode, HEARTBEATS_PER_LIFETIME, Ready, Settings, StartError};
+use crate::{
+    App, AuthMode, ControlPlane, ControlPlaneMode, HEARTBEATS_PER_LIFETIME, Ready, Settings,
+    StartError,
+};
 
 /// How long the dev token is valid.
 const DEV_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
@@ -118,6 +123,20 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
     })
 }
 
+/// How the control plane is guarded on `addr`; refused when it would be open beyond
+/// loopback without being asked to.
+fn control_plane_mode(
+    control_plane: &ControlPlane,
+    addr: SocketAddr,
+) -> Result<ControlPlaneMode, StartError> {
+    match (&control_plane.credentials, addr.ip().is_loopback()) {
+        (Some(_), _) => Ok(ControlPlaneMode::Signed),
+        (None, true) => Ok(ControlPlaneMode::OpenOnLoopback),
+        (None, false) if control_plane.insecure_open => Ok(ControlPlaneMode::OpenInsecure),
+        (None, false) => Err(StartError::OpenControlPlane(addr)),
+    }
+}
+
 fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     let addr = listener.local_addr()?;
     let Parts {
@@ -129,11 +148,19 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         router,
         heartbeat,
     } = parts;
+    let control_plane = control_plane_mode(&settings.control_plane, addr)?;
     let gateway: Arc<dyn Gateway> = if settings.push_via_http {
-        Arc::new(ApiGatewayManagement::local(&format!(
-            "http://{addr}/{}",
-            settings.stage
-        )))
+        // Through the real SDK client, signed as any other caller must sign.
+        let endpoint = format!("http://{addr}/{}", settings.stage);
+        let sdk = match &settings.control_plane.credentials {
+            Some(keys) => herald::aws::keyed_sdk_config(
+                &endpoint,
+                &keys.access_key_id,
+                &keys.secret_access_key,
+            ),
+            None => herald::aws::local_sdk_config(&endpoint),
+        };
+        Arc::new(ApiGatewayManagement::new(&sdk, &endpoint))
     } else {
         router.clone()
     };
@@ -152,7 +179,14 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
             shutdown.clone(),
         ));
     }
+    let async_invokes = AsyncInvokes::start(
+        settings.async_queue,
+        services.clone(),
+        gateway.clone(),
+        shutdown.clone(),
+    );
     let app = Arc::new(App {
+        async_invokes,
         settings,
         services,
         verifier,
@@ -167,6 +201,7 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     Ok(Ready {
         addr,
         auth,
+        control_plane,
         app,
         listener,
     })

@@ -110,9 +110,9 @@ impl Upgraded {
     /// client sent after its request that hyper already read.
     pub(crate) async fn into_socket(self) -> io::Result<(TcpStream, Vec<u8>)> {
         let upgraded = self.0.await.map_err(io::Error::other)?;
-        let parts =
-            hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded)
-                .map_err(|_| io::Error::other("the upgraded connection is not a TCP socket"))?;
+        let parts = upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map_err(|_| io::Error::other("the upgraded connection is not a TCP socket"))?;
         // Re-registering moves the socket's readiness events to this runtime's driver.
         let socket = TcpStream::from_std(parts.io.into_inner().into_std()?)?;
         // Notifications are flushed once per batch; waiting for more (Nagle) only adds latency.

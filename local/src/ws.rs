@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn};
@@ -133,10 +134,21 @@ async fn finish(app: Arc<App>, socket: Arc<Socket>, code: u16, reason: String) {
     debug!(connection_id = %socket.meta.id, code, reason, status = answer.status_code, "disconnected");
 }
 
-/// Why a WebSocket read failed: 1009 for a message or frame over the limits, else 1006.
+/// Why a WebSocket read failed, as RFC 6455 names it: 1009 for a message or frame over the
+/// limits, 1007 for text that is not UTF-8, 1002 for a protocol violation; 1006 when the
+/// connection simply ended.
 fn read_error_close(error: &WsError) -> (u16, String) {
     match error {
         WsError::Capacity(_) => (close_code::MESSAGE_TOO_BIG, "Message too big".into()),
+        WsError::Utf8(_) => (
+            close_code::INVALID_PAYLOAD,
+            "Invalid frame payload data".into(),
+        ),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => (
+            close_code::ABNORMAL,
+            "Connection was closed abnormally".into(),
+        ),
+        WsError::Protocol(e) => (close_code::PROTOCOL_ERROR, format!("Protocol error: {e}")),
         e => (
             close_code::ABNORMAL,
             format!("Connection was closed abnormally: {e}"),

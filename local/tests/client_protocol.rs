@@ -134,3 +134,19 @@ async fn replies_keep_the_order_of_requests() {
         assert_eq!(c.recv().await["ref"], i);
     }
 }
+
+#[tokio::test]
+async fn rooms_past_the_cap_are_refused_and_the_socket_stays_open() {
+    let mut settings = common::settings();
+    settings.config.limits.max_rooms_per_connection = Some(2);
+    let gw = Gateway::start_with(settings).await;
+    let mut c = gw.connect("alice", &["*"], &[]).await;
+    c.subscribe("one").await;
+    c.subscribe("two").await;
+    let refused = c
+        .ask(json!({"action":"subscribe","room":"three","ref":"r"}))
+        .await;
+    assert_eq!(refused["code"], "limit_exceeded", "{refused}");
+    assert_eq!(refused["ref"], "r");
+    assert_eq!(c.ask(json!({"action":"ping"})).await["type"], "pong");
+}

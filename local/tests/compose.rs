@@ -26,7 +26,7 @@ fn variables_herald_reads() -> BTreeSet<String> {
     let mut names: BTreeSet<String> = help
         .split("[env: ")
         .skip(1)
-        .filter_map(|rest| rest.split('=').next())
+        .filter_map(|rest| rest.split(['=', ']']).next())
         .map(str::to_owned)
         .collect();
     let seen = std::sync::Mutex::new(BTreeSet::new());
@@ -127,8 +127,12 @@ fn herald_services_are_configured_as_the_gateway_reads_it() {
             .map(|p| p.as_str().unwrap().to_owned())
             .collect();
         assert!(
-            published.iter().any(|p| p.ends_with(&format!(":{port}"))),
-            "{name}: port {port} is not published ({published:?})"
+            published.contains(&format!("127.0.0.1:{port}:{port}")),
+            "{name}: port {port} is not published on loopback only ({published:?})"
+        );
+        assert!(
+            get("HERALD_ACCESS_KEY_ID").is_some() && get("HERALD_SECRET_ACCESS_KEY").is_some(),
+            "{name}: listening beyond the container needs control-plane credentials"
         );
         match get("HERALD_STORE").as_deref() {
             Some("dynamodb") => {
@@ -156,6 +160,21 @@ fn herald_services_are_configured_as_the_gateway_reads_it() {
         checked += 1;
     }
     assert_eq!(checked, 3);
+}
+
+#[test]
+fn every_published_port_is_on_loopback_only() {
+    let compose = compose();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{}: {port} is reachable from other machines",
+                name.as_str().unwrap()
+            );
+        }
+    }
 }
 
 #[test]

@@ -161,6 +161,35 @@ async fn unknown_functions_and_unparsable_payloads_are_refused_as_lambda_does() 
 }
 
 #[tokio::test]
+async fn payloads_over_lambdas_limit_are_refused_in_lambdas_error_shape() {
+    let gw = Gateway::start().await;
+    let lambda = gw.lambda();
+    // Lambda's synchronous limit is 6 MB: a string just over it, as valid JSON.
+    let limit = 6 * 1024 * 1024;
+    let payload = format!(r#"{{"broadcast":true,"data":"{}"}}"#, "x".repeat(limit));
+    let err = lambda
+        .invoke()
+        .function_name("publish")
+        .payload(Blob::new(payload))
+        .send()
+        .await
+        .unwrap_err();
+    let err = err.into_service_error();
+    assert!(err.is_request_too_large_exception(), "{err:?}");
+    // At the limit exactly it is read (and refused only for what it says).
+    let at_limit = "x".repeat(limit);
+    let out = lambda
+        .invoke()
+        .function_name("publish")
+        .payload(Blob::new(at_limit))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(out.is_invalid_request_content_exception(), "{out:?}");
+}
+
+#[tokio::test]
 async fn event_invocations_are_accepted_and_delivered() {
     let gw = Gateway::start().await;
     let mut a = gw.connect("alice", &["orders"], &[]).await;
@@ -217,4 +246,129 @@ async fn two_hundred_clients_twenty_messages_through_the_http_push_path() {
     s.config.limits.max_connections_per_user = None;
     let gw = Gateway::start_with(s).await;
     many_clients_receive_everything_in_order(&gw).await;
+}
+
+/// The memory store, slow to list a room's members.
+struct SlowRooms(herald::store::MemoryStore);
+
+#[async_trait::async_trait]
+impl herald::store::ForwardingStore for SlowRooms {
+    fn inner(&self) -> &dyn herald::store::ConnectionStore {
+        &self.0
+    }
+
+    async fn room_members(
+        &self,
+        room: &herald::protocol::RoomName,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<herald::store::Page<herald::ids::ConnectionId>, herald::store::StoreError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        herald::store::ConnectionStore::room_members(&self.0, room, cursor, limit).await
+    }
+}
+
+/// Reads `client` as fast as it can until the notification `"last"`; how many arrived
+/// (that one included), or the close code if the gateway closed it first.
+async fn drain(mut client: Client) -> Result<u64, u16> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut received = 0;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(60), client.ws.next())
+            .await
+            .expect("notifications keep coming");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                received += 1;
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value["data"] == "last" {
+                    return Ok(received);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Err(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(1006),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_asynchronous_flood_is_queued_paced_and_bounded() {
+    use futures::StreamExt;
+    // A short queue, and a store that takes 20 ms to list a room, so that the flood
+    // certainly outruns what the worker can run.
+    let mut settings = settings();
+    settings.async_queue = 8;
+    settings.store = Some(std::sync::Arc::new(SlowRooms(
+        herald::store::MemoryStore::new(),
+    )));
+    let gw = Gateway::start_with(settings).await;
+    let mut clients = Vec::new();
+    for n in 0..10 {
+        let mut client = gw.connect(&format!("reader{n}"), &["flood"], &[]).await;
+        client.subscribe("flood").await;
+        clients.push(client);
+    }
+    // The readers run on a thread of their own, as clients elsewhere would, so that the
+    // invocations sent from this one never starve them.
+    let readers = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(futures::future::join_all(clients.into_iter().map(drain)))
+    });
+    let lambda = gw.lambda();
+    let pad = "x".repeat(1024);
+    let invoke = |data: Value| {
+        let payload = json!({"room": "flood", "data": data}).to_string();
+        lambda
+            .invoke()
+            .function_name("publish")
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(payload))
+            .send()
+    };
+    // 2,000 invocations, 32 in flight at a time.
+    let answers: Vec<_> = futures::stream::iter(0..2_000)
+        .map(|n| invoke(json!({"n": n, "pad": pad})))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let (mut accepted, mut throttled) = (0u64, 0u64);
+    for answer in answers {
+        match answer {
+            Ok(out) => {
+                assert_eq!(out.status_code(), 202);
+                accepted += 1;
+            }
+            Err(e) => {
+                let e = e.into_service_error();
+                assert!(e.is_too_many_requests_exception(), "{e:?}");
+                throttled += 1;
+            }
+        }
+    }
+    assert_eq!(accepted + throttled, 2_000);
+    assert!(throttled > 0, "a full queue answers 429 instead of growing");
+    assert!(accepted >= 8, "what fits is taken");
+    // The last one queues behind every accepted one (retrying while the queue is full).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while invoke(json!("last")).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the queue drains");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = tokio::task::spawn_blocking(move || readers.join().unwrap())
+        .await
+        .unwrap();
+    for received in received {
+        assert_eq!(
+            received,
+            Ok(accepted + 1),
+            "a reader that keeps up gets every accepted publish and is never closed"
+        );
+    }
 }

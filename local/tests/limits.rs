@@ -62,6 +62,41 @@ async fn a_binary_frame_closes_with_1003() {
     disconnected_once(&store, &c.id).await;
 }
 
+/// A frame as the client builds it, sent raw (masked, as a client's must be).
+fn raw_frame(payload: &[u8], opcode: u8, rsv1: bool) -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+    let mut frame = Frame::message(payload.to_vec(), OpCode::from(opcode), true);
+    frame.header_mut().rsv1 = rsv1;
+    Message::Frame(frame)
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_closes_with_1007() {
+    let (s, store) = counted();
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    c.ws.send(raw_frame(&[b'{', 0xff, 0xfe, b'}'], 0x1, false))
+        .await
+        .unwrap();
+    assert_eq!(c.closed().await.0, 1007);
+    disconnected_once(&store, &c.id).await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002() {
+    let (s, store) = counted();
+    let gw = Gateway::start_with(s).await;
+    // Reserved bits without an extension that defines them; a reserved opcode.
+    for frame in [raw_frame(b"{}", 0x1, true), raw_frame(b"{}", 0x3, false)] {
+        let mut c = gw.connect("alice", &[], &[]).await;
+        c.ws.send(frame).await.unwrap();
+        let (code, reason) = c.closed().await;
+        assert_eq!(code, 1002, "{reason}");
+        disconnected_once(&store, &c.id).await;
+    }
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_and_active_ones_kept() {
     let (mut s, store) = counted();

@@ -29,13 +29,14 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
 /// SDK settings for a loopback server at `endpoint`: fixed dummy credentials and region,
 /// nothing read from the environment.
 pub fn local_sdk_config(endpoint: &str) -> SdkConfig {
-    let credentials = Credentials::new(
-        LOCAL_ACCESS_KEY,
-        LOCAL_ACCESS_KEY,
-        None,
-        None,
-        "herald-local",
-    );
+    keyed_sdk_config(endpoint, LOCAL_ACCESS_KEY, LOCAL_ACCESS_KEY)
+}
+
+/// SDK settings for a server at `endpoint` that checks signatures against this key pair
+/// (`herald-local` with control-plane credentials), nothing read from the environment.
+pub fn keyed_sdk_config(endpoint: &str, access_key_id: &str, secret_access_key: &str) -> SdkConfig {
+    let credentials =
+        Credentials::new(access_key_id, secret_access_key, None, None, "herald-local");
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(LOCAL_REGION))

@@ -158,8 +158,13 @@ impl Config {
         let secs = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             Ok(number(&get, var)?.map_or(default, Duration::from_secs))
         };
+        let max_rooms = number(&get, "HERALD_MAX_ROOMS_PER_CONNECTION")?
+            .map_or(defaults.max_rooms_per_connection, |n: usize| {
+                (n > 0).then_some(n)
+            });
         let limits = Limits {
             max_connections_per_user: max_per_user,
+            max_rooms_per_connection: max_rooms,
             connection_lifetime: secs(
                 "HERALD_CONNECTION_LIFETIME_SECS",
                 defaults.connection_lifetime,
@@ -266,6 +271,7 @@ mod tests {
             ("HERALD_JWT_ISSUER", "iss"),
             ("HERALD_JWT_AUDIENCE", "aud"),
             ("HERALD_MAX_CONNECTIONS_PER_USER", "0"),
+            ("HERALD_MAX_ROOMS_PER_CONNECTION", "3"),
             ("HERALD_CONNECTION_LIFETIME_SECS", "60"),
             ("HERALD_IDEMPOTENCY_WINDOW_SECS", "10"),
             ("HERALD_FANOUT_CONCURRENCY", "8"),
@@ -292,6 +298,7 @@ mod tests {
             c.limits.max_connections_per_user, None,
             "0 turns the limit off"
         );
+        assert_eq!(c.limits.max_rooms_per_connection, Some(3));
         assert_eq!(c.limits.connection_lifetime, Duration::from_secs(60));
         assert_eq!(c.limits.idempotency_window, Duration::from_secs(10));
         assert_eq!(c.fanout.concurrency, 8);
@@ -332,6 +339,7 @@ mod tests {
         for (var, value) in [
             ("HERALD_STORE", "postgres"),
             ("HERALD_MAX_CONNECTIONS_PER_USER", "-1"),
+            ("HERALD_MAX_ROOMS_PER_CONNECTION", "many"),
             ("HERALD_FANOUT_CONCURRENCY", "0"),
             ("HERALD_FANOUT_CONCURRENCY", "many"),
             ("HERALD_IDEMPOTENCY_WINDOW_SECS", "1.5"),

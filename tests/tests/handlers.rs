@@ -374,6 +374,61 @@ async fn subscribe_checks_patterns_and_unsubscribe_leaves() {
 }
 
 #[tokio::test]
+async fn a_connection_joins_at_most_its_cap_of_rooms_and_stays_open() {
+    let w = world_with(&[("HERALD_MAX_ROOMS_PER_CONNECTION", "3")]);
+    w.connect("c1", "alice").await;
+    for room in ["team:a", "team:b", "team:c"] {
+        w.send("c1", json!({"action":"subscribe","room":room}))
+            .await;
+        assert_eq!(w.last_reply("c1")["type"], "subscribed", "{room}");
+    }
+    w.send("c1", json!({"action":"subscribe","room":"team:d","ref":4}))
+        .await;
+    let refused = w.last_reply("c1");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "limit_exceeded", "{refused}");
+    assert_eq!(refused["ref"], 4);
+    // Joining a room it holds is no new room; leaving one makes space.
+    w.send("c1", json!({"action":"subscribe","room":"team:a"}))
+        .await;
+    assert_eq!(w.last_reply("c1")["type"], "subscribed");
+    w.send("c1", json!({"action":"unsubscribe","room":"team:b"}))
+        .await;
+    w.send("c1", json!({"action":"subscribe","room":"team:d"}))
+        .await;
+    assert_eq!(w.last_reply("c1")["type"], "subscribed");
+    let rooms = w.store.rooms_of(&ConnectionId::new("c1")).await.unwrap();
+    assert_eq!(rooms.len(), 3);
+}
+
+#[tokio::test]
+async fn the_default_cap_is_256_rooms() {
+    let w = world();
+    w.connect("c1", "alice").await;
+    for n in 0..256 {
+        w.send(
+            "c1",
+            json!({"action":"subscribe","room":format!("team:{n}")}),
+        )
+        .await;
+        assert_eq!(w.last_reply("c1")["type"], "subscribed", "room {n}");
+    }
+    w.send("c1", json!({"action":"subscribe","room":"team:256"}))
+        .await;
+    assert_eq!(w.last_reply("c1")["code"], "limit_exceeded");
+    let off = world_with(&[("HERALD_MAX_ROOMS_PER_CONNECTION", "0")]);
+    off.connect("c1", "alice").await;
+    for n in 0..300 {
+        off.send(
+            "c1",
+            json!({"action":"subscribe","room":format!("team:{n}")}),
+        )
+        .await;
+    }
+    assert_eq!(off.last_reply("c1")["type"], "subscribed", "0 turns it off");
+}
+
+#[tokio::test]
 async fn publish_rights_are_not_subscribe_rights() {
     let w = world();
     for id in ["pub", "other"] {

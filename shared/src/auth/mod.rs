@@ -252,6 +252,13 @@ impl Identity {
                 "`sub` must be 1 to 256 characters".into(),
             ));
         }
+        // A publish names a user by `sub`, and a user id may not hold control characters:
+        // a `sub` with one could connect but never be reached.
+        if claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::InvalidClaims(
+                "`sub` may not contain control characters".into(),
+            ));
+        }
         let patterns = |list: &[String]| -> Result<Vec<RoomPattern>, AuthError> {
             list.iter().map(|p| RoomPattern::parse(p)).collect()
         };

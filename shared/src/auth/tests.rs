@@ -186,6 +186,27 @@ fn sub_and_exp_are_required() {
 }
 
 #[test]
+fn sub_is_1_to_256_printable_characters() {
+    let verify = |sub: &str| {
+        let mut c = claims();
+        c["sub"] = json!(sub);
+        secret_verifier().verify(&hs256(&c, SECRET))
+    };
+    assert_eq!(verify(&"u".repeat(256)).unwrap().user, "u".repeat(256));
+    assert!(matches!(
+        verify(&"u".repeat(257)),
+        Err(AuthError::InvalidClaims(_))
+    ));
+    assert!(verify("ann é").is_ok(), "printable non-ASCII is fine");
+    for bad in ["ann\n", "\u{7}bell", "tab\there", "nul\u{0}"] {
+        assert!(
+            matches!(verify(bad), Err(AuthError::InvalidClaims(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
 fn issuer_and_audience_are_checked_when_configured() {
     let verifier = Verifier::new(&AuthConfig {
         key: JwtKey::Secret(SECRET.to_vec()),

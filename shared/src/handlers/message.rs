@@ -72,6 +72,9 @@ async fn dispatch(
             if !identity.can_subscribe(&room) {
                 return Err(forbidden(&format!("you may not subscribe to {room}")));
             }
+            if let Some(max) = services.limits.max_rooms_per_connection {
+                check_room_cap(&**store, id, &room, max).await?;
+            }
             store.join(id, &room).await.map_err(store_error)?;
             // Herald keeps no history yet, so nothing missed can be replayed: say so,
             // and the client knows to refetch its state.
@@ -106,6 +109,26 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// Refuses a subscription that would take the connection past `max` rooms; a room it has
+/// already joined can always be joined again. Requests of one connection are handled in
+/// order on `herald-local`; on AWS two subscribes of one connection handled at the same
+/// instant may both pass, so the cap can be exceeded by the few in flight, never more.
+async fn check_room_cap(
+    store: &dyn crate::store::ConnectionStore,
+    id: &ConnectionId,
+    room: &crate::protocol::RoomName,
+    max: usize,
+) -> Result<(), ProtocolError> {
+    let rooms = store.rooms_of(id).await.map_err(store_error)?;
+    if rooms.len() >= max && !rooms.contains(room) {
+        return Err(ProtocolError::new(
+            ErrorCode::LimitExceeded,
+            format!("a connection may join at most {max} rooms: unsubscribe from one first"),
+        ));
+    }
+    Ok(())
 }
 
 fn forbidden(message: &str) -> ProtocolError {

@@ -47,8 +47,10 @@ pub enum ErrorCode {
     UnknownAction,
     /// The token's claims do not allow this.
     Forbidden,
-    /// A limit was reached.
+    /// Too many requests in too short a time.
     RateLimited,
+    /// A limit on how much a connection may hold was reached (for example its rooms).
+    LimitExceeded,
     /// The message or notification is too large.
     TooLarge,
     /// Herald could not do it (for example, its store is down); the input was fine.
@@ -63,6 +65,7 @@ impl ErrorCode {
             Self::UnknownAction => "unknown_action",
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
+            Self::LimitExceeded => "limit_exceeded",
             Self::TooLarge => "too_large",
             Self::Internal => "internal",
         }

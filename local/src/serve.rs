@@ -1,0 +1,203 @@
+//! Accepting HTTP connections, bounded in every way a client could stretch them: a request
+//! head must arrive within a deadline or the socket is closed (slowloris); every socket
+//! counts toward the connection limits from the moment it is accepted, so half-open and
+//! stalled ones cannot crowd out real clients; and shutdown drains for a bounded time,
+//! whatever the clients do.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+use crate::App;
+
+/// How long a client may take to send a request head, unless configured otherwise.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for connections to finish, unless configured otherwise.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// How long accepting pauses after it failed (out of file descriptors, say), so that a
+/// failing `accept` does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// What a socket over a connection limit is told before it is closed.
+const OVER_LIMIT: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+content-length: 31\r\nconnection: close\r\n\r\n{\"message\":\"Too Many Requests\"}";
+
+/// How the HTTP side bounds its connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request head must be complete within this long of the connection's start (or of
+    /// the previous request's end), else the socket is closed.
+    pub head_timeout: Duration,
+    /// On shutdown, how long to wait for connections and `$disconnect`s before returning.
+    pub drain: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            drain: DEFAULT_DRAIN,
+        }
+    }
+}
+
+/// The HTTP connections open now, in all and per source address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Counts open connections; a [`Slot`] is one of them.
+#[derive(Default)]
+struct Counter(Mutex<Open>);
+
+/// One counted connection; dropping it uncounts it.
+struct Slot {
+    counter: Arc<Counter>,
+    ip: IpAddr,
+}
+
+impl Counter {
+    fn open(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a connection from `ip`, unless it would take the gateway past a limit.
+    /// WebSockets already upgraded count too: they are in the registry.
+    fn admit(self: &Arc<Self>, app: &App, ip: IpAddr) -> Option<Slot> {
+        let limits = &app.settings.limits;
+        let mut open = self.open();
+        let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
+        let over_total = limits
+            .max_total
+            .is_some_and(|max| open.total + app.registry.len() >= max);
+        let over_ip = limits
+            .max_per_ip
+            .is_some_and(|max| from_ip + app.registry.count_ip(&ip.to_string()) >= max);
+        if over_total || over_ip {
+            return None;
+        }
+        open.total += 1;
+        *open.per_ip.entry(ip).or_default() += 1;
+        Some(Slot {
+            counter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.counter.open();
+        open.total -= 1;
+        if let Some(count) = open.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts and serves until the gateway shuts down, then drains for at most
+/// `HttpLimits::drain`: HTTP connections finish their request, WebSockets close with 1001
+/// and run `$disconnect`.
+pub(crate) async fn serve(app: Arc<App>, listener: TcpListener, router: Router) {
+    let counter = Arc::new(Counter::default());
+    let http = TaskTracker::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.settings.http.head_timeout);
+    loop {
+        let accepted = tokio::select! {
+            () = app.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Some(slot) = counter.admit(&app, peer.ip()) else {
+            refuse(&stream, peer);
+            continue;
+        };
+        // The router as hyper calls it, with the peer's address for `ConnectInfo`.
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = app.shutdown.clone();
+        http.spawn(async move {
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                debug!(%peer, %error, "http connection ended");
+            }
+        });
+    }
+    drop(listener);
+    http.close();
+    app.connections.close();
+    let drained = tokio::time::timeout(app.settings.http.drain, async {
+        http.wait().await;
+        app.connections.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        info!(
+            http = http.len(),
+            sockets = app.connections.len(),
+            "drain time is up: leaving connections that did not finish"
+        );
+    }
+}
+
+/// Tells a socket over a connection limit so, without waiting on it, and closes it.
+fn refuse(stream: &TcpStream, peer: SocketAddr) {
+    // A full send buffer (a client that does not read) just loses the courtesy.
+    let _ = stream.try_write(OVER_LIMIT);
+    debug!(%peer, "connection refused: over a connection limit");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_well_formed_response() {
+        let text = std::str::from_utf8(OVER_LIMIT).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 429 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["message"],
+            "Too Many Requests"
+        );
+    }
+}
