@@ -14,6 +14,7 @@
 //! | `src/handshake.rs` | the handshake: admission, token, authorizer, `$connect`, upgrade |
 //! | `src/ws.rs` | each connection's reader and writer, `$disconnect` |
 //! | `src/close_code.rs` | WebSocket close codes by name |
+//! | `src/frame_rate.rs` | each connection's frame rate limit, and abuse |
 //! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
 //! | `src/outbox.rs` | a socket's bounded outbound queue, one cache line per push |
 //! | `src/wire.rs` | frames to clients as bytes, encoded once per publish |
@@ -33,6 +34,7 @@ mod async_invoke;
 pub mod close_code;
 mod cluster;
 mod events;
+mod frame_rate;
 mod handshake;
 mod http;
 mod outbox;
@@ -62,6 +64,7 @@ use tokio_util::task::TaskTracker;
 
 pub use async_invoke::DEFAULT_QUEUED_INVOCATIONS;
 pub use events::{EventFactory, iso8601, request_time, route_key};
+pub use frame_rate::{DEFAULT_FRAME_BURST, DEFAULT_FRAMES_PER_SECOND, FrameRate};
 pub use registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
 pub use root::{bind, prepare};
 pub use serve::{DEFAULT_DRAIN, DEFAULT_HEAD_TIMEOUT, HttpLimits};
@@ -110,6 +113,8 @@ pub struct SocketLimits {
     pub max_per_ip: Option<usize>,
     /// Connections in all; `None` for no limit.
     pub max_total: Option<usize>,
+    /// How fast a client may send frames; `None` for no limit.
+    pub frame_rate: Option<FrameRate>,
 }
 
 impl Default for SocketLimits {
@@ -122,6 +127,7 @@ impl Default for SocketLimits {
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             max_per_ip: None,
             max_total: None,
+            frame_rate: Some(FrameRate::default()),
         }
     }
 }

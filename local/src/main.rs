@@ -7,11 +7,11 @@ use clap::Parser;
 use herald::config::Config;
 use herald::limits::{DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_ROOMS_PER_CONNECTION};
 use herald_local::{
-    AuthMode, ControlPlane, ControlPlaneMode, Credentials, DEFAULT_DRAIN, DEFAULT_HEAD_TIMEOUT,
-    DEFAULT_HEARTBEAT, DEFAULT_HOST, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION,
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
-    DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_QUEUED_INVOCATIONS, DEFAULT_STAGE, HttpLimits, Settings,
-    SocketLimits,
+    AuthMode, ControlPlane, ControlPlaneMode, Credentials, DEFAULT_DRAIN, DEFAULT_FRAME_BURST,
+    DEFAULT_FRAMES_PER_SECOND, DEFAULT_HEAD_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_QUEUED_INVOCATIONS,
+    DEFAULT_STAGE, FrameRate, HttpLimits, Settings, SocketLimits,
 };
 
 /// A local API Gateway for WebSockets running Herald's handlers.
@@ -64,6 +64,13 @@ struct Flags {
          [default: HERALD_MAX_ROOMS_PER_CONNECTION, else {DEFAULT_MAX_ROOMS_PER_CONNECTION}]"
     ))]
     max_rooms_per_connection: Option<usize>,
+    /// Frames a second each client may send (0: no limit); over it a frame is dropped and
+    /// answered rate_limited, and ten times over it for ten seconds closes with 1008.
+    #[arg(long, env = "HERALD_FRAMES_PER_SECOND", default_value_t = DEFAULT_FRAMES_PER_SECOND)]
+    frames_per_second: u32,
+    /// Frames a client may send at once after resting.
+    #[arg(long, env = "HERALD_FRAME_BURST", default_value_t = DEFAULT_FRAME_BURST)]
+    frame_burst: u32,
     /// Connections per source IP (0: no limit).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     max_connections_per_ip: usize,
@@ -156,6 +163,11 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             outbound_queue: flags.outbound_queue,
             max_per_ip: non_zero(flags.max_connections_per_ip),
             max_total: non_zero(flags.max_connections),
+            frame_rate: (flags.frames_per_second > 0).then(|| FrameRate {
+                per_second: flags.frames_per_second,
+                burst: flags.frame_burst,
+                ..FrameRate::default()
+            }),
         },
         push_via_http: flags.push_via_http,
         publish_functions: flags.publish_functions,

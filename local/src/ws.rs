@@ -20,15 +20,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use herald::protocol::{ErrorCode, ProtocolError, Reply};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::error::ProtocolError as WsProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, warn};
 
+use crate::frame_rate::{Limiter, Verdict};
 use crate::registry::{Frame, SLOW_CONSUMER_CODE, Socket};
 use crate::upgrade::Upgraded;
 use crate::wire::{self, Opcode};
@@ -144,7 +146,7 @@ fn read_error_close(error: &WsError) -> (u16, String) {
             close_code::INVALID_PAYLOAD,
             "Invalid frame payload data".into(),
         ),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => (
+        WsError::Protocol(WsProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => (
             close_code::ABNORMAL,
             "Connection was closed abnormally".into(),
         ),
@@ -161,6 +163,10 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
     let limits = &app.settings.limits;
     let ends_at = Instant::now() + limits.max_duration;
     let mut idle_at = Instant::now() + limits.idle_timeout;
+    let mut limiter = limits
+        .frame_rate
+        .clone()
+        .map(|rate| Limiter::new(rate, std::time::Instant::now()));
     loop {
         let frame = tokio::select! {
             biased;
@@ -201,6 +207,9 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
             }
             Some(Ok(Message::Text(text))) => {
                 socket.touch();
+                if !admit(app, socket, limiter.as_mut(), true) {
+                    continue;
+                }
                 // Boxed, like `$disconnect` below: an event and a handler's state are large,
                 // and a connection task that held room for them inline would carry it for
                 // all the time the connection sits idle.
@@ -216,7 +225,12 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
                     "Binary frames are not supported",
                 );
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => socket.touch(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                socket.touch();
+                // Control frames are answered by the protocol itself; they count toward
+                // abuse, and are otherwise not refused.
+                admit(app, socket, limiter.as_mut(), false);
+            }
             Some(Ok(Message::Close(frame))) => {
                 return match frame {
                     Some(f) => (u16::from(f.code), f.reason.to_string()),
@@ -229,6 +243,39 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
         }
     }
 }
+
+/// Whether a client frame may be handled, by the connection's frame rate: a refusal is
+/// answered `rate_limited` (text frames only), abuse closes the connection with 1008.
+fn admit(app: &App, socket: &Socket, limiter: Option<&mut Limiter>, answer: bool) -> bool {
+    let Some(limiter) = limiter else {
+        return true;
+    };
+    match limiter.frame(std::time::Instant::now()) {
+        Verdict::Pass => true,
+        Verdict::Refuse if answer => {
+            let reply = Reply {
+                message: ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "too many messages: this one was dropped; slow down",
+                )
+                .into(),
+                reference: None,
+            };
+            if let Ok(frame) = crate::registry::frame(Bytes::from(reply.to_json())) {
+                let _ = app.registry.post_to(socket, &frame);
+            }
+            false
+        }
+        Verdict::Refuse | Verdict::Drop => false,
+        Verdict::Close => {
+            socket.close(close_code::POLICY_VIOLATION, RATE_LIMIT_REASON);
+            false
+        }
+    }
+}
+
+/// The close reason for a client that kept sending far over its rate.
+pub const RATE_LIMIT_REASON: &str = "rate limit";
 
 /// Drains the outbox into the socket, one vectored write per batch; on close, sends what
 /// was already queued (unless the client is the slow one) and the close frame.

@@ -302,3 +302,78 @@ async fn a_close_during_a_long_write_comes_after_every_queued_message_whole() {
     }
     assert_eq!(c.closed().await.0, 1000);
 }
+
+#[tokio::test]
+async fn frames_over_the_rate_are_refused_and_the_socket_stays_open() {
+    let gw = Gateway::start().await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    // 150 pings at once: the burst of 100 passes (less the `whoami` connecting sent), the
+    // rest is over the rate.
+    for _ in 0..150 {
+        c.ws.feed(Message::text(r#"{"action":"ping"}"#))
+            .await
+            .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let (mut pongs, mut limited) = (0, 0);
+    loop {
+        let reply = tokio::time::timeout(Duration::from_millis(700), c.recv()).await;
+        let Ok(reply) = reply else { break };
+        match reply["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if reply["code"] == "rate_limited" => limited += 1,
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    // The burst less the `whoami` that connecting sent, plus what refilled meanwhile.
+    assert!((99..150).contains(&pongs), "{pongs} pongs");
+    assert!(
+        (1..=2).contains(&limited),
+        "one refusal answered per second (two if a second turned), not one per frame: {limited}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(c.ask(json!({"action":"ping"})).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn sending_far_over_the_rate_for_the_abuse_period_closes_with_1008() {
+    let mut s = settings();
+    s.limits.frame_rate = Some(herald_local::FrameRate {
+        per_second: 2,
+        burst: 2,
+        abuse_period: Duration::from_secs(1),
+    });
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    // 100 frames a second, fifty times the rate, for up to three seconds.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        if c.ws
+            .send(Message::text(r#"{"action":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, reason) = c.closed().await;
+    assert_eq!((code, reason.as_str()), (1008, "rate limit"));
+}
+
+#[tokio::test]
+async fn without_a_frame_rate_nothing_is_refused() {
+    let mut s = settings();
+    s.limits.frame_rate = None;
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    for _ in 0..300 {
+        c.ws.feed(Message::text(r#"{"action":"ping"}"#))
+            .await
+            .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    for n in 0..300 {
+        assert_eq!(c.recv().await["type"], "pong", "reply {n}");
+    }
+}

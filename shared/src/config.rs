@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
-use crate::limits::Limits;
+use crate::limits::{Limits, Rate};
 use crate::store::{DynamoSettings, RedisSettings, StoreSettings};
 
 /// A configuration problem, naming the variable.
@@ -162,9 +162,18 @@ impl Config {
             .map_or(defaults.max_rooms_per_connection, |n: usize| {
                 (n > 0).then_some(n)
             });
+        let publish_burst: Option<u32> = number(&get, "HERALD_SOCKET_PUBLISH_BURST")?;
+        let socket_publish = match number(&get, "HERALD_SOCKET_PUBLISH_PER_SECOND")? {
+            Some(0) => None,
+            rate => defaults.socket_publish.map(|default| Rate {
+                per_second: rate.unwrap_or(default.per_second),
+                burst: publish_burst.filter(|b| *b > 0).unwrap_or(default.burst),
+            }),
+        };
         let limits = Limits {
             max_connections_per_user: max_per_user,
             max_rooms_per_connection: max_rooms,
+            socket_publish,
             connection_lifetime: secs(
                 "HERALD_CONNECTION_LIFETIME_SECS",
                 defaults.connection_lifetime,
@@ -272,6 +281,8 @@ mod tests {
             ("HERALD_JWT_AUDIENCE", "aud"),
             ("HERALD_MAX_CONNECTIONS_PER_USER", "0"),
             ("HERALD_MAX_ROOMS_PER_CONNECTION", "3"),
+            ("HERALD_SOCKET_PUBLISH_PER_SECOND", "4"),
+            ("HERALD_SOCKET_PUBLISH_BURST", "8"),
             ("HERALD_CONNECTION_LIFETIME_SECS", "60"),
             ("HERALD_IDEMPOTENCY_WINDOW_SECS", "10"),
             ("HERALD_FANOUT_CONCURRENCY", "8"),
@@ -299,6 +310,15 @@ mod tests {
             "0 turns the limit off"
         );
         assert_eq!(c.limits.max_rooms_per_connection, Some(3));
+        assert_eq!(
+            c.limits.socket_publish,
+            Some(Rate {
+                per_second: 4,
+                burst: 8
+            })
+        );
+        let off = config(&[("HERALD_SOCKET_PUBLISH_PER_SECOND", "0")]).unwrap();
+        assert_eq!(off.limits.socket_publish, None, "0 turns it off");
         assert_eq!(c.limits.connection_lifetime, Duration::from_secs(60));
         assert_eq!(c.limits.idempotency_window, Duration::from_secs(10));
         assert_eq!(c.fanout.concurrency, 8);

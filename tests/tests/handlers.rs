@@ -429,6 +429,45 @@ async fn the_default_cap_is_256_rooms() {
 }
 
 #[tokio::test]
+async fn socket_publishes_are_limited_per_user_across_connections() {
+    let w = world_with(&[
+        ("HERALD_SOCKET_PUBLISH_PER_SECOND", "2"),
+        ("HERALD_SOCKET_PUBLISH_BURST", "4"),
+    ]);
+    // Two connections of one user share the limit: 4 in the window, then refusals.
+    for id in ["one", "two"] {
+        w.connect(id, "alice").await;
+    }
+    let publish = |n: u32| json!({"action":"publish","room":"chat:lobby","data":n,"ref":n});
+    // Begin in the first half of a two-second window, so all six fall in one.
+    let into = herald::ids::now_ms().rem_euclid(2_000);
+    if into > 1_000 {
+        let rest = u64::try_from(2_000 - into + 20).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(rest)).await;
+    }
+    let mut published = 0;
+    for n in 0..6 {
+        let id = if n % 2 == 0 { "one" } else { "two" };
+        w.send(id, publish(n)).await;
+        let reply = w.last_reply(id);
+        match reply["type"].as_str() {
+            Some("published") => published += 1,
+            _ => {
+                assert_eq!(reply["code"], "rate_limited", "{reply}");
+                assert_eq!(reply["ref"], n);
+            }
+        }
+    }
+    assert_eq!(published, 4);
+    let off = world_with(&[("HERALD_SOCKET_PUBLISH_PER_SECOND", "0")]);
+    off.connect("one", "alice").await;
+    for n in 0..30 {
+        off.send("one", publish(n)).await;
+        assert_eq!(off.last_reply("one")["type"], "published", "publish {n}");
+    }
+}
+
+#[tokio::test]
 async fn publish_rights_are_not_subscribe_rights() {
     let w = world();
     for id in ["pub", "other"] {

@@ -205,6 +205,23 @@ fn every_herald_variable_in_the_template_is_read_by_the_code() {
 }
 
 #[test]
+fn the_stage_throttles_every_route() {
+    let template = template();
+    let stages = resources_of(&template, "AWS::ApiGatewayV2::Stage");
+    assert_eq!(stages.len(), 1);
+    let settings = &stages[0].1["Properties"]["DefaultRouteSettings"];
+    for limit in ["ThrottlingRateLimit", "ThrottlingBurstLimit"] {
+        let parameter = match &settings[limit] {
+            Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+            _ => None,
+        }
+        .unwrap_or_else(|| panic!("{limit} is set from a parameter"));
+        let default = template["Parameters"][parameter]["Default"].as_u64();
+        assert!(default.is_some_and(|d| d > 0), "{parameter} has a default");
+    }
+}
+
+#[test]
 fn no_secret_is_a_plain_text_parameter() {
     let template = template();
     let parameters = template["Parameters"].as_mapping().unwrap();

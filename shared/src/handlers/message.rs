@@ -91,6 +91,24 @@ async fn dispatch(
             if !identity.can_publish(&room) {
                 return Err(forbidden(&format!("you may not publish to {room}")));
             }
+            if let Some(rate) = services.limits.socket_publish {
+                // Per user, in the store: every connection and every host counts together.
+                let key = format!("publish:{}", identity.user);
+                let allowed = store
+                    .count_event(&key, rate.window(), rate.burst)
+                    .await
+                    .map_err(store_error)?;
+                if !allowed {
+                    return Err(ProtocolError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "at most {} socket publishes a second per user, in bursts of {}: \
+                             this one was not published",
+                            rate.per_second, rate.burst
+                        ),
+                    ));
+                }
+            }
             let request = PublishRequest {
                 target: Target::Room(room.clone()),
                 data,

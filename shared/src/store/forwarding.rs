@@ -91,6 +91,15 @@ pub trait ForwardingStore: Send + Sync + 'static {
     async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
         self.inner().instances(ids).await
     }
+
+    async fn count_event(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        self.inner().count_event(key, window, limit).await
+    }
 }
 
 #[async_trait]
@@ -163,6 +172,15 @@ impl<T: ForwardingStore> ConnectionStore for T {
 
     async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
         ForwardingStore::instances(self, ids).await
+    }
+
+    async fn count_event(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        ForwardingStore::count_event(self, key, window, limit).await
     }
 }
 

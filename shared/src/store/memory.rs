@@ -30,6 +30,8 @@ struct Inner {
     users: HashMap<String, BTreeSet<ConnectionId>>,
     /// Idempotency key -> (publish id, expiry in ms).
     keys: HashMap<String, (String, i64)>,
+    /// Event key -> (window index, events counted in it, when it ends in ms).
+    events: HashMap<String, (i64, u32, i64)>,
 }
 
 struct Entry {
@@ -289,6 +291,30 @@ impl ConnectionStore for MemoryStore {
             (id.to_owned(), now.saturating_add(window_ms)),
         );
         Ok(None)
+    }
+
+    async fn count_event(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let (index, ends) = super::current_window(now, window);
+        let mut inner = self.lock();
+        // Forget past windows now and then, as with idempotency keys.
+        if inner.events.len() >= 1024 && inner.events.len().is_power_of_two() {
+            inner.events.retain(|_, (_, _, until)| *until > now);
+        }
+        let entry = inner
+            .events
+            .entry(key.to_owned())
+            .or_insert((index, 0, ends));
+        if entry.0 != index {
+            *entry = (index, 0, ends);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        Ok(entry.1 <= limit)
     }
 
     async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {

@@ -166,6 +166,17 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// Does nothing when the key is held by another id.
     async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError>;
 
+    /// Counts one event under `key` in the current window of `window` (windows are aligned
+    /// to the epoch, so every host agrees where one ends) and answers whether it is within
+    /// `limit`. One atomic step in each backend, shared by every host on the store: the
+    /// per-user rate of socket publishes.
+    async fn count_event(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError>;
+
     /// The instance named by each connection's record (`None` for unknown ones and for
     /// records without one), in order. Backends that can, answer in one round trip.
     async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
@@ -195,4 +206,11 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn ConnectionStore>, 
         StoreSettings::Redis(redis) => Arc::new(RedisStore::open(redis).await?),
         StoreSettings::Dynamo(dynamo) => Arc::new(DynamoStore::open(dynamo).await?),
     })
+}
+
+/// The current window of `window` at `now_ms`, and the instant (ms) it ends.
+pub(crate) fn current_window(now_ms: i64, window: Duration) -> (i64, i64) {
+    let width = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+    let index = now_ms.div_euclid(width);
+    (index, index.saturating_add(1).saturating_mul(width))
 }

@@ -14,6 +14,7 @@
 //! | `user:{USER}` | sorted set, score `expires_at` | the user's connections; expired ones are skipped by score |
 //! | `all` | sorted set, all scores 0 | every connection, ordered by id for paged broadcast |
 //! | `idem:{KEY}` | string | the publish id that claimed an idempotency key; expires with its window |
+//! | `events:{KEY}:WINDOW` | string (counter) | events counted in one window (socket publishes per user); expires with the window |
 //!
 //! Connection records expire by themselves (Redis TTL), so a crashed instance leaves no
 //! permanent zombie: hosts that keep sockets refresh the TTL of theirs with a heartbeat.
@@ -58,6 +59,7 @@ struct Scripts {
     leave: Script,
     refresh: Script,
     release: Script,
+    count: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -136,6 +138,15 @@ fn scripts() -> &'static Scripts {
             r"
             if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
             return 1
+            ",
+        ),
+        // KEYS: the window's counter. ARGV: when the window ends (ms). Counts one event;
+        // the counter expires with its window.
+        count: Script::new(
+            r"
+            local n = redis.call('INCR', KEYS[1])
+            if n == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
+            return n
             ",
         ),
     })
@@ -499,6 +510,24 @@ impl ConnectionStore for RedisStore {
             .await
             .map(drop)
             .map_err(StoreError::from)
+    }
+
+    async fn count_event(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let (index, ends) = super::current_window(now_ms(), window);
+        let mut redis = self.redis.clone();
+        let counted: i64 = self
+            .scripts
+            .count
+            .key(format!("{}events:{{{key}}}:{index}", self.prefix))
+            .arg(ends)
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(counted <= i64::from(limit))
     }
 
     async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {

@@ -37,6 +37,8 @@ macro_rules! store_suite {
             idempotency_keys_expire_after_their_window,
             concurrent_joins_all_land,
             instances_name_each_holder_in_order,
+            events_are_counted_per_key_and_window,
+            concurrent_events_pass_exactly_the_limit,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -404,4 +406,73 @@ pub async fn concurrent_joins_all_land(store: &dyn ConnectionStore) {
     }
     let members: HashSet<_> = collect_members(store, &r).await.into_iter().collect();
     assert_eq!(members.len(), 50);
+}
+
+/// The window the event cases count in: long enough for a case's calls to fit in one.
+const EVENT_WINDOW: Duration = Duration::from_millis(2_000);
+
+/// Waits, if need be, so that the next second lies wholly inside one event window.
+async fn at_a_window_start() {
+    let width = i64::try_from(EVENT_WINDOW.as_millis()).unwrap();
+    let into = crate::ids::now_ms().rem_euclid(width);
+    if into > width / 2 {
+        let rest = u64::try_from(width - into + 20).unwrap();
+        tokio::time::sleep(Duration::from_millis(rest)).await;
+    }
+}
+
+/// `limit` events pass in a window and the next is refused; another key counts apart; the
+/// next window starts over.
+pub async fn events_are_counted_per_key_and_window(store: &dyn ConnectionStore) {
+    let (key, other) = (unique("events"), unique("events"));
+    at_a_window_start().await;
+    for n in 0..5 {
+        assert!(
+            store
+                .count_event(&key, EVENT_WINDOW, 5)
+                .await
+                .expect("count"),
+            "event {n} is within the limit"
+        );
+    }
+    assert!(
+        !store
+            .count_event(&key, EVENT_WINDOW, 5)
+            .await
+            .expect("count")
+    );
+    assert!(
+        !store
+            .count_event(&key, EVENT_WINDOW, 5)
+            .await
+            .expect("count")
+    );
+    assert!(
+        store
+            .count_event(&other, EVENT_WINDOW, 5)
+            .await
+            .expect("count")
+    );
+    tokio::time::sleep(EVENT_WINDOW).await;
+    assert!(
+        store
+            .count_event(&key, EVENT_WINDOW, 5)
+            .await
+            .expect("count"),
+        "a new window starts over"
+    );
+}
+
+/// Eight hosts counting at once: exactly `limit` events pass, never more.
+pub async fn concurrent_events_pass_exactly_the_limit(store: &dyn ConnectionStore) {
+    let key = unique("events");
+    at_a_window_start().await;
+    let counts = (0..40).map(|_| store.count_event(&key, EVENT_WINDOW, 20));
+    let passed = futures::future::join_all(counts)
+        .await
+        .into_iter()
+        .map(|counted| counted.expect("count"))
+        .filter(|passed| *passed)
+        .count();
+    assert_eq!(passed, 20);
 }

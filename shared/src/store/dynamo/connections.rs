@@ -296,6 +296,33 @@ impl ConnectionStore for DynamoStore {
             .cloned())
     }
 
+    async fn count_event(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u32,
+    ) -> Result<bool, StoreError> {
+        let (index, ends) = crate::store::current_window(now_ms(), window);
+        let [_, (_, ttl)] = keys::expiry(ends);
+        // One conditional update: counted only while under the limit, so a refused event
+        // costs no write and the count never passes the limit.
+        let counted = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Key::events(key, index).item()))
+            .update_expression("ADD #count :one SET #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+            .expression_attribute_names("#count", attr::COUNT)
+            .expression_attribute_names("#ttl", TABLE.ttl_attribute)
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(i64::from(limit)))
+            .expression_attribute_values(":ttl", ttl)
+            .send()
+            .await;
+        Ok(unless_condition_failed(counted)?.is_some())
+    }
+
     async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
         let deleted = self
             .client

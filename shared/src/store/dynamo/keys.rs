@@ -28,6 +28,8 @@ pub(super) mod attr {
     pub const EXPIRES_AT: &str = "expires_at";
     /// The publish id that claimed an idempotency key.
     pub const ID: &str = "id";
+    /// Events counted in a window.
+    pub const COUNT: &str = "count";
 }
 
 /// Partition key prefix of a connection's items, and sort key prefix of a membership.
@@ -40,6 +42,10 @@ const ALL: &str = "all#";
 const USER: &str = "user#";
 /// Partition key prefix of an idempotency key.
 const IDEMPOTENCY: &str = "idem#";
+/// Partition key prefix of an event counter.
+const EVENTS: &str = "events#";
+/// Sort key of an event counter's item.
+const EVENTS_SORT: &str = "events";
 /// Sort key of a connection's record.
 const META: &str = "meta";
 /// Sort key of an idempotency key's item.
@@ -100,6 +106,14 @@ impl Key {
         Self {
             pk: format!("{IDEMPOTENCY}{key}"),
             sk: IDEMPOTENCY_SORT.to_owned(),
+        }
+    }
+
+    /// The counter of `key`'s events in window `index`.
+    pub fn events(key: &str, index: i64) -> Self {
+        Self {
+            pk: format!("{EVENTS}{key}#{index}"),
+            sk: EVENTS_SORT.to_owned(),
         }
     }
 

@@ -14,6 +14,7 @@
 //! | member of a room | `room#ROOM#SHARD` | `conn#ID` | `expires_at`, `ttl` | a room's members (Query per shard, paged) |
 //! | member of everyone | `all#SHARD` | `conn#ID` | `expires_at`, `ttl` | broadcast (Query per shard, paged) |
 //! | idempotency key | `idem#KEY` | `idem` | `id`, `expires_at`, `ttl` | claim a key (conditional PutItem) |
+//! | event counter | `events#KEY#WINDOW` | `events` | `count`, `ttl` | count a socket publish in its window (one conditional UpdateItem) |
 //!
 //! Recipients are always read with Query, page by page (`LastEvaluatedKey`), never Scan: a
 //! room publish reads exactly its members, however many pages they fill. A cursor names the
