@@ -58,6 +58,24 @@ fn lambda(gw: &Gateway, key: &str, secret: &str) -> aws_sdk_lambda::Client {
     aws_sdk_lambda::Client::from_conf(config)
 }
 
+/// Invokes `publish` with `payload`, signed with these keys.
+async fn publish(
+    gw: &Gateway,
+    key: &str,
+    secret: &str,
+    payload: serde_json::Value,
+) -> Result<
+    aws_sdk_lambda::operation::invoke::InvokeOutput,
+    aws_sdk_lambda::error::SdkError<aws_sdk_lambda::operation::invoke::InvokeError>,
+> {
+    lambda(gw, key, secret)
+        .invoke()
+        .function_name("publish")
+        .payload(aws_sdk_lambda::primitives::Blob::new(payload.to_string()))
+        .send()
+        .await
+}
+
 /// One raw HTTP/1.1 request; the status line and headers of the answer, lowercased.
 async fn raw(gw: &Gateway, request: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -93,14 +111,14 @@ async fn sdk_clients_with_the_right_keys_work_unchanged() {
         .expect("a signed get is accepted");
     assert!(info.connected_at().is_some());
 
-    let payload = json!({"room": "orders", "data": {"n": 2}}).to_string();
-    let answer = lambda(&gw, KEY_ID, SECRET)
-        .invoke()
-        .function_name("publish")
-        .payload(aws_sdk_lambda::primitives::Blob::new(payload))
-        .send()
-        .await
-        .expect("a signed invoke is accepted");
+    let answer = publish(
+        &gw,
+        KEY_ID,
+        SECRET,
+        json!({"room": "orders", "data": {"n": 2}}),
+    )
+    .await
+    .expect("a signed invoke is accepted");
     assert_eq!(answer.function_error(), None);
     assert_eq!(client.recv().await["data"], json!({"n": 2}));
 }
@@ -142,12 +160,7 @@ async fn wrong_keys_and_stale_clocks_are_refused_as_aws_refuses_them() {
         .expect_err("refused");
     assert_eq!(deleted.code(), Some("InvalidSignatureException"));
 
-    let payload = json!({"room": "orders", "data": 1}).to_string();
-    let invoke = lambda(&gw, KEY_ID, "not-it")
-        .invoke()
-        .function_name("publish")
-        .payload(aws_sdk_lambda::primitives::Blob::new(payload))
-        .send()
+    let invoke = publish(&gw, KEY_ID, "not-it", json!({"room": "orders", "data": 1}))
         .await
         .expect_err("refused");
     assert_eq!(invoke.code(), Some("InvalidSignatureException"));
@@ -208,14 +221,8 @@ async fn the_http_push_path_signs_with_the_configured_keys() {
     let gw = Gateway::start_with(settings).await;
     let mut client = gw.connect("ann", &["orders"], &[]).await;
     client.subscribe("orders").await;
-    let payload = json!({"room": "orders", "data": "through http"}).to_string();
-    let answer = lambda(&gw, KEY_ID, SECRET)
-        .invoke()
-        .function_name("publish")
-        .payload(aws_sdk_lambda::primitives::Blob::new(payload))
-        .send()
-        .await
-        .unwrap();
+    let payload = json!({"room": "orders", "data": "through http"});
+    let answer = publish(&gw, KEY_ID, SECRET, payload).await.unwrap();
     let body: serde_json::Value =
         serde_json::from_slice(answer.payload().unwrap().as_ref()).unwrap();
     assert_eq!(body["delivered"], 1, "{body}");
