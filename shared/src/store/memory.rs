@@ -331,4 +331,6 @@ mod tests {
     use super::*;
 
     crate::store_suite!(async { Box::new(MemoryStore::new()) });
+    crate::store_suite!(@cases async { Box::new(MemoryStore::new()) };
+        concurrent_events_pass_exactly_the_limit);
 }
