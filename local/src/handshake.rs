@@ -120,13 +120,7 @@ fn admit(app: &App, stage: &str, source_ip: &str) -> Result<(), Refusal> {
         ));
     }
     let limits = &app.settings.limits;
-    let over_total = limits
-        .max_total
-        .is_some_and(|max| app.registry.len() >= max);
-    let over_ip = limits
-        .max_per_ip
-        .is_some_and(|max| app.registry.count_ip(source_ip) >= max);
-    if over_total || over_ip {
+    if limits.full(app.registry.len(), app.registry.count_ip(source_ip)) {
         return Err(Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too Many Requests",

@@ -70,14 +70,7 @@ impl Route {
         match self {
             Self::Invoke(_) => (
                 MAX_INVOKE_BYTES,
-                aws_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestTooLargeException",
-                    &format!(
-                        "Request must be smaller than {MAX_INVOKE_BYTES} bytes for the \
-                         InvokeFunction operation"
-                    ),
-                ),
+                request_too_large(MAX_INVOKE_BYTES, "the InvokeFunction operation"),
             ),
             // A post is one message: nothing larger could be delivered.
             Self::Manage { .. } => (
@@ -86,6 +79,15 @@ impl Route {
             ),
         }
     }
+}
+
+/// Lambda's answer to a payload over `limit` bytes for `what`.
+fn request_too_large(limit: usize, what: &str) -> Response {
+    aws_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestTooLargeException",
+        &format!("Request must be smaller than {limit} bytes for {what}"),
+    )
 }
 
 async fn dispatch(
@@ -232,14 +234,9 @@ async fn invoke(app: Arc<App>, name: &str, headers: &HeaderMap, body: Bytes) -> 
                 "Rate Exceeded. herald-local's queue of asynchronous invocations is full: \
                  retry with backoff",
             ),
-            Err(Refused::TooLarge) => aws_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeException",
-                &format!(
-                    "Request must be smaller than {MAX_ASYNC_PAYLOAD_BYTES} bytes for an \
-                     asynchronous invocation"
-                ),
-            ),
+            Err(Refused::TooLarge) => {
+                request_too_large(MAX_ASYNC_PAYLOAD_BYTES, "an asynchronous invocation")
+            }
         },
         "RequestResponse" => {
             let result = herald::handlers::publish(&app.services, &*app.gateway, payload).await;

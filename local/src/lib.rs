@@ -117,6 +117,15 @@ pub struct SocketLimits {
     pub frame_rate: Option<FrameRate>,
 }
 
+impl SocketLimits {
+    /// Whether one more connection would take the gateway past a connection limit, with
+    /// `open` connections in all and `open_from_ip` from its source address.
+    pub(crate) fn full(&self, open: usize, open_from_ip: usize) -> bool {
+        self.max_total.is_some_and(|max| open >= max)
+            || self.max_per_ip.is_some_and(|max| open_from_ip >= max)
+    }
+}
+
 impl Default for SocketLimits {
     fn default() -> Self {
         Self {
@@ -313,4 +322,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     prepare(listener, settings).await?.serve(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_are_full_at_their_value() {
+        let limits = SocketLimits {
+            max_total: Some(3),
+            max_per_ip: Some(2),
+            ..SocketLimits::default()
+        };
+        assert!(!limits.full(2, 1));
+        assert!(limits.full(3, 0), "in all");
+        assert!(limits.full(0, 2), "from one address");
+        assert!(!SocketLimits::default().full(usize::MAX - 1, usize::MAX - 1));
+    }
 }

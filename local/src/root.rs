@@ -84,11 +84,12 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
     let (store, redis) = match settings.store.clone() {
         Some(store) => (store, None),
         None => {
-            let redis = match settings.config.store_settings(true)? {
+            let store_settings = compose::store_settings(&settings.config, Host::Local)?;
+            let store = compose::open(&store_settings).await?;
+            let redis = match store_settings {
                 StoreSettings::Redis(redis) => Some(redis),
                 _ => None,
             };
-            let store = compose::open_store(&settings.config, Host::Local).await?;
             (store, redis)
         }
     };
@@ -152,15 +153,17 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     let gateway: Arc<dyn Gateway> = if settings.push_via_http {
         // Through the real SDK client, signed as any other caller must sign.
         let endpoint = format!("http://{addr}/{}", settings.stage);
-        let sdk = match &settings.control_plane.credentials {
-            Some(keys) => herald::aws::keyed_sdk_config(
+        Arc::new(match &settings.control_plane.credentials {
+            Some(keys) => ApiGatewayManagement::new(
+                &herald::aws::keyed_sdk_config(
+                    &endpoint,
+                    &keys.access_key_id,
+                    &keys.secret_access_key,
+                ),
                 &endpoint,
-                &keys.access_key_id,
-                &keys.secret_access_key,
             ),
-            None => herald::aws::local_sdk_config(&endpoint),
-        };
-        Arc::new(ApiGatewayManagement::new(&sdk, &endpoint))
+            None => ApiGatewayManagement::local(&endpoint),
+        })
     } else {
         router.clone()
     };

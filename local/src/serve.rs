@@ -75,16 +75,14 @@ impl Counter {
     /// Counts a connection from `ip`, unless it would take the gateway past a limit.
     /// WebSockets already upgraded count too: they are in the registry.
     fn admit(self: &Arc<Self>, app: &App, ip: IpAddr) -> Option<Slot> {
-        let limits = &app.settings.limits;
         let mut open = self.open();
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
-        let over_total = limits
-            .max_total
-            .is_some_and(|max| open.total + app.registry.len() >= max);
-        let over_ip = limits
-            .max_per_ip
-            .is_some_and(|max| from_ip + app.registry.count_ip(&ip.to_string()) >= max);
-        if over_total || over_ip {
+        let sockets_from_ip = app.registry.count_ip(&ip.to_string());
+        if app
+            .settings
+            .limits
+            .full(open.total + app.registry.len(), from_ip + sockets_from_ip)
+        {
             return None;
         }
         open.total += 1;

@@ -1,7 +1,7 @@
 //! The composition root: settings are read once into a [`Config`], and every component a
 //! host needs (store, services, token verifier, `@connections` clients) is built from it
 //! here. The Lambda functions build through [`Lambda`]; `herald-local` through
-//! [`open_store`] and [`services`], adding what only it has.
+//! [`store_settings`], [`open`] and [`services`], adding what only it has.
 //!
 //! Nothing below this module reads the environment or knows the configuration: each layer
 //! takes its own small settings value.
@@ -53,24 +53,26 @@ pub enum Host {
     Local,
 }
 
-/// Opens the store `config` names, as `host` needs it.
-pub async fn open_store(
-    config: &Config,
-    host: Host,
-) -> Result<Arc<dyn ConnectionStore>, BuildError> {
+/// Which store `config` names, as `host` needs it: the Lambda functions refuse the memory
+/// store (each function instance would see only its own connections).
+pub fn store_settings(config: &Config, host: Host) -> Result<StoreSettings, BuildError> {
     let settings = config.store_settings(host == Host::Local)?;
     if host == Host::Lambda && settings == StoreSettings::Memory {
-        // Each function instance would see only its own connections.
         return Err(ConfigError::Invalid {
             var: "HERALD_STORE",
             reason: "the Lambda functions need a shared store: set it to dynamodb or redis".into(),
         }
         .into());
     }
-    store::open(&settings)
+    Ok(settings)
+}
+
+/// Opens the store `settings` name, saying which on failure.
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn ConnectionStore>, BuildError> {
+    store::open(settings)
         .await
         .map_err(|source| BuildError::Store {
-            what: match &settings {
+            what: match settings {
                 StoreSettings::Memory => "opening the memory store".into(),
                 StoreSettings::Redis(redis) => format!("cannot reach Redis at {}", redis.url),
                 StoreSettings::Dynamo(dynamo) => {
@@ -79,6 +81,14 @@ pub async fn open_store(
             },
             source,
         })
+}
+
+/// Opens the store `config` names, as `host` needs it.
+pub async fn open_store(
+    config: &Config,
+    host: Host,
+) -> Result<Arc<dyn ConnectionStore>, BuildError> {
+    open(&store_settings(config, host)?).await
 }
 
 /// The handlers' services on `store`, with the limits and pacing of `config`.

@@ -155,12 +155,7 @@ impl Cluster {
             }
             Op::Delete { id } => {
                 let result = registry.delete(&ConnectionId::new(id)).await;
-                Answer::Results(vec![
-                    result
-                        .as_ref()
-                        .err()
-                        .map_or(envelope::Outcome::Ok, envelope::Outcome::from),
-                ])
+                envelope::results(1, result.err().map(|e| (0, e)).into_iter().collect())
             }
         }
     }
