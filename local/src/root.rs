@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::async_invoke::AsyncInvokes;
-use crate::cluster::{self, Cluster, ClusterSettings};
+use crate::cluster::{self, Cluster, ClusterSettings, Registration};
 use crate::events::EventFactory;
 use crate::registry::Registry;
 use crate::tracking::TrackingStore;
@@ -41,8 +41,8 @@ struct Parts {
     services: Services,
     registry: Arc<Registry>,
     router: Arc<dyn Gateway>,
-    /// With a shared store: the cluster and the store its heartbeat refreshes.
-    heartbeat: Option<(Arc<Cluster>, Arc<dyn ConnectionStore>)>,
+    /// With a shared store: the cluster, whose heartbeat keeps this instance registered.
+    heartbeat: Option<Arc<Cluster>>,
 }
 
 /// The configured key, or dev mode: a random secret that lives only in this process, and a
@@ -98,13 +98,24 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
             let cluster_settings = ClusterSettings {
                 redis,
                 instance: settings.instance_id.clone(),
+                heartbeat: settings.heartbeat,
+                lifetime: settings.heartbeat * HEARTBEATS_PER_LIFETIME,
             };
-            let cluster = Cluster::start(&cluster_settings, registry.clone(), store.clone())
-                .await
-                .map_err(StartError::Cluster)?;
-            let tracked: Arc<dyn ConnectionStore> =
-                Arc::new(TrackingStore::new(store, registry.clone()));
-            (tracked.clone(), cluster.clone(), Some((cluster, tracked)))
+            let registration = Arc::new(Registration::default());
+            let tracked: Arc<dyn ConnectionStore> = Arc::new(TrackingStore::new(
+                store,
+                registry.clone(),
+                registration.clone(),
+            ));
+            let cluster = Cluster::start(
+                &cluster_settings,
+                registry.clone(),
+                tracked.clone(),
+                registration,
+            )
+            .await
+            .map_err(StartError::Cluster)?;
+            (tracked, cluster.clone(), Some(cluster))
         } else {
             (store, registry.clone(), None)
         };
@@ -172,15 +183,8 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         api_id: API_ID.into(),
     };
     let shutdown = CancellationToken::new();
-    if let Some((cluster, store)) = heartbeat {
-        let ttl = services.limits.connection_lifetime;
-        tokio::spawn(cluster::heartbeat(
-            cluster,
-            store,
-            settings.heartbeat,
-            ttl,
-            shutdown.clone(),
-        ));
+    if let Some(cluster) = heartbeat {
+        tokio::spawn(cluster::heartbeat(cluster, shutdown.clone()));
     }
     let async_invokes = AsyncInvokes::start(
         settings.async_queue,

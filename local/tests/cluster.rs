@@ -1,6 +1,7 @@
 //! Several `herald-local` processes on one Redis (started by the test on a free port):
 //! delivery exactly once whichever instance is asked, one Redis message per instance,
-//! `@connections` across instances, an instance killed with SIGKILL, Redis restarted.
+//! `@connections` across instances, an instance killed with SIGKILL, Redis restarted (and
+//! never a short delivery answered as a success while the instances re-register).
 
 mod common;
 
@@ -21,8 +22,11 @@ struct Instance {
     child: Child,
 }
 
+/// The heartbeat the tests run with: short, so an expiry is seen within a test.
+const HEARTBEAT_MS: u64 = 300;
+
 impl Instance {
-    async fn spawn(redis: &Server, name: &str) -> Self {
+    async fn spawn(redis: &Server, name: &str, heartbeat_ms: u64) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald-local"))
             .args([
                 "--port",
@@ -30,7 +34,7 @@ impl Instance {
                 "--instance-id",
                 name,
                 "--heartbeat-ms",
-                "300",
+                &heartbeat_ms.to_string(),
             ])
             .env_clear()
             .env("HERALD_STORE", "redis")
@@ -76,9 +80,13 @@ impl Instance {
 }
 
 async fn cluster(redis: &Server, n: usize) -> Vec<Instance> {
+    cluster_beating(redis, n, HEARTBEAT_MS).await
+}
+
+async fn cluster_beating(redis: &Server, n: usize, heartbeat_ms: u64) -> Vec<Instance> {
     let mut instances = Vec::new();
     for i in 0..n {
-        instances.push(Instance::spawn(redis, &format!("i{i}")).await);
+        instances.push(Instance::spawn(redis, &format!("i{i}"), heartbeat_ms).await);
     }
     instances
 }
@@ -350,4 +358,59 @@ async fn redis_down_then_back_keeps_sockets_and_restores_service() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     expect_once(&mut clients, json!("back")).await;
+}
+
+/// Publishes `payload` through `instance` until it succeeds: every failure must be
+/// `Unavailable`, and the success must reach `expected` (a short delivery answered as a
+/// success is the lie this guards against). Answers how many attempts were refused.
+async fn publish_until_restored(
+    instance: &Instance,
+    payload: serde_json::Value,
+    expected: usize,
+    within: Duration,
+) -> usize {
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        match instance.gateway.invoke(payload.clone()).await {
+            Ok(answer) => {
+                assert_eq!(
+                    answer["delivered"], expected,
+                    "after {refused} refusals, a short delivery answered as a success: {answer}"
+                );
+                return refused;
+            }
+            Err(error) => assert_eq!(error["errorType"], "Unavailable", "{error}"),
+        }
+        refused += 1;
+        assert!(
+            started.elapsed() < within,
+            "not restored within {within:?} ({refused} refusals)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_redis_restarts_empty_publishes_are_refused_until_every_instance_re_registered() {
+    // A heartbeat far longer than the test: the instances must re-register on their own
+    // when the connection comes back, not on the next heartbeat.
+    let mut redis = Server::redis();
+    let instances = cluster_beating(&redis, 2, 60_000).await;
+    let mut clients = members(&instances, 5, "orders").await;
+    let mut bob = instances[1].gateway.connect("bob", &[], &[]).await;
+
+    redis.restart(); // empty: every record, membership and marker is gone
+    let payload = json!({"room":"orders","data":"back"});
+    publish_until_restored(&instances[0], payload, 10, Duration::from_secs(10)).await;
+    expect_once(&mut clients, json!("back")).await;
+
+    // A user held by the other instance, and a broadcast, are whole too.
+    let payload = json!({"user":"bob","data":"hi"});
+    publish_until_restored(&instances[0], payload, 1, Duration::from_secs(1)).await;
+    assert_eq!(bob.recv().await["data"], "hi");
+    let payload = json!({"broadcast":true,"data":"all"});
+    publish_until_restored(&instances[1], payload, 11, Duration::from_secs(1)).await;
+    expect_once(&mut clients, json!("all")).await;
+    assert_eq!(bob.recv().await["data"], "all");
 }

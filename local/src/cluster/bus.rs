@@ -1,5 +1,8 @@
 //! The cluster's two Redis connections: a RESP3 subscriber that receives this instance's
-//! channel (and resubscribes by itself after Redis restarts), and a publisher.
+//! channel and the cluster's shared one (and resubscribes by itself after Redis restarts),
+//! and a publisher, which also reads and writes the registration markers.
+
+use std::time::Duration;
 
 use herald::error::{self, Described};
 use herald::store::{RedisSettings, StoreError};
@@ -30,11 +33,12 @@ pub(super) struct Bus {
 }
 
 impl Bus {
-    /// Connects to the server `redis` names and subscribes `channel`; its messages go to
-    /// `pushes`. The connections behave as the store's do.
+    /// Connects to the server `redis` names and subscribes `channels`; their messages, and
+    /// word of the subscription's connection dropping, go to `pushes`. The connections
+    /// behave as the store's do.
     pub(super) async fn connect(
         redis: &RedisSettings,
-        channel: &str,
+        channels: &[&str],
         pushes: UnboundedSender<PushInfo>,
     ) -> Result<Self, StoreError> {
         let url = redis.url.as_str();
@@ -45,7 +49,7 @@ impl Bus {
         let mut subscriber =
             ConnectionManager::new_with_config(client(url, ProtocolVersion::RESP3)?, config)
                 .await?;
-        subscriber.subscribe(channel).await?;
+        subscriber.subscribe(channels).await?;
         let publisher = ConnectionManager::new_with_config(
             client(url, ProtocolVersion::RESP2)?,
             redis.manager_config(),
@@ -71,12 +75,64 @@ impl Bus {
     }
 
     /// Pings the subscription's connection: a dropped connection is only noticed (and
-    /// re-established, with its subscription) when it is used, and it is otherwise idle.
-    pub(super) async fn keepalive(&self) {
+    /// re-established, with its subscriptions) when it is used, and it is otherwise idle.
+    pub(super) async fn ping(&self) -> redis::RedisResult<()> {
         let mut subscriber = self.subscriber.clone();
         let pong: Result<String, _> = redis::cmd("PING").query_async(&mut subscriber).await;
-        if let Err(e) = pong {
+        if let Err(e) = &pong {
             debug!(error = %e, "cluster subscription is down; reconnecting");
         }
+        pong.map(drop)
+    }
+
+    /// Sets `key`, to expire after `ttl`.
+    pub(super) async fn mark(&self, key: &str, ttl: Duration) -> redis::RedisResult<()> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.publisher.clone().pset_ex(key, 1, millis).await
+    }
+
+    /// Whether `key` exists.
+    pub(super) async fn marked(&self, key: &str) -> redis::RedisResult<bool> {
+        self.publisher.clone().exists(key).await
+    }
+
+    /// How many connections subscribe `channel`.
+    pub(super) async fn subscribers(&self, channel: &str) -> redis::RedisResult<i64> {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut self.publisher.clone())
+            .await?;
+        Ok(counts.first().map_or(0, |(_, n)| *n))
+    }
+
+    /// The subscribed channels whose names start with `prefix`.
+    pub(super) async fn channels(&self, prefix: &str) -> redis::RedisResult<Vec<String>> {
+        redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(format!("{}*", glob_escape(prefix)))
+            .query_async(&mut self.publisher.clone())
+            .await
+    }
+}
+
+/// `text` with Redis's glob characters escaped, to match only itself in a pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(super::glob_escape("herald:"), "herald:");
+        assert_eq!(super::glob_escape(r"a*b?[c]\\"), r"a\*b\?\[c\]\\\\");
     }
 }

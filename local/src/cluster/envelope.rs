@@ -8,7 +8,7 @@ use herald::gateway::{ConnectionInfo, PushError};
 use herald::ids::ConnectionId;
 use serde::{Deserialize, Serialize};
 
-/// One message on an instance's channel.
+/// One message on an instance's channel, or on the shared one.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum Envelope {
@@ -16,6 +16,8 @@ pub(super) enum Envelope {
     Request { req: u64, from: String, op: Op },
     /// The answer to request `req`.
     Reply { req: u64, answer: Answer },
+    /// An instance has started (sent on the shared channel).
+    Hello { from: String },
 }
 
 /// What one instance asks of another.

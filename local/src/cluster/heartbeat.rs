@@ -1,75 +1,56 @@
-//! The heartbeat: keeps this instance's connections registered in the shared store, and
-//! puts back what an emptied Redis lost.
+//! The heartbeat: keeps this instance's records and marker alive, and catches a loss of
+//! them that the subscription's connection did not see (a flush, expiry in a partition).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use herald::ids::now_ms;
-use herald::store::{Connection, ConnectionStore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::Cluster;
+use super::registration::register_all;
 
-/// Keeps this instance's connections registered: every `interval`, refreshes each live
-/// socket's record to expire `ttl` from now, and re-creates the record and its rooms when
-/// it is missing (Redis restarted empty, or the record expired during an outage). A
-/// crashed instance stops refreshing, so its records vanish within `ttl`.
-pub async fn heartbeat(
-    cluster: Arc<Cluster>,
-    store: Arc<dyn ConnectionStore>,
-    interval: Duration,
-    ttl: Duration,
-    stop: CancellationToken,
-) {
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let (registry, instance) = (cluster.registry.clone(), cluster.instance.clone());
+/// Keeps this instance's connections registered: every heartbeat, renews each live socket's
+/// record and this instance's marker for one record lifetime, re-creating a record (and its
+/// rooms) that is missing, and relearns the cluster's instances. A missing marker means the
+/// store lost this instance's records: the restorer takes over. A crashed instance stops
+/// renewing, so its records vanish within one lifetime.
+pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(cluster.heartbeat) => {}
         }
-        cluster.keepalive().await;
-        let mut restored = 0usize;
-        for socket in registry.all() {
-            if socket.closing.is_cancelled() {
+        if cluster.bus.ping().await.is_err() || cluster.registration.is_restoring() {
+            continue;
+        }
+        match cluster.is_marked().await {
+            Ok(true) => {}
+            Ok(false) => {
+                cluster
+                    .registration
+                    .lost("this instance's marker is gone from Redis");
                 continue;
             }
-            let meta = &socket.meta;
-            let expires_at = now_ms() + ttl_ms;
-            match store.refresh(&meta.id, expires_at).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let Some(user) = meta.context.get("sub").and_then(|v| v.as_str()) else {
-                        continue;
-                    };
-                    let record = Connection {
-                        id: meta.id.clone(),
-                        user: user.to_owned(),
-                        source_ip: Some(meta.source_ip.clone()),
-                        connected_at: meta.connected_at,
-                        expires_at,
-                        instance: Some(instance.clone()),
-                    };
-                    if let Err(e) = store.add(&record).await {
-                        debug!(error = %e, "cannot re-register yet");
-                        break;
-                    }
-                    for room in socket.rooms() {
-                        if let Err(e) = store.join(&meta.id, &room).await {
-                            debug!(error = %e, "cannot re-join yet");
-                        }
-                    }
-                    restored += 1;
-                }
-                Err(e) => {
-                    debug!(error = %e, "heartbeat cannot reach the store");
-                    break;
-                }
+            Err(e) => {
+                debug!(error = %e, "heartbeat cannot reach the store");
+                continue;
             }
         }
-        if restored > 0 {
-            info!(restored, "re-registered connections missing from the store");
+        let registered = register_all(
+            &cluster.registry,
+            &*cluster.store,
+            &cluster.instance,
+            cluster.lifetime,
+        )
+        .await;
+        match registered {
+            Ok(0) => {}
+            Ok(restored) => info!(restored, "re-registered connections missing from the store"),
+            Err(e) => debug!(error = %e, "heartbeat cannot reach the store"),
         }
+        if let Err(e) = cluster.mark_registered().await {
+            debug!(error = %e, "heartbeat cannot renew the marker");
+        }
+        cluster.refresh_peers().await;
     }
 }

@@ -14,21 +14,27 @@
 //! [`REQUEST_TIMEOUT`] fails the post instead of hanging the publish.
 //!
 //! The subscription uses a RESP3 connection manager that reconnects and resubscribes by
-//! itself after Redis restarts; the heartbeat ([`heartbeat`]) then re-registers every live
-//! socket and its rooms, so an emptied Redis is refilled within one heartbeat.
+//! itself after Redis restarts. The moment it drops, the instance distrusts the store's
+//! lists of recipients and re-registers every live socket and its rooms as soon as Redis
+//! answers ([`registration`]); the heartbeat ([`heartbeat`]) keeps records alive and
+//! catches a loss the connection did not see. Instances learn of each other from the
+//! channels Redis lists and from the hello each sends on the shared channel
+//! `{prefix}cluster` when it starts.
 //!
 //! | file | what |
 //! |---|---|
 //! | `cluster/mod.rs` | [`Cluster`]: the routing `Gateway`, requests and their answers |
 //! | `cluster/envelope.rs` | the messages instances exchange, and outcomes per post |
 //! | `cluster/bus.rs` | the Redis subscriber and publisher |
+//! | `cluster/registration.rs` | re-registration after a loss, and the gate on listings |
 //! | `cluster/heartbeat.rs` | the heartbeat that keeps this instance's records alive |
 
 mod bus;
 mod envelope;
 mod heartbeat;
+mod registration;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 pub use heartbeat::heartbeat;
+pub use registration::Registration;
 
 use crate::registry::Registry;
 use bus::Bus;
@@ -52,21 +59,32 @@ use envelope::{Answer, Envelope, Op};
 /// How long a request to another instance may take before the post counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where the cluster meets: the Redis server, whose key prefix its channel names share.
+/// Where the cluster meets: the Redis server, whose key prefix its channel names share; and
+/// how long this instance's records live between heartbeats.
 pub struct ClusterSettings {
     /// The Redis server the store is on.
     pub redis: RedisSettings,
     /// This instance's id.
     pub instance: String,
+    /// How often the heartbeat renews this instance's records.
+    pub heartbeat: Duration,
+    /// How long a record lives unless renewed.
+    pub lifetime: Duration,
 }
 
 /// The routing [`Gateway`] of one instance.
 pub struct Cluster {
     instance: String,
     prefix: String,
+    heartbeat: Duration,
+    lifetime: Duration,
     registry: Arc<Registry>,
     /// The shared store, which names the instance holding each connection.
     store: Arc<dyn ConnectionStore>,
+    /// Whether the store's lists can be trusted, shared with the store's gate.
+    registration: Arc<Registration>,
+    /// The other instances this one knows of, waited for after a loss.
+    peers: Mutex<HashSet<String>>,
     bus: Bus,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_request: AtomicU64,
@@ -76,22 +94,35 @@ fn channel(prefix: &str, instance: &str) -> String {
     format!("{prefix}instance:{instance}")
 }
 
+/// The channel every instance subscribes, for hellos.
+fn shared_channel(prefix: &str) -> String {
+    format!("{prefix}cluster")
+}
+
 impl Cluster {
-    /// Subscribes this instance's channel and returns its routing gateway.
+    /// Subscribes this instance's channel, marks it registered, says hello to the others,
+    /// and returns its routing gateway. `store` is the shared store behind the gate that
+    /// `registration` keeps.
     pub async fn start(
         settings: &ClusterSettings,
         registry: Arc<Registry>,
         store: Arc<dyn ConnectionStore>,
+        registration: Arc<Registration>,
     ) -> Result<Arc<Self>, StoreError> {
         let (pushes, mut incoming) = mpsc::unbounded_channel();
         let prefix = settings.redis.prefix.clone();
         let own = channel(&prefix, &settings.instance);
-        let bus = Bus::connect(&settings.redis, &own, pushes).await?;
+        let shared = shared_channel(&prefix);
+        let bus = Bus::connect(&settings.redis, &[&own, &shared], pushes).await?;
         let cluster = Arc::new(Self {
             instance: settings.instance.clone(),
             prefix,
+            heartbeat: settings.heartbeat,
+            lifetime: settings.lifetime,
             registry,
             store,
+            registration,
+            peers: Mutex::new(HashSet::new()),
             bus,
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -100,6 +131,10 @@ impl Cluster {
         tokio::spawn(async move {
             while let Some(push) = incoming.recv().await {
                 let Some(cluster) = weak.upgrade() else { break };
+                if push.kind == PushKind::Disconnection {
+                    cluster.registration.lost("the connection to Redis dropped");
+                    continue;
+                }
                 if push.kind != PushKind::Message {
                     continue;
                 }
@@ -112,8 +147,45 @@ impl Cluster {
                 }
             }
         });
+        let weak = Arc::downgrade(&cluster);
+        let registration = cluster.registration.clone();
+        tokio::spawn(async move {
+            loop {
+                registration.wanted().await;
+                let Some(cluster) = weak.upgrade() else { break };
+                cluster.restore().await;
+            }
+        });
+        cluster.mark_registered().await?;
+        cluster.refresh_peers().await;
+        let hello = Envelope::Hello {
+            from: cluster.instance.clone(),
+        };
+        let body = serde_json::to_vec(&hello).expect("hellos serialize");
+        cluster.bus.publish(&shared, &body).await?;
         info!(instance = settings.instance, "joined the cluster");
         Ok(cluster)
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns the instances subscribed now, forgetting those that no longer are.
+    async fn refresh_peers(&self) {
+        let prefix = channel(&self.prefix, "");
+        match self.bus.channels(&prefix).await {
+            Ok(channels) => {
+                let live = channels
+                    .iter()
+                    .filter_map(|c| c.strip_prefix(&prefix))
+                    .filter(|peer| *peer != self.instance)
+                    .map(str::to_owned)
+                    .collect();
+                *self.peers() = live;
+            }
+            Err(e) => debug!(error = %e, "cannot list the cluster's instances"),
+        }
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Answer>>> {
@@ -122,6 +194,11 @@ impl Cluster {
 
     fn receive(self: Arc<Self>, envelope: Envelope) {
         match envelope {
+            Envelope::Hello { from } => {
+                if from != self.instance {
+                    self.peers().insert(from);
+                }
+            }
             Envelope::Reply { req, answer } => {
                 let waiter = self.pending().remove(&req);
                 if let Some(waiter) = waiter {
@@ -194,11 +271,6 @@ impl Cluster {
         };
         self.pending().remove(&req);
         answer
-    }
-
-    /// Pings the subscription's connection, so a dropped one is re-established.
-    pub async fn keepalive(&self) {
-        self.bus.keepalive().await;
     }
 
     /// The instance holding `id`, when it is another one; `Err(Gone)` when none holds it.

@@ -1,0 +1,246 @@
+//! Registration: whether every socket of the cluster is in the shared store, so that the
+//! store's lists of recipients can be trusted.
+//!
+//! Redis that restarts comes back empty (and records can go other ways: a flush, expiry
+//! during a long partition). Until every instance has put its sockets back, the lists miss
+//! recipients, and a publish that read them would answer a silent `delivered: 0`. So from
+//! the moment the subscription's connection drops, or the heartbeat finds this instance's
+//! marker gone, the instance is *restoring*: the reads that list recipients fail as
+//! `Unavailable`, as they do while Redis is down ([`Registration::check`]). The restorer
+//! ([`Cluster::restore`]) reconnects at once, re-registers every socket and its rooms, sets
+//! this instance's marker, and waits for the marker of each peer it knew of; then the lists
+//! are trusted again.
+//!
+//! A peer that is not subscribed within [`RESUBSCRIBE_GRACE`] is taken for gone (its
+//! sockets went with it); none is waited for past one record lifetime, after which its
+//! records would have expired anyway.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use herald::error;
+use herald::ids::now_ms;
+use herald::store::{Connection, ConnectionStore, StoreError};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::Cluster;
+use crate::registry::Registry;
+
+/// How often the restorer tries Redis again while it is down.
+pub const RECONNECT_POLL: Duration = Duration::from_millis(100);
+/// How often the restorer looks for its peers' markers.
+pub const PEER_POLL: Duration = Duration::from_millis(50);
+/// How long a peer has to resubscribe after this instance has, before it is taken for gone.
+/// Every instance's subscription reconnects as soon as it notices the drop, and each polls
+/// every [`RECONNECT_POLL`]: this is many polls.
+pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether this instance trusts the store's lists of recipients.
+#[derive(Default)]
+pub struct Registration {
+    /// Read on every listing, so a plain flag; written under `generation`.
+    restoring: AtomicBool,
+    /// Counts losses: a restore ends the restoring state only if no loss came after it began.
+    generation: Mutex<u64>,
+    wake: Notify,
+}
+
+impl Registration {
+    fn generation(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store may have lost this instance's records: distrust it until restored.
+    pub fn lost(&self, why: &str) {
+        let mut generation = self.generation();
+        *generation += 1;
+        self.restoring.store(true, Ordering::Release);
+        drop(generation);
+        info!(why, "re-registering this instance's connections");
+        self.wake.notify_one();
+    }
+
+    /// Whether a restore is under way.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring.load(Ordering::Acquire)
+    }
+
+    /// `Unavailable` while restoring: the store's lists of recipients may be short.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.is_restoring() {
+            return Err(StoreError::Unavailable {
+                backend: "redis",
+                source: error::because(
+                    "the store came back without every connection; re-registering them",
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the restoring state begun by loss `generation`; false when a later loss
+    /// needs another restore.
+    fn restored(&self, generation: u64) -> bool {
+        let current = self.generation();
+        if *current != generation {
+            return false;
+        }
+        self.restoring.store(false, Ordering::Release);
+        true
+    }
+
+    /// Waits until a loss asks for a restore.
+    pub(super) async fn wanted(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// Puts every live socket of `registry` back into `store` where its record is missing, with
+/// its rooms, and refreshes the others to expire `lifetime` from now. Answers how many
+/// were put back; stops at the first store failure.
+pub(super) async fn register_all(
+    registry: &Registry,
+    store: &dyn ConnectionStore,
+    instance: &str,
+    lifetime: Duration,
+) -> Result<usize, StoreError> {
+    let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+    let mut restored = 0;
+    for socket in registry.all() {
+        if socket.closing.is_cancelled() {
+            continue;
+        }
+        let meta = &socket.meta;
+        let expires_at = now_ms() + lifetime_ms;
+        if store.refresh(&meta.id, expires_at).await? {
+            continue;
+        }
+        let Some(user) = meta.context.get("sub").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let record = Connection {
+            id: meta.id.clone(),
+            user: user.to_owned(),
+            source_ip: Some(meta.source_ip.clone()),
+            connected_at: meta.connected_at,
+            expires_at,
+            instance: Some(instance.to_owned()),
+        };
+        store.add(&record).await?;
+        for room in socket.rooms() {
+            store.join(&meta.id, &room).await?;
+        }
+        restored += 1;
+    }
+    Ok(restored)
+}
+
+impl Cluster {
+    /// Re-registers this instance after a loss, then waits for its peers; see the module.
+    pub(super) async fn restore(&self) {
+        let generation = *self.registration.generation();
+        let restored = loop {
+            if self.bus.ping().await.is_ok() {
+                let registered =
+                    register_all(&self.registry, &*self.store, &self.instance, self.lifetime).await;
+                match registered {
+                    Ok(restored) => match self.mark_registered().await {
+                        Ok(()) => break restored,
+                        Err(e) => debug!(error = %e, "cannot set the marker yet"),
+                    },
+                    Err(e) => debug!(error = %e, "cannot re-register yet"),
+                }
+            }
+            tokio::time::sleep(RECONNECT_POLL).await;
+        };
+        info!(restored, "this instance's connections are registered");
+        self.await_peers(generation).await;
+        if self.registration.restored(generation) {
+            info!("every known instance is registered; publishing trusts the store again");
+        }
+    }
+
+    /// Sets this instance's marker, for one record lifetime (the heartbeat renews it).
+    pub(super) async fn mark_registered(&self) -> redis::RedisResult<()> {
+        let key = marker(&self.prefix, &self.instance);
+        self.bus.mark(&key, self.lifetime).await
+    }
+
+    /// Whether this instance's marker is still in the store.
+    pub(super) async fn is_marked(&self) -> redis::RedisResult<bool> {
+        let key = marker(&self.prefix, &self.instance);
+        self.bus.marked(&key).await
+    }
+
+    /// Waits until each peer known before the loss is registered again or gone, or one
+    /// record lifetime has passed, or another loss came.
+    async fn await_peers(&self, generation: u64) {
+        let started = Instant::now();
+        let prefix = &self.prefix;
+        let mut waiting: Vec<String> = self
+            .peers()
+            .iter()
+            .filter(|peer| **peer != self.instance)
+            .cloned()
+            .collect();
+        while !waiting.is_empty() {
+            if *self.registration.generation() != generation {
+                return;
+            }
+            if started.elapsed() > self.lifetime {
+                warn!(
+                    ?waiting,
+                    "peers did not re-register within a record lifetime"
+                );
+                return;
+            }
+            let mut still = Vec::new();
+            for peer in waiting {
+                match self.bus.marked(&marker(prefix, &peer)).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        let channel = super::channel(prefix, &peer);
+                        let gone = matches!(self.bus.subscribers(&channel).await, Ok(0));
+                        if gone && started.elapsed() > RESUBSCRIBE_GRACE {
+                            debug!(peer, "peer did not come back; taken for gone");
+                            self.peers().remove(&peer);
+                            continue;
+                        }
+                        still.push(peer);
+                    }
+                    Err(_) => still.push(peer),
+                }
+            }
+            waiting = still;
+            if !waiting.is_empty() {
+                tokio::time::sleep(PEER_POLL).await;
+            }
+        }
+    }
+}
+
+/// The key that says `instance`'s sockets are all in the store.
+fn marker(prefix: &str, instance: &str) -> String {
+    format!("{prefix}registered:{instance}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_ends_restoring_only_for_the_latest_loss() {
+        let registration = Registration::default();
+        assert!(registration.check().is_ok());
+        registration.lost("test");
+        let first = *registration.generation();
+        assert!(registration.check().unwrap_err().is_unavailable());
+        registration.lost("again");
+        assert!(!registration.restored(first));
+        assert!(registration.is_restoring());
+        assert!(registration.restored(first + 1));
+        assert!(registration.check().is_ok());
+    }
+}
