@@ -70,12 +70,16 @@ impl Instance {
     }
 
     fn sigkill(&mut self) {
+        self.signal("-KILL");
+    }
+
+    fn signal(&mut self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
-        let killed = std::process::Command::new("kill")
-            .args(["-KILL", &pid])
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
             .status()
             .unwrap();
-        assert!(killed.success());
+        assert!(sent.success());
     }
 }
 
@@ -413,4 +417,33 @@ async fn after_redis_restarts_empty_publishes_are_refused_until_every_instance_r
     publish_until_restored(&instances[1], payload, 11, Duration::from_secs(1)).await;
     expect_once(&mut clients, json!("all")).await;
     assert_eq!(bob.recv().await["data"], "all");
+}
+
+#[tokio::test]
+async fn an_instance_waits_for_a_peer_that_has_not_re_registered_yet() {
+    let mut redis = Server::redis();
+    let mut instances = cluster_beating(&redis, 2, 60_000).await;
+    let mut clients = members(&instances, 5, "orders").await;
+
+    // Instance 1 is frozen across the restart: it cannot put its five sockets back.
+    instances[1].signal("-STOP");
+    redis.restart();
+    let frozen = Instant::now();
+    // Well inside the grace a silent peer gets before it counts as gone.
+    while frozen.elapsed() < Duration::from_secs(1) {
+        let answer = instances[0]
+            .gateway
+            .invoke(json!({"room":"orders","data":"early"}))
+            .await;
+        let error = answer.expect_err("instance 1's sockets are not registered yet");
+        assert_eq!(error["errorType"], "Unavailable", "{error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in &mut clients[0] {
+        c.expect_nothing(Duration::from_millis(10)).await;
+    }
+    instances[1].signal("-CONT");
+    let payload = json!({"room":"orders","data":"whole"});
+    publish_until_restored(&instances[0], payload, 10, Duration::from_secs(10)).await;
+    expect_once(&mut clients, json!("whole")).await;
 }

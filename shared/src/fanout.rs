@@ -377,7 +377,8 @@ mod tests {
         let store = MemoryStore::new();
         let gateway = RecordingGateway::new();
         gateway.set_batching(true);
-        let ids = room_of(&store, &room(), 25).await;
+        // 21, not a multiple of the page: pages of 11 would take two calls, not three.
+        let ids = room_of(&store, &room(), 21).await;
         gateway.script(&ids[0], Scripted::Gone);
         gateway.script(&ids[1], Scripted::ThrottledTimes(1));
         gateway.script(&ids[2], Scripted::Fails);
@@ -397,12 +398,12 @@ mod tests {
         assert_eq!(
             counts,
             Counts {
-                delivered: 23,
+                delivered: 19,
                 gone: 1,
                 failed: 1
             }
         );
-        assert_eq!(gateway.batches(), 3, "25 recipients in pages of 10");
+        assert_eq!(gateway.batches(), 3, "21 recipients in pages of 10");
         assert_eq!(
             store.get(&ids[0]).await.unwrap(),
             None,
@@ -496,9 +497,38 @@ mod tests {
                 .base_backoff
                 .saturating_mul(2u32.saturating_pow(attempt))
                 .min(config.max_backoff);
-            for _ in 0..50 {
-                assert!(backoff(&config, attempt) <= ceiling);
-            }
+            let waits: Vec<Duration> = (0..200).map(|_| backoff(&config, attempt)).collect();
+            assert!(waits.iter().all(|wait| *wait <= ceiling));
+            // Uniform in [0, ceiling]: 200 draws all in the lower half happen with
+            // probability 2^-200, so this fails only when the waits do not spread.
+            assert!(
+                waits.iter().any(|wait| *wait > ceiling / 2),
+                "attempt {attempt}"
+            );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_post_waits_before_each_retry() {
+        let store = MemoryStore::new();
+        let gateway = RecordingGateway::new();
+        let ids = room_of(&store, &room(), 1).await;
+        gateway.script(&ids[0], Scripted::AlwaysThrottled);
+        let config = FanoutConfig::default();
+        let started = tokio::time::Instant::now();
+        let counts = deliver(
+            &store,
+            &gateway,
+            &Target::Room(room()),
+            Bytes::from_static(b"{}"),
+            &config,
+        )
+        .await
+        .unwrap();
+        assert_eq!(counts.failed, 1);
+        // Four waits, each uniform up to 50, 100, 200, 400 ms: all four near zero has a
+        // vanishing chance; none at all means the retries did not wait.
+        assert!(started.elapsed() > Duration::from_millis(1));
+        assert!(started.elapsed() <= Duration::from_millis(750));
     }
 }

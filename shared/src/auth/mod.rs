@@ -18,7 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::protocol::{RoomName, is_room_char};
+use crate::protocol::{MAX_ROOM_LEN, RoomName, is_room_char};
 
 /// Why a token or an identity was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,7 +203,7 @@ impl RoomPattern {
             None => (pattern, false),
         };
         let valid_chars = prefix.chars().all(is_room_char);
-        if !valid_chars || (!wildcard && prefix.is_empty()) || prefix.len() > 128 {
+        if !valid_chars || (!wildcard && prefix.is_empty()) || prefix.len() > MAX_ROOM_LEN {
             return Err(AuthError::InvalidClaims(format!(
                 "{pattern:?} is not a room pattern"
             )));

@@ -283,6 +283,41 @@ fn room_patterns_match_exactly_or_by_prefix() {
 }
 
 #[test]
+fn a_room_pattern_is_as_long_as_a_room_name_at_most() {
+    let longest = "r".repeat(crate::protocol::MAX_ROOM_LEN);
+    let too_long = "r".repeat(crate::protocol::MAX_ROOM_LEN + 1);
+    assert!(RoomPattern::parse(&longest).is_ok());
+    assert!(RoomPattern::parse(&format!("{longest}*")).is_ok());
+    for bad in [too_long.clone(), format!("{too_long}*")] {
+        assert!(matches!(
+            RoomPattern::parse(&bad),
+            Err(AuthError::InvalidClaims(_))
+        ));
+    }
+}
+
+#[test]
+fn a_claim_of_the_wrong_type_is_an_invalid_claim_not_a_malformed_token() {
+    for (claim, value) in [("nbf", json!("soon")), ("nbf", json!(true))] {
+        let mut c = claims();
+        c[claim] = value;
+        let err = secret_verifier().verify(&hs256(&c, SECRET)).unwrap_err();
+        assert_eq!(
+            err,
+            AuthError::InvalidClaims(format!("`{claim}` has the wrong type"))
+        );
+    }
+}
+
+#[test]
+fn keys_never_print_their_material() {
+    let secret = format!("{:?}", JwtKey::Secret(SECRET.to_vec()));
+    assert_eq!(secret, "Secret(..)");
+    let pem = format!("{:?}", JwtKey::PublicKeyPem(RSA_PUBLIC.into()));
+    assert_eq!(pem, "PublicKeyPem(..)");
+}
+
+#[test]
 fn the_identity_survives_the_authorizer_context() {
     let identity = secret_verifier().verify(&hs256(&claims(), SECRET)).unwrap();
     let context = identity.to_context();

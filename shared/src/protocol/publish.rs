@@ -312,4 +312,57 @@ mod tests {
             .collect();
         assert!(PublishInput::parse(&json!({ "messages": too_many })).is_err());
     }
+
+    #[test]
+    fn a_batch_holds_up_to_its_limit_and_nothing_but_messages() {
+        let batch =
+            |n: usize| -> Vec<Value> { (0..n).map(|i| json!({"room":"a","data":i})).collect() };
+        let PublishInput::Batch(full) =
+            PublishInput::parse(&json!({"messages": batch(MAX_BATCH)})).unwrap()
+        else {
+            panic!("expected a batch")
+        };
+        assert_eq!(full.len(), MAX_BATCH);
+        let err = PublishInput::parse(&json!({"messages": batch(MAX_BATCH + 1)})).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let extra = json!({"messages": batch(1), "note": "x"});
+        let err = PublishInput::parse(&extra).unwrap_err();
+        assert_eq!(err.message, "a batch has only the field `messages`");
+    }
+
+    #[test]
+    fn a_publish_names_up_to_its_limit_of_connections() {
+        let ids = |n: usize| -> Vec<String> { (0..n).map(|i| format!("c{i}")).collect() };
+        let most = json!({"connections": ids(MAX_CONNECTIONS_PER_PUBLISH), "data": 1});
+        let Target::Connections(named) = PublishRequest::parse(&most).unwrap().target else {
+            panic!("expected connections")
+        };
+        assert_eq!(named.len(), MAX_CONNECTIONS_PER_PUBLISH);
+        let over = json!({"connections": ids(MAX_CONNECTIONS_PER_PUBLISH + 1), "data": 1});
+        assert_eq!(
+            PublishRequest::parse(&over).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn every_identifier_is_1_to_256_characters_without_control_characters() {
+        let longest = "i".repeat(crate::protocol::MAX_ID_LEN);
+        let too_long = "i".repeat(crate::protocol::MAX_ID_LEN + 1);
+        let with = |field: &str, value: &str| match field {
+            "id" => json!({"room":"a","data":1,"id":value}),
+            "connections" => json!({"connections":[value],"data":1}),
+            _ => json!({"user":value,"data":1}),
+        };
+        for field in ["user", "id", "connections"] {
+            assert!(
+                PublishRequest::parse(&with(field, &longest)).is_ok(),
+                "{field}"
+            );
+            for bad in ["", too_long.as_str(), "a\nb", "\u{7f}"] {
+                let err = PublishRequest::parse(&with(field, bad)).unwrap_err();
+                assert_eq!(err.code, ErrorCode::BadRequest, "{field} {bad:?}");
+            }
+        }
+    }
 }
