@@ -10,8 +10,12 @@
 //! | `src/baseline.rs` | the bare tokio + tungstenite broadcast server |
 //! | `src/load.rs` | clients, the publisher, fan-out, memory and churn measurements |
 //! | `src/chart.rs` | the PNG chart of a sweep |
+//! | `src/flood.rs` | the asynchronous flood: 429s, readers kept, peak memory |
+//! | `src/placement.rs` | servers pinned apart from the generator, the clients' read buffer |
 
 pub mod baseline;
 pub mod chart;
+pub mod flood;
 pub mod load;
+pub mod placement;
 pub mod procs;

@@ -97,7 +97,8 @@ pub fn token(user: &str) -> String {
         .expect("the benchmark's token signs")
 }
 
-type Ws =
+/// One client's socket.
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens one client, subscribed to `room` when there is one and the server is a gateway.
@@ -109,7 +110,8 @@ async fn subscriber(server: &Server, i: usize, room: Option<&str>) -> Ws {
         }
         Server::Baseline(addr) => format!("ws://{addr}/sub"),
     };
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+    let config = crate::placement::client_config();
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, config, false)
         .await
         .unwrap_or_else(|e| panic!("client {i} cannot connect to {url}: {e}"));
     if let (Server::Gateway(_), Some(room)) = (server, room) {

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use herald_bench::load::{self, Fanout, Server};
-use herald_bench::{baseline, chart, procs};
+use herald_bench::{baseline, chart, flood, placement, procs};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -16,6 +16,13 @@ struct Cli {
     /// Also write the figures as JSON to this file.
     #[arg(long, global = true)]
     json: Option<String>,
+    /// Run the servers on these CPUs (`taskset -c` list, e.g. `0`); pin the generator
+    /// itself apart with `taskset -c 1 herald-bench ...`.
+    #[arg(long, global = true)]
+    server_cpus: Option<String>,
+    /// Each subscriber's WebSocket read buffer, in bytes (tungstenite's default otherwise).
+    #[arg(long, global = true)]
+    read_buffer: Option<usize>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -35,6 +42,18 @@ enum Scenario {
     Memory {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
+    },
+    /// Event invocations as fast as they are taken, while readers read: 429s, readers
+    /// kept, peak memory.
+    Flood {
+        #[arg(long, default_value_t = 2000)]
+        invocations: usize,
+        #[arg(long, default_value_t = 100_000)]
+        size: usize,
+        #[arg(long, default_value_t = 20)]
+        readers: usize,
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
     },
     /// Connect + disconnect cycles per second, with auth.
     Churn {
@@ -206,6 +225,10 @@ fn write_json(path: Option<&str>, value: &serde_json::Value) {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    placement::set(placement::Placement {
+        server_cpus: cli.server_cpus.clone(),
+        read_buffer: cli.read_buffer,
+    });
     raise_file_limit();
     let json_path = cli.json.as_deref();
     match cli.scenario {
@@ -276,6 +299,41 @@ async fn main() {
                 );
             }
             write_json(json_path, &json!({"memory": [g, b]}));
+        }
+        Scenario::Flood {
+            invocations,
+            size,
+            readers,
+            in_flight,
+        } => {
+            let gateway = procs::gateway(&[]).await;
+            let f = flood::flood(
+                gateway.addr,
+                gateway.pid(),
+                invocations,
+                size,
+                readers,
+                in_flight,
+            )
+            .await;
+            println!(
+                "{} Event invocations of {} B, {} at a time, in {:.2} s: {} accepted, {} answered 429",
+                f.invocations, f.size, in_flight, f.send_secs, f.accepted, f.throttled
+            );
+            println!(
+                "{} readers: {} closed; each received {}..{} of {} (the final one included)",
+                f.readers,
+                f.closed,
+                f.received_min,
+                f.received_max,
+                f.accepted + 1
+            );
+            println!(
+                "gateway RSS: {:.1} MiB idle, {:.1} MiB at the peak",
+                f.idle_rss_kib as f64 / 1024.0,
+                f.peak_rss_kib as f64 / 1024.0
+            );
+            write_json(json_path, &json!({"flood": f}));
         }
         Scenario::Churn {
             cycles,

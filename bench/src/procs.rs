@@ -39,6 +39,18 @@ fn sibling(name: &str) -> PathBuf {
     dir.parent().map(|d| d.join(name)).unwrap_or(candidate)
 }
 
+/// `program`, run on the placement's server CPUs when it names some.
+fn placed(program: PathBuf) -> Command {
+    match crate::placement::get().server_cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpus).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 async fn spawn(mut command: Command, marker: &str) -> Proc {
     let mut child = command
         .stdout(Stdio::piped())
@@ -67,7 +79,7 @@ async fn spawn(mut command: Command, marker: &str) -> Proc {
 /// Starts `herald-local` (release or debug, next to this binary) on a free port with the
 /// benchmark's secret and no per-user limit; `env` adds variables (a Redis store, say).
 pub async fn gateway(env: &[(&str, &str)]) -> Proc {
-    let mut command = Command::new(sibling("herald-local"));
+    let mut command = placed(sibling("herald-local"));
     command
         .args(["--port", "0", "--max-connections-per-user", "0"])
         .env_clear()
@@ -81,7 +93,7 @@ pub async fn gateway(env: &[(&str, &str)]) -> Proc {
 
 /// Starts the bare broadcast server (this binary's `baseline-server`) on a free port.
 pub async fn baseline() -> Proc {
-    let mut command = Command::new(std::env::current_exe().expect("this binary"));
+    let mut command = placed(std::env::current_exe().expect("this binary"));
     command.args(["baseline-server", "--port", "0"]);
     spawn(command, "baseline listening on ").await
 }

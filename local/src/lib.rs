@@ -19,7 +19,7 @@
 //! | `src/outbox.rs` | a socket's bounded outbound queue, one cache line per push |
 //! | `src/wire.rs` | frames to clients as bytes, encoded once per publish |
 //! | `src/registry.rs` | live sockets, the in-process `Gateway`, fan-out's pacing |
-//! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, the heartbeat |
+//! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, re-registration after a loss, the heartbeat |
 //! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
 //! | `src/events.rs` | events built as API Gateway builds them |
 //! | `src/serve.rs` | accepting connections: limits from accept, head timeout, bounded drain |

@@ -138,6 +138,15 @@ mod tests {
     }
 
     #[test]
+    fn a_record_outlives_the_longest_api_gateway_connection_by_a_margin() {
+        // API Gateway closes every WebSocket after two hours: a record that expired first
+        // would drop a live connection; one that lasted much longer would keep a zombie.
+        let api_gateway_maximum = Duration::from_secs(2 * 3600);
+        assert!(DEFAULT_CONNECTION_LIFETIME > api_gateway_maximum);
+        assert!(DEFAULT_CONNECTION_LIFETIME <= api_gateway_maximum + Duration::from_secs(600));
+    }
+
+    #[test]
     fn a_clock_that_goes_back_gives_nothing() {
         let start = Instant::now() + Duration::from_secs(10);
         let mut bucket = TokenBucket::new(1, 1, start);

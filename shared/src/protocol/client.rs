@@ -233,6 +233,28 @@ mod tests {
     }
 
     #[test]
+    fn a_published_payload_is_kept_as_sent() {
+        assert_eq!(
+            parse(r#"{"action":"publish","room":"o","data":{"n":[1,"two"]}}"#),
+            Ok(ClientRequest::Publish {
+                room: RoomName::parse("o").unwrap(),
+                data: json!({"n":[1,"two"]})
+            })
+        );
+    }
+
+    #[test]
+    fn a_ref_string_is_at_most_256_characters() {
+        let frame = |reference: &str| json!({"action":"ping","ref":reference}).to_string();
+        let longest = "r".repeat(MAX_ID_LEN);
+        let kept = parse_client_frame(&frame(&longest)).unwrap();
+        assert_eq!(kept.reference, Some(json!(longest)));
+        let rejected = parse_client_frame(&frame(&"r".repeat(MAX_ID_LEN + 1))).unwrap_err();
+        assert_eq!(rejected.error.code, ErrorCode::BadRequest);
+        assert_eq!(rejected.reference, None, "an unusable ref is not echoed");
+    }
+
+    #[test]
     fn ref_is_kept_even_when_the_request_is_refused() {
         let ok = parse_client_frame(r#"{"action":"ping","ref":7}"#).unwrap();
         assert_eq!(ok.reference, Some(json!(7)));

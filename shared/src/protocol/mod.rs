@@ -178,5 +178,25 @@ mod tests {
             let err = RoomName::parse(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadRequest, "{bad}");
         }
+        assert_eq!(RoomName::parse("orders:1").unwrap().to_string(), "orders:1");
+    }
+
+    #[test]
+    fn each_error_code_has_its_contract_name_on_the_wire() {
+        let codes = [
+            (ErrorCode::BadRequest, "bad_request"),
+            (ErrorCode::UnknownAction, "unknown_action"),
+            (ErrorCode::Forbidden, "forbidden"),
+            (ErrorCode::RateLimited, "rate_limited"),
+            (ErrorCode::LimitExceeded, "limit_exceeded"),
+            (ErrorCode::TooLarge, "too_large"),
+            (ErrorCode::Internal, "internal"),
+        ];
+        for (code, name) in codes {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(serde_json::to_value(code).unwrap(), name);
+        }
+        let error = ProtocolError::new(ErrorCode::RateLimited, "slow down");
+        assert_eq!(error.to_string(), "rate_limited: slow down");
     }
 }

@@ -195,6 +195,23 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_may_be_exactly_the_limit_and_not_a_byte_more() {
+        let sized = |len: usize| {
+            let data = json!("x".repeat(len));
+            Notification::new("id", &Target::Broadcast, &data, 0).encode()
+        };
+        let overhead = sized(0).unwrap().len();
+        let largest = sized(MAX_NOTIFICATION_BYTES - overhead).unwrap();
+        assert_eq!(largest.len(), MAX_NOTIFICATION_BYTES);
+        let err = sized(MAX_NOTIFICATION_BYTES - overhead + 1).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert_eq!(
+            MAX_NOTIFICATION_BYTES, 131_072,
+            "API Gateway's 128 KiB frame"
+        );
+    }
+
+    #[test]
     fn oversized_notifications_are_too_large() {
         let data = json!("x".repeat(MAX_NOTIFICATION_BYTES));
         let err = Notification::new("id", &Target::Broadcast, &data, 0)
