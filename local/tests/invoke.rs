@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
-use common::{Client, Gateway, settings};
+use common::{Client, Gateway, settings, settings_with};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -370,5 +370,62 @@ async fn an_asynchronous_flood_is_queued_paced_and_bounded() {
             Ok(accepted + 1),
             "a reader that keeps up gets every accepted publish and is never closed"
         );
+    }
+}
+
+#[tokio::test]
+async fn an_optional_room_limit_refuses_publishes_past_it_without_using_their_key() {
+    let gw = Gateway::start_with(settings_with(&[
+        ("HERALD_ROOM_PUBLISH_PER_SECOND", "2"),
+        ("HERALD_ROOM_PUBLISH_BURST", "4"),
+    ]))
+    .await;
+    let mut reader = gw.connect("reader", &["news"], &[]).await;
+    reader.subscribe("news").await;
+    // Begin in the first half of a two-second window (4 at 2 a second), so all fall in one.
+    let into = herald::ids::now_ms().rem_euclid(2_000);
+    if into > 1_000 {
+        let rest = u64::try_from(2_000 - into + 20).unwrap();
+        tokio::time::sleep(Duration::from_millis(rest)).await;
+    }
+    let mut delivered = 0;
+    for n in 0..4 {
+        let answer = gw.invoke(json!({"room":"news","data":n})).await.unwrap();
+        delivered += answer["delivered"].as_u64().unwrap();
+    }
+    assert_eq!(delivered, 4, "the burst is published");
+    let refused = gw
+        .invoke(json!({"room":"news","data":"fifth","id":"k-5"}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused["errorType"], "RateLimited", "{refused}");
+    // Other rooms and other targets have limits of their own, or none.
+    let other = gw.invoke(json!({"room":"sports","data":1})).await.unwrap();
+    assert_eq!(other["delivered"], 0);
+    let user = gw
+        .invoke(json!({"user":"reader","data":"u"}))
+        .await
+        .unwrap();
+    assert_eq!(user["delivered"], 1);
+    for n in 0..4 {
+        assert_eq!(reader.recv().await["data"], n);
+    }
+    assert_eq!(reader.recv().await["data"], "u");
+    // In the next window the refused publish goes through: its key was not used up.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let again = gw
+        .invoke(json!({"room":"news","data":"fifth","id":"k-5"}))
+        .await
+        .unwrap();
+    assert_eq!(again["delivered"], 1, "{again}");
+    assert_eq!(reader.recv().await["data"], "fifth");
+}
+
+#[tokio::test]
+async fn without_a_room_limit_the_invoke_api_is_not_rate_limited() {
+    let gw = Gateway::start().await;
+    for n in 0..100 {
+        let answer = gw.invoke(json!({"room":"news","data":n})).await;
+        assert!(answer.is_ok(), "publish {n}: {answer:?}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
-use crate::limits::{Limits, Rate};
+use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
 use crate::store::{DynamoSettings, RedisSettings, StoreSettings};
 
 /// A configuration problem, naming the variable.
@@ -170,10 +170,20 @@ impl Config {
                 burst: publish_burst.filter(|b| *b > 0).unwrap_or(default.burst),
             }),
         };
+        let room_burst: Option<u32> = number(&get, "HERALD_ROOM_PUBLISH_BURST")?;
+        let room_publish = number(&get, "HERALD_ROOM_PUBLISH_PER_SECOND")?
+            .filter(|rate: &u32| *rate > 0)
+            .map(|per_second| Rate {
+                per_second,
+                burst: room_burst
+                    .filter(|b| *b > 0)
+                    .unwrap_or(per_second.saturating_mul(ROOM_PUBLISH_BURST_FACTOR)),
+            });
         let limits = Limits {
             max_connections_per_user: max_per_user,
             max_rooms_per_connection: max_rooms,
             socket_publish,
+            room_publish,
             connection_lifetime: secs(
                 "HERALD_CONNECTION_LIFETIME_SECS",
                 defaults.connection_lifetime,
@@ -319,6 +329,21 @@ mod tests {
         );
         let off = config(&[("HERALD_SOCKET_PUBLISH_PER_SECOND", "0")]).unwrap();
         assert_eq!(off.limits.socket_publish, None, "0 turns it off");
+        assert_eq!(c.limits.room_publish, None, "no room limit unless asked");
+        let rooms = config(&[("HERALD_ROOM_PUBLISH_PER_SECOND", "5")]).unwrap();
+        assert_eq!(
+            rooms.limits.room_publish,
+            Some(Rate {
+                per_second: 5,
+                burst: 10
+            })
+        );
+        let rooms = config(&[
+            ("HERALD_ROOM_PUBLISH_PER_SECOND", "5"),
+            ("HERALD_ROOM_PUBLISH_BURST", "7"),
+        ])
+        .unwrap();
+        assert_eq!(rooms.limits.room_publish.map(|r| r.burst), Some(7));
         assert_eq!(c.limits.connection_lifetime, Duration::from_secs(60));
         assert_eq!(c.limits.idempotency_window, Duration::from_secs(10));
         assert_eq!(c.fanout.concurrency, 8);

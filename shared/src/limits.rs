@@ -15,6 +15,8 @@ pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 256;
 pub const DEFAULT_SOCKET_PUBLISH_RATE: u32 = 10;
 /// Socket publishes one user may make at once.
 pub const DEFAULT_SOCKET_PUBLISH_BURST: u32 = 20;
+/// A room publish limit's burst, as a multiple of its rate, unless configured.
+pub const ROOM_PUBLISH_BURST_FACTOR: u32 = 2;
 /// How long a publish idempotency key is remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
@@ -27,6 +29,9 @@ pub struct Limits {
     pub max_rooms_per_connection: Option<usize>,
     /// Socket publishes per user, counted in the store; `None` for no limit.
     pub socket_publish: Option<Rate>,
+    /// Publishes per room from any caller (the Invoke API, SQS, sockets), counted in the
+    /// store; `None`, the default, for no limit: the Invoke API's callers are trusted.
+    pub room_publish: Option<Rate>,
     /// How long a connection record lives without `$disconnect` or a refresh.
     pub connection_lifetime: Duration,
     /// How long a publish idempotency key is remembered.
@@ -42,6 +47,7 @@ impl Default for Limits {
                 per_second: DEFAULT_SOCKET_PUBLISH_RATE,
                 burst: DEFAULT_SOCKET_PUBLISH_BURST,
             }),
+            room_publish: None,
             connection_lifetime: DEFAULT_CONNECTION_LIFETIME,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }

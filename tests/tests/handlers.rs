@@ -468,6 +468,33 @@ async fn socket_publishes_are_limited_per_user_across_connections() {
 }
 
 #[tokio::test]
+async fn a_room_limit_also_refuses_socket_publishes_as_rate_limited() {
+    let w = world_with(&[
+        ("HERALD_ROOM_PUBLISH_PER_SECOND", "1"),
+        ("HERALD_ROOM_PUBLISH_BURST", "2"),
+        ("HERALD_SOCKET_PUBLISH_PER_SECOND", "0"),
+    ]);
+    w.connect("one", "alice").await;
+    // Begin in the first half of a two-second window, so all three fall in one.
+    let into = herald::ids::now_ms().rem_euclid(2_000);
+    if into > 1_000 {
+        let rest = u64::try_from(2_000 - into + 20).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(rest)).await;
+    }
+    let mut kinds = Vec::new();
+    for n in 0..3 {
+        w.send(
+            "one",
+            json!({"action":"publish","room":"chat:lobby","data":n,"ref":n}),
+        )
+        .await;
+        let reply = w.last_reply("one");
+        kinds.push(reply["code"].as_str().unwrap_or("published").to_owned());
+    }
+    assert_eq!(kinds, ["published", "published", "rate_limited"]);
+}
+
+#[tokio::test]
 async fn publish_rights_are_not_subscribe_rights() {
     let w = world();
     for id in ["pub", "other"] {

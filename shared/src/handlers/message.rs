@@ -120,6 +120,9 @@ async fn dispatch(
                     id: outcome.id,
                 }),
                 Err(PublishError::BadRequest(e)) => Err(e),
+                Err(PublishError::RateLimited(message)) => {
+                    Err(ProtocolError::new(ErrorCode::RateLimited, message))
+                }
                 Err(PublishError::Unavailable(e)) => {
                     error!(connection_id = %id, error = %e, "socket publish failed");
                     Err(internal())

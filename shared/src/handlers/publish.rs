@@ -14,7 +14,7 @@ use crate::fanout::deliver;
 use crate::gateway::Gateway;
 use crate::ids::{notification_id, now_ms};
 use crate::protocol::{
-    BatchOutcome, Notification, ProtocolError, PublishInput, PublishOutcome, PublishRequest,
+    BatchOutcome, Notification, ProtocolError, PublishInput, PublishOutcome, PublishRequest, Target,
 };
 
 /// Why a publish did not happen.
@@ -27,6 +27,9 @@ pub enum PublishError {
     /// the store's or the interrupted fan-out's error.
     #[error("unavailable: {0}")]
     Unavailable(#[source] Source),
+    /// The room's publish limit was reached; this publish was not delivered to anyone.
+    #[error("{0}")]
+    RateLimited(String),
 }
 
 impl PublishError {
@@ -35,6 +38,7 @@ impl PublishError {
         match self {
             Self::BadRequest(_) => "BadRequest",
             Self::Unavailable(_) => "Unavailable",
+            Self::RateLimited(_) => "RateLimited",
         }
     }
 }
@@ -85,6 +89,9 @@ async fn publish_batch(
                     PublishError::Unavailable(source) => PublishError::Unavailable(error::source(
                         Described::new(format!("{context}: {source}"), source),
                     )),
+                    PublishError::RateLimited(message) => {
+                        PublishError::RateLimited(format!("{context}: {message}"))
+                    }
                 });
             }
         }
@@ -131,6 +138,20 @@ pub async fn publish_one(
         .encode()
         .map_err(PublishError::BadRequest)?;
     let store = &services.store;
+    if let (Target::Room(room), Some(rate)) = (&request.target, services.limits.room_publish) {
+        // Before the idempotency key is claimed: a refused publish may be sent again.
+        let allowed = store
+            .count_event(&format!("room-publish:{room}"), rate.window(), rate.burst)
+            .await
+            .map_err(|e| PublishError::Unavailable(error::source(e)))?;
+        if !allowed {
+            return Err(PublishError::RateLimited(format!(
+                "room {room} takes at most {} publishes a second, in bursts of {}: \
+                 this one was not published",
+                rate.per_second, rate.burst
+            )));
+        }
+    }
     if let Some(key) = &request.idempotency_key {
         let claimed = store
             .claim_idempotency_key(key, &id, services.limits.idempotency_window)
