@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -63,28 +63,7 @@ async fn invoke_event(http: &mut BufReader<TcpStream>, body: &str) -> u16 {
         .write_all(request.as_bytes())
         .await
         .expect("the request is sent");
-    let mut line = String::new();
-    http.read_line(&mut line).await.expect("the status line");
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("an HTTP status");
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        http.read_line(&mut line).await.expect("a header");
-        let header = line.trim_end().to_ascii_lowercase();
-        if header.is_empty() {
-            break;
-        }
-        if let Some(n) = header.strip_prefix("content-length:") {
-            length = n.trim().parse().expect("a content length");
-        }
-    }
-    let mut answer = vec![0; length];
-    http.read_exact(&mut answer).await.expect("the body");
-    status
+    load::read_answer(http).await.status
 }
 
 async fn open(addr: SocketAddr) -> BufReader<TcpStream> {

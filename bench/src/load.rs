@@ -151,19 +151,29 @@ enum Publisher {
     Baseline(Box<Ws>),
 }
 
-/// Sends one Invoke request and reads the answer; panics on a function error.
-async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &str) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    let request = format!(
-        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: bench\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    http.get_mut()
-        .write_all(request.as_bytes())
-        .await
-        .expect("the request is sent");
-    let (mut length, mut function_error, mut line) = (0usize, false, String::new());
+/// An HTTP/1.1 answer read off a kept-alive connection.
+pub(crate) struct HttpAnswer {
+    /// Its status code.
+    pub status: u16,
+    /// Whether it carries `X-Amz-Function-Error`.
+    pub function_error: bool,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// Reads one answer (status line, headers, a body of `content-length` bytes).
+pub(crate) async fn read_answer(
+    http: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> HttpAnswer {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    http.read_line(&mut line).await.expect("the status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status");
+    let (mut length, mut function_error) = (0usize, false);
     loop {
         line.clear();
         http.read_line(&mut line).await.expect("the answer is read");
@@ -176,14 +186,32 @@ async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &s
         }
         function_error |= header.starts_with("x-amz-function-error");
     }
-    let mut answer = vec![0; length];
-    http.read_exact(&mut answer)
+    let mut body = vec![0; length];
+    http.read_exact(&mut body).await.expect("the answer's body");
+    HttpAnswer {
+        status,
+        function_error,
+        body,
+    }
+}
+
+/// Sends one Invoke request and reads the answer; panics on a function error.
+async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &str) {
+    use tokio::io::AsyncWriteExt;
+    let request = format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: bench\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    http.get_mut()
+        .write_all(request.as_bytes())
         .await
-        .expect("the answer's body");
+        .expect("the request is sent");
+    let answer = read_answer(http).await;
     assert!(
-        !function_error,
+        !answer.function_error,
         "publish failed: {}",
-        String::from_utf8_lossy(&answer)
+        String::from_utf8_lossy(&answer.body)
     );
 }
 

@@ -328,6 +328,18 @@ mod tests {
         RoomName::parse("orders").unwrap()
     }
 
+    /// Delivers `{}` to the room's members.
+    async fn to_room(
+        store: &MemoryStore,
+        gateway: &RecordingGateway,
+        config: &FanoutConfig,
+    ) -> Counts {
+        let payload = Bytes::from_static(b"{}");
+        deliver(store, gateway, &Target::Room(room()), payload, config)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn gone_recipients_are_forgotten_throttled_ones_retried() {
         let store = MemoryStore::new();
@@ -340,15 +352,7 @@ mod tests {
         gateway.script(&ids[4], Scripted::Fails);
         let config = FanoutConfig::default();
 
-        let counts = deliver(
-            &store,
-            &gateway,
-            &Target::Room(room()),
-            Bytes::from_static(b"{}"),
-            &config,
-        )
-        .await
-        .unwrap();
+        let counts = to_room(&store, &gateway, &config).await;
 
         assert_eq!(
             counts,
@@ -386,15 +390,7 @@ mod tests {
             page_size: 10,
             ..FanoutConfig::default()
         };
-        let counts = deliver(
-            &store,
-            &gateway,
-            &Target::Room(room()),
-            Bytes::from_static(b"{}"),
-            &config,
-        )
-        .await
-        .unwrap();
+        let counts = to_room(&store, &gateway, &config).await;
         assert_eq!(
             counts,
             Counts {
@@ -516,15 +512,7 @@ mod tests {
         gateway.script(&ids[0], Scripted::AlwaysThrottled);
         let config = FanoutConfig::default();
         let started = tokio::time::Instant::now();
-        let counts = deliver(
-            &store,
-            &gateway,
-            &Target::Room(room()),
-            Bytes::from_static(b"{}"),
-            &config,
-        )
-        .await
-        .unwrap();
+        let counts = to_room(&store, &gateway, &config).await;
         assert_eq!(counts.failed, 1);
         // Four waits, each uniform up to 50, 100, 200, 400 ms: all four near zero has a
         // vanishing chance; none at all means the retries did not wait.
