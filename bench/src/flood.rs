@@ -66,12 +66,6 @@ async fn invoke_event(http: &mut BufReader<TcpStream>, body: &str) -> u16 {
     load::read_answer(http).await.status
 }
 
-async fn open(addr: SocketAddr) -> BufReader<TcpStream> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let _ = stream.set_nodelay(true);
-    BufReader::new(stream)
-}
-
 /// Reads until the notification `"last"`: how many arrived, or the close code.
 async fn read_all(mut ws: load::Ws) -> Result<u64, u16> {
     let mut received = 0;
@@ -133,7 +127,7 @@ pub async fn flood(
         .map(|_| {
             let (next, pad) = (next.clone(), pad.clone());
             tokio::spawn(async move {
-                let mut http = open(addr).await;
+                let mut http = load::http_connection(addr).await;
                 let (mut accepted, mut throttled) = (0u64, 0u64);
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -159,7 +153,7 @@ pub async fn flood(
     let send_secs = started.elapsed().as_secs_f64();
 
     // The final publish queues behind every accepted one.
-    let mut http = open(addr).await;
+    let mut http = load::http_connection(addr).await;
     let last = json!({"room":"flood","data":"last"}).to_string();
     while invoke_event(&mut http, &last).await != 202 {
         assert!(started.elapsed() < PATIENCE, "the queue never drained");

@@ -195,6 +195,15 @@ pub(crate) async fn read_answer(
     }
 }
 
+/// A kept-alive HTTP/1.1 connection to the gateway's Invoke API, without Nagle's delay.
+pub(crate) async fn http_connection(
+    addr: SocketAddr,
+) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.set_nodelay(true);
+    tokio::io::BufReader::new(stream)
+}
+
 /// Sends one Invoke request and reads the answer; panics on a function error.
 async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &str) {
     use tokio::io::AsyncWriteExt;
@@ -218,13 +227,7 @@ async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &s
 impl Publisher {
     async fn open(server: &Server) -> Self {
         match server {
-            Server::Gateway(addrs) => {
-                let stream = tokio::net::TcpStream::connect(addrs[0])
-                    .await
-                    .expect("connect");
-                let _ = stream.set_nodelay(true);
-                Self::Gateway(tokio::io::BufReader::new(stream))
-            }
+            Server::Gateway(addrs) => Self::Gateway(http_connection(addrs[0]).await),
             Server::Baseline(addr) => {
                 let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/pub"))
                     .await

@@ -93,13 +93,16 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
             (store, redis)
         }
     };
+    // On a shared store a record lives a few heartbeats: the cluster renews it for that
+    // long, and the handlers write it with that lifetime.
+    let lifetime = settings.heartbeat * HEARTBEATS_PER_LIFETIME;
     let (store, router, heartbeat): (Arc<dyn ConnectionStore>, Arc<dyn Gateway>, _) =
         if let Some(redis) = redis {
             let cluster_settings = ClusterSettings {
                 redis,
                 instance: settings.instance_id.clone(),
                 heartbeat: settings.heartbeat,
-                lifetime: settings.heartbeat * HEARTBEATS_PER_LIFETIME,
+                lifetime,
             };
             let registration = Arc::new(Registration::default());
             let tracked: Arc<dyn ConnectionStore> = Arc::new(TrackingStore::new(
@@ -122,7 +125,7 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
     let mut services = compose::services(store, &settings.config);
     if heartbeat.is_some() {
         services.instance = Some(settings.instance_id.clone());
-        services.limits.connection_lifetime = settings.heartbeat * HEARTBEATS_PER_LIFETIME;
+        services.limits.connection_lifetime = lifetime;
     }
     Ok(Parts {
         settings,

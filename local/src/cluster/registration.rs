@@ -179,12 +179,8 @@ impl Cluster {
     async fn await_peers(&self, generation: u64) {
         let started = Instant::now();
         let prefix = &self.prefix;
-        let mut waiting: Vec<String> = self
-            .peers()
-            .iter()
-            .filter(|peer| **peer != self.instance)
-            .cloned()
-            .collect();
+        // The peers never include this instance (see `refresh_peers` and the hello).
+        let mut waiting: Vec<String> = self.peers().iter().cloned().collect();
         while !waiting.is_empty() {
             if *self.registration.generation() != generation {
                 return;
