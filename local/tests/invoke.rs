@@ -389,11 +389,27 @@ async fn an_optional_room_limit_refuses_publishes_past_it_without_using_their_ke
         tokio::time::sleep(Duration::from_millis(rest)).await;
     }
     let mut delivered = 0;
+    let mut first_id = Value::Null;
     for n in 0..4 {
-        let answer = gw.invoke(json!({"room":"news","data":n})).await.unwrap();
+        let answer = gw
+            .invoke(json!({"room":"news","data":n,"id":format!("k-{n}")}))
+            .await
+            .unwrap();
         delivered += answer["delivered"].as_u64().unwrap();
+        if n == 0 {
+            first_id = answer["id"].clone();
+        }
     }
     assert_eq!(delivered, 4, "the burst is published");
+    // A repeat of a published key is answered with its first id, never "not published".
+    let repeat = gw
+        .invoke(json!({"room":"news","data":0,"id":"k-0"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (repeat["id"].clone(), repeat["delivered"].clone()),
+        (first_id, json!(0))
+    );
     let refused = gw
         .invoke(json!({"room":"news","data":"fifth","id":"k-5"}))
         .await

@@ -138,20 +138,6 @@ pub async fn publish_one(
         .encode()
         .map_err(PublishError::BadRequest)?;
     let store = &services.store;
-    if let (Target::Room(room), Some(rate)) = (&request.target, services.limits.room_publish) {
-        // Before the idempotency key is claimed: a refused publish may be sent again.
-        let allowed = store
-            .count_event(&format!("room-publish:{room}"), rate.window(), rate.burst)
-            .await
-            .map_err(|e| PublishError::Unavailable(error::source(e)))?;
-        if !allowed {
-            return Err(PublishError::RateLimited(format!(
-                "room {room} takes at most {} publishes a second, in bursts of {}: \
-                 this one was not published",
-                rate.per_second, rate.burst
-            )));
-        }
-    }
     if let Some(key) = &request.idempotency_key {
         let claimed = store
             .claim_idempotency_key(key, &id, services.limits.idempotency_window)
@@ -163,6 +149,12 @@ pub async fn publish_one(
                 ..PublishOutcome::default()
             });
         }
+    }
+    // After the claim, so a repeat of a published key is answered with its first id (and
+    // not counted); a refused publish gives its key back, so it may be sent again.
+    if let Err(refused) = check_room_limit(services, &request.target).await {
+        release_key(services, request, &id).await;
+        return Err(refused);
     }
     match deliver(
         &**store,
@@ -181,12 +173,38 @@ pub async fn publish_one(
         }),
         Err(e) => {
             error!(notification_id = %id, error = %e, "fan-out interrupted");
-            if let Some(key) = &request.idempotency_key
-                && let Err(release) = store.release_idempotency_key(key, &id).await
-            {
-                warn!(key = %key, error = %release, "could not release the idempotency key");
-            }
+            release_key(services, request, &id).await;
             Err(PublishError::Unavailable(error::source(e)))
         }
+    }
+}
+
+/// Counts a publish to a room against the room's limit, when one is set.
+async fn check_room_limit(services: &Services, target: &Target) -> Result<(), PublishError> {
+    let (Target::Room(room), Some(rate)) = (target, services.limits.room_publish) else {
+        return Ok(());
+    };
+    let allowed = services
+        .store
+        .count_event(&format!("room-publish:{room}"), rate.window(), rate.burst)
+        .await
+        .map_err(|e| PublishError::Unavailable(error::source(e)))?;
+    if allowed {
+        return Ok(());
+    }
+    Err(PublishError::RateLimited(format!(
+        "room {room} takes at most {} publishes a second, in bursts of {}: \
+         this one was not published",
+        rate.per_second, rate.burst
+    )))
+}
+
+/// Gives back the idempotency key `id` claimed for `request`, when it has one: the publish
+/// did not happen, so a retry with the same key must be able to.
+async fn release_key(services: &Services, request: &PublishRequest, id: &str) {
+    if let Some(key) = &request.idempotency_key
+        && let Err(release) = services.store.release_idempotency_key(key, id).await
+    {
+        warn!(key = %key, error = %release, "could not release the idempotency key");
     }
 }
