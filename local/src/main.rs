@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use herald::config::Config;
 use herald::limits::{DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_ROOMS_PER_CONNECTION};
+use herald::store::Retention;
+use herald::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
 use herald_local::{
     AuthMode, ControlPlane, ControlPlaneMode, Credentials, DEFAULT_DRAIN, DEFAULT_FRAME_BURST,
     DEFAULT_FRAMES_PER_SECOND, DEFAULT_HEAD_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_HOST,
@@ -64,6 +66,18 @@ struct Flags {
          [default: HERALD_MAX_ROOMS_PER_CONNECTION, else {DEFAULT_MAX_ROOMS_PER_CONNECTION}]"
     ))]
     max_rooms_per_connection: Option<usize>,
+    /// Notifications kept per room and per user for recovery; overrides HERALD_HISTORY_SIZE.
+    #[arg(long, help = format!(
+        "Notifications kept per room and per user for recovery (0: no history) \
+         [default: HERALD_HISTORY_SIZE, else {DEFAULT_HISTORY_SIZE}]"
+    ))]
+    history_size: Option<usize>,
+    /// Seconds a kept notification stays; overrides HERALD_HISTORY_TTL_SECS.
+    #[arg(long, help = format!(
+        "Seconds a kept notification stays (0: no history) \
+         [default: HERALD_HISTORY_TTL_SECS, else {}]", DEFAULT_HISTORY_AGE.as_secs()
+    ))]
+    history_ttl_secs: Option<u64>,
     /// Frames a second each client may send (0: no limit); over it a frame is dropped and
     /// answered rate_limited, and ten times over it for ten seconds closes with 1008.
     #[arg(long, env = "HERALD_FRAMES_PER_SECOND", default_value_t = DEFAULT_FRAMES_PER_SECOND)]
@@ -152,6 +166,18 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(max) = flags.max_rooms_per_connection {
         config.limits.max_rooms_per_connection = non_zero(max);
+    }
+    if flags.history_size.is_some() || flags.history_ttl_secs.is_some() {
+        let current = config.limits.history;
+        config.limits.history = Retention::new(
+            flags
+                .history_size
+                .unwrap_or(current.map_or(DEFAULT_HISTORY_SIZE, |r| r.size)),
+            flags
+                .history_ttl_secs
+                .map(Duration::from_secs)
+                .unwrap_or(current.map_or(DEFAULT_HISTORY_AGE, |r| r.age)),
+        );
     }
     let settings = Settings {
         stage: flags.stage,

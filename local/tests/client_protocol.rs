@@ -20,15 +20,19 @@ async fn ping_whoami_subscribe_unsubscribe() {
         c.ask(json!({"action":"whoami"})).await,
         json!({"type":"whoami","connectionId": c.id, "user":"alice"})
     );
+    let team = c
+        .ask(json!({"action":"subscribe","room":"team:a","ref":"s"}))
+        .await;
     assert_eq!(
-        c.ask(json!({"action":"subscribe","room":"team:a","ref":"s"}))
-            .await,
-        json!({"type":"subscribed","room":"team:a","ref":"s"})
+        team,
+        json!({"type":"subscribed","room":"team:a","ref":"s","offset":0,"epoch":team["epoch"]})
     );
+    let orders = c
+        .ask(json!({"action":"subscribe","room":"orders","since":{"offset":5,"epoch":"old"}}))
+        .await;
     assert_eq!(
-        c.ask(json!({"action":"subscribe","room":"orders","since":"0"}))
-            .await,
-        json!({"type":"subscribed","room":"orders","recovered":false})
+        orders,
+        json!({"type":"subscribed","room":"orders","recovered":false,"offset":0,"epoch":orders["epoch"]})
     );
     assert_eq!(
         c.ask(json!({"action":"subscribe","room":"payroll"})).await["code"],

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
 use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
-use crate::store::{DynamoSettings, RedisSettings, StoreSettings};
+use crate::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
+use crate::store::{DynamoSettings, RedisSettings, Retention, StoreSettings};
 
 /// A configuration problem, naming the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,6 +193,10 @@ impl Config {
                 "HERALD_IDEMPOTENCY_WINDOW_SECS",
                 defaults.idempotency_window,
             )?,
+            history: Retention::new(
+                number(&get, "HERALD_HISTORY_SIZE")?.unwrap_or(DEFAULT_HISTORY_SIZE),
+                secs("HERALD_HISTORY_TTL_SECS", DEFAULT_HISTORY_AGE)?,
+            ),
         };
 
         let fanout_defaults = FanoutConfig::default();
@@ -346,6 +351,21 @@ mod tests {
         assert_eq!(rooms.limits.room_publish.map(|r| r.burst), Some(7));
         assert_eq!(c.limits.connection_lifetime, Duration::from_secs(60));
         assert_eq!(c.limits.idempotency_window, Duration::from_secs(10));
+        assert_eq!(c.limits.history, Some(Retention::default()));
+        let kept = config(&[
+            ("HERALD_HISTORY_SIZE", "5"),
+            ("HERALD_HISTORY_TTL_SECS", "30"),
+        ])
+        .unwrap();
+        assert_eq!(
+            kept.limits.history.map(|r| (r.size, r.age)),
+            Some((5, Duration::from_secs(30)))
+        );
+        for off in ["HERALD_HISTORY_SIZE", "HERALD_HISTORY_TTL_SECS"] {
+            let off = config(&[(off, "0")]).unwrap();
+            assert_eq!(off.limits.history, None, "0 turns history off");
+        }
+        assert!(config(&[("HERALD_HISTORY_SIZE", "-1")]).is_err());
         assert_eq!(c.fanout.concurrency, 8);
         assert_eq!(c.fanout.max_retries, 1);
     }

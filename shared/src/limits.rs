@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::store::Retention;
+
 /// Connections one user may hold at once, unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
 /// How long a connection record lives without `$disconnect`: API Gateway's 2-hour maximum
@@ -36,6 +38,8 @@ pub struct Limits {
     pub connection_lifetime: Duration,
     /// How long a publish idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// History kept per room and per user; `None` for none.
+    pub history: Option<Retention>,
 }
 
 impl Default for Limits {
@@ -50,6 +54,7 @@ impl Default for Limits {
             room_publish: None,
             connection_lifetime: DEFAULT_CONNECTION_LIFETIME,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            history: Some(Retention::default()),
         }
     }
 }

@@ -28,6 +28,26 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out a free port")
 }
 
+/// `moto_server`'s application served with one request handled at a time. DynamoDB
+/// applies the writes to one item one after another (a conditional update sees the one
+/// before it); `moto_server` handles requests on concurrent threads without that, so two
+/// `ADD`s to one counter can both read the old value. Serializing every request gives moto
+/// DynamoDB's per-item order (and more), so the store suite's concurrency cases mean the
+/// same on every backend. Threads and keep-alive stay on, as with `moto_server`.
+const SERIALIZED_MOTO: &str = r#"
+import os, sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+host, port = sys.argv[1], int(sys.argv[2])
+os.environ.setdefault("MOTO_PORT", str(port))
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+def serialized(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+run_simple(host, port, serialized, threaded=True)
+"#;
+
 impl Server {
     /// Starts `redis-server` on a free port and waits until it answers.
     pub fn redis() -> Self {
@@ -86,8 +106,8 @@ impl Server {
                 "apt-get install redis-server",
             ),
             Kind::DynamoDb => (
-                "moto_server",
-                vec!["-H", "127.0.0.1", "-p", &port],
+                "python3",
+                vec!["-c", SERIALIZED_MOTO, "127.0.0.1", &port],
                 "pip install 'moto[server]'",
             ),
         };

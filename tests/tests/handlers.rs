@@ -277,10 +277,12 @@ async fn subscribe_fixture_joins_the_room_and_replies_with_the_ref() {
     );
     let response = handlers::message(&w.services, &w.gateway, &event).await;
     assert_eq!(response.status_code, 200);
-    assert_eq!(
-        w.last_reply(FIXTURE_ID),
-        json!({"type":"subscribed","room":"orders","ref":"r1"})
-    );
+    let reply = w.last_reply(FIXTURE_ID);
+    assert_eq!(reply["type"], "subscribed");
+    assert_eq!(reply["room"], "orders");
+    assert_eq!(reply["ref"], "r1");
+    assert_eq!(reply["offset"], 0, "nothing published to it yet: {reply}");
+    assert!(reply["epoch"].is_string(), "{reply}");
     let rooms = w
         .store
         .rooms_of(&ConnectionId::new(FIXTURE_ID))
@@ -347,19 +349,22 @@ async fn subscribe_checks_patterns_and_unsubscribe_leaves() {
     w.connect("c1", "alice").await;
     w.send("c1", json!({"action":"subscribe","room":"team:blue"}))
         .await;
+    let blue = w.last_reply("c1");
     assert_eq!(
-        w.last_reply("c1"),
-        json!({"type":"subscribed","room":"team:blue"})
+        blue,
+        json!({"type":"subscribed","room":"team:blue","offset":0,"epoch":blue["epoch"]})
     );
     w.send(
         "c1",
-        json!({"action":"subscribe","room":"team:red","since":"0193"}),
+        json!({"action":"subscribe","room":"team:red","since":{"offset":3,"epoch":"gone"}}),
     )
     .await;
+    let red = w.last_reply("c1");
     assert_eq!(
-        w.last_reply("c1"),
-        json!({"type":"subscribed","room":"team:red","recovered":false})
+        red,
+        json!({"type":"subscribed","room":"team:red","recovered":false,"offset":0,"epoch":red["epoch"]})
     );
+    assert_ne!(red["epoch"], "gone");
     w.send(
         "c1",
         json!({"action":"unsubscribe","room":"team:blue","ref":"u"}),

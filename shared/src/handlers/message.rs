@@ -12,10 +12,10 @@ use crate::auth::Identity;
 use crate::gateway::{Gateway, PushError};
 use crate::ids::ConnectionId;
 use crate::protocol::{
-    ClientRequest, ErrorCode, ProtocolError, PublishRequest, Reply, ServerMessage, Target,
-    parse_client_frame,
+    ClientRequest, ErrorCode, MAX_NOTIFICATION_BYTES, Position, ProtocolError, PublishRequest,
+    Reply, RoomName, ServerMessage, Stored, Target, parse_client_frame,
 };
-use crate::store::StoreError;
+use crate::store::{Channel, Entry, Range, StoreError};
 
 /// Handles one client frame and replies to the sender. Answers 200 once the reply is
 /// handled (even an `error` reply: the connection stays usable), 400 without a connection id.
@@ -29,29 +29,161 @@ pub async fn message(
         return no_connection_id();
     };
     let body = event.body.as_deref().unwrap_or("");
-    let reply = match parse_client_frame(body) {
-        Err(rejected) => Reply {
-            message: rejected.error.into(),
-            reference: rejected.reference,
-        },
+    let (reply, replay) = match parse_client_frame(body) {
+        Err(rejected) => (
+            Reply {
+                message: rejected.error.into(),
+                reference: rejected.reference,
+            },
+            Vec::new(),
+        ),
         Ok(frame) => {
-            let message = match Identity::from_context(&ctx.authorizer.fields) {
+            let answer = match Identity::from_context(&ctx.authorizer.fields) {
                 Ok(identity) => dispatch(services, gateway, &id, &identity, frame.request)
                     .await
-                    .unwrap_or_else(ServerMessage::from),
+                    .unwrap_or_else(|e| Answer::from(ServerMessage::from(e))),
                 Err(e) => {
                     error!(connection_id = %id, error = %e, "message without an authorizer context");
-                    ProtocolError::new(ErrorCode::Internal, "connection has no identity").into()
+                    Answer::from(ServerMessage::from(ProtocolError::new(
+                        ErrorCode::Internal,
+                        "connection has no identity",
+                    )))
                 }
             };
-            Reply {
-                message,
-                reference: frame.reference,
-            }
+            (
+                Reply {
+                    message: answer.message,
+                    reference: frame.reference,
+                },
+                answer.replay,
+            )
         }
     };
-    send(services, gateway, &id, &reply).await;
+    if send(services, gateway, &id, Bytes::from(reply.to_json())).await {
+        for notification in replay {
+            if !send(services, gateway, &id, notification.bytes).await {
+                break;
+            }
+        }
+    }
     response(200, "")
+}
+
+/// A reply, and the kept notifications to push after it, in order.
+struct Answer {
+    message: ServerMessage,
+    replay: Vec<Entry>,
+}
+
+impl From<ServerMessage> for Answer {
+    fn from(message: ServerMessage) -> Self {
+        Self {
+            message,
+            replay: Vec::new(),
+        }
+    }
+}
+
+/// What a client at `since` gets back from `channel`'s history: whether it recovers (with
+/// `since` only), the channel's position, and the notifications to replay.
+async fn recover(
+    services: &Services,
+    channel: &Channel,
+    since: Option<&Position>,
+) -> Result<(Option<bool>, Option<Position>, Vec<Entry>), ProtocolError> {
+    let Some(retention) = services.limits.history else {
+        return Ok((since.map(|_| false), None, Vec::new()));
+    };
+    let (range, limit) = match since {
+        Some(since) => (Range::After(since.offset), retention.size),
+        None => (Range::Latest, 0),
+    };
+    let read = services
+        .store
+        .read_history(channel, range, limit, &retention)
+        .await
+        .map_err(store_error)?;
+    let position = read.position.clone();
+    Ok(match since {
+        None => (None, Some(position), Vec::new()),
+        Some(since) => match read.replay_after(since) {
+            Some(replay) => (Some(true), Some(position), replay),
+            None => (Some(false), Some(position), Vec::new()),
+        },
+    })
+}
+
+/// Bytes of a `history` reply kept free for its `ref`: a `ref` string of the longest kind,
+/// every character escaped.
+const REF_ALLOWANCE: usize = 6 * crate::protocol::MAX_ID_LEN + 16;
+
+/// The `history` reply: kept notifications of `room`, as many as fit in one frame.
+async fn history(
+    services: &Services,
+    room: RoomName,
+    limit: usize,
+    since: Option<Position>,
+) -> Result<ServerMessage, ProtocolError> {
+    let Some(retention) = services.limits.history else {
+        return Ok(ServerMessage::History {
+            room,
+            notifications: Vec::new(),
+            position: None,
+            truncated: false,
+        });
+    };
+    let channel = &Channel::Room(room.clone());
+    let read = |range| async move {
+        services
+            .store
+            .read_history(channel, range, limit, &retention)
+            .await
+            .map_err(store_error)
+    };
+    let mut found = match &since {
+        Some(since) => read(Range::After(since.offset)).await?,
+        None => read(Range::Latest).await?,
+    };
+    // Offsets of another epoch mean nothing here: answer the newest instead, and the
+    // client sees from the epoch that its history was lost.
+    if since
+        .as_ref()
+        .is_some_and(|s| s.epoch != found.position.epoch)
+    {
+        found = read(Range::Latest).await?;
+    }
+    let mut notifications: Vec<Stored> = found
+        .entries
+        .iter()
+        .filter_map(|e| Stored::new(&e.bytes))
+        .collect();
+    let envelope = serde_json::to_vec(&ServerMessage::History {
+        room: room.clone(),
+        notifications: Vec::new(),
+        position: Some(found.position.clone()),
+        truncated: true,
+    })
+    .map(|v| v.len())
+    .unwrap_or(0);
+    let budget = MAX_NOTIFICATION_BYTES.saturating_sub(envelope + REF_ALLOWANCE);
+    let mut used: usize = notifications.iter().map(|n| n.len() + 1).sum();
+    let mut truncated = false;
+    while used > budget && !notifications.is_empty() {
+        // Keep the end a client pages from: the newest without `since`, the oldest with.
+        let dropped = if since.is_some() {
+            notifications.pop()
+        } else {
+            Some(notifications.remove(0))
+        };
+        used -= dropped.map_or(0, |n| n.len() + 1);
+        truncated = true;
+    }
+    Ok(ServerMessage::History {
+        room,
+        notifications,
+        position: Some(found.position),
+        truncated,
+    })
 }
 
 async fn dispatch(
@@ -60,14 +192,15 @@ async fn dispatch(
     id: &ConnectionId,
     identity: &Identity,
     request: ClientRequest,
-) -> Result<ServerMessage, ProtocolError> {
+) -> Result<Answer, ProtocolError> {
     let store = &services.store;
     match request {
-        ClientRequest::Ping => Ok(ServerMessage::Pong),
+        ClientRequest::Ping => Ok(ServerMessage::Pong.into()),
         ClientRequest::Whoami => Ok(ServerMessage::Whoami {
             connection_id: id.clone(),
             user: identity.user.clone(),
-        }),
+        }
+        .into()),
         ClientRequest::Subscribe { room, since } => {
             if !identity.can_subscribe(&room) {
                 return Err(forbidden(&format!("you may not subscribe to {room}")));
@@ -75,17 +208,42 @@ async fn dispatch(
             if let Some(max) = services.limits.max_rooms_per_connection {
                 check_room_cap(&**store, id, &room, max).await?;
             }
+            // Joined before the history is read: a notification published meanwhile is
+            // either in what is read or fanned out to this connection (or both).
             store.join(id, &room).await.map_err(store_error)?;
-            // Herald keeps no history yet, so nothing missed can be replayed: say so,
-            // and the client knows to refetch its state.
-            Ok(ServerMessage::Subscribed {
-                room,
-                recovered: since.map(|_| false),
+            let channel = Channel::Room(room.clone());
+            let (recovered, position, replay) = recover(services, &channel, since.as_ref()).await?;
+            Ok(Answer {
+                message: ServerMessage::Subscribed {
+                    room,
+                    recovered,
+                    position,
+                },
+                replay,
             })
+        }
+        ClientRequest::Recover { since } => {
+            let channel = Channel::User(identity.user.clone());
+            let (recovered, position, replay) = recover(services, &channel, Some(&since)).await?;
+            Ok(Answer {
+                message: ServerMessage::Recovered {
+                    recovered: recovered.unwrap_or(false),
+                    position,
+                },
+                replay,
+            })
+        }
+        ClientRequest::History { room, limit, since } => {
+            if !identity.can_subscribe(&room) {
+                return Err(forbidden(&format!("you may not read {room}")));
+            }
+            history(services, room, limit, since)
+                .await
+                .map(Answer::from)
         }
         ClientRequest::Unsubscribe { room } => {
             store.leave(id, &room).await.map_err(store_error)?;
-            Ok(ServerMessage::Unsubscribed { room })
+            Ok(ServerMessage::Unsubscribed { room }.into())
         }
         ClientRequest::Publish { room, data } => {
             if !identity.can_publish(&room) {
@@ -118,7 +276,12 @@ async fn dispatch(
                 Ok(outcome) => Ok(ServerMessage::Published {
                     room,
                     id: outcome.id,
-                }),
+                    position: outcome
+                        .offset
+                        .zip(outcome.epoch)
+                        .map(|(offset, epoch)| Position { offset, epoch }),
+                }
+                .into()),
                 Err(PublishError::BadRequest(e)) => Err(e),
                 Err(PublishError::RateLimited(message)) => {
                     Err(ProtocolError::new(ErrorCode::RateLimited, message))
@@ -174,15 +337,20 @@ fn store_error(e: StoreError) -> ProtocolError {
     }
 }
 
-/// Posts the reply to the sender; a sender that has gone meanwhile is forgotten.
-async fn send(services: &Services, gateway: &dyn Gateway, id: &ConnectionId, reply: &Reply) {
-    match gateway.post(id, Bytes::from(reply.to_json())).await {
-        Ok(()) => {}
+/// Posts a reply or a replayed notification to the sender; `false` when it did not go
+/// through (a sender that has gone meanwhile is forgotten).
+async fn send(services: &Services, gateway: &dyn Gateway, id: &ConnectionId, bytes: Bytes) -> bool {
+    match gateway.post(id, bytes).await {
+        Ok(()) => true,
         Err(PushError::Gone) => {
             if let Err(e) = services.store.remove(id).await {
                 warn!(connection_id = %id, error = %e, "could not forget a gone sender");
             }
+            false
         }
-        Err(e) => warn!(connection_id = %id, error = %e, "reply not delivered"),
+        Err(e) => {
+            warn!(connection_id = %id, error = %e, "reply not delivered");
+            false
+        }
     }
 }

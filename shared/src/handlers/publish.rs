@@ -14,8 +14,10 @@ use crate::fanout::deliver;
 use crate::gateway::Gateway;
 use crate::ids::{notification_id, now_ms};
 use crate::protocol::{
-    BatchOutcome, Notification, ProtocolError, PublishInput, PublishOutcome, PublishRequest, Target,
+    BatchOutcome, Notification, ProtocolError, PublishInput, PublishOutcome, PublishRequest,
+    Target, check_size,
 };
+use crate::store::{Channel, Draft};
 
 /// Why a publish did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -127,16 +129,22 @@ async fn sqs(services: &Services, gateway: &dyn Gateway, event: SqsEvent) -> Sqs
     response
 }
 
-/// Publishes one validated request: serialize once, honour the idempotency key, fan out.
+/// Publishes one validated request: serialize once, honour the idempotency key, keep it in
+/// the room's or user's history, fan out.
 pub async fn publish_one(
     services: &Services,
     gateway: &dyn Gateway,
     request: &PublishRequest,
 ) -> Result<PublishOutcome, PublishError> {
     let id = notification_id();
-    let payload = Notification::new(&id, &request.target, &request.data, now_ms())
-        .encode()
-        .map_err(PublishError::BadRequest)?;
+    let (head, tail) = Notification::new(&id, &request.target, &request.data, now_ms()).split();
+    let draft = Draft { head, tail };
+    let kept = Channel::of(&request.target).zip(services.limits.history);
+    let largest = match kept {
+        Some(_) => draft.max_len(),
+        None => draft.head.len() + draft.tail.len(),
+    };
+    check_size(largest).map_err(PublishError::BadRequest)?;
     let store = &services.store;
     if let Some(key) = &request.idempotency_key {
         let claimed = store
@@ -156,6 +164,18 @@ pub async fn publish_one(
         release_key(services, request, &id).await;
         return Err(refused);
     }
+    // Kept before the fan-out starts: a client subscribing meanwhile either is listed as
+    // a recipient or finds the notification in the history it reads after joining.
+    let (payload, position) = match &kept {
+        Some((channel, retention)) => match store.append(channel, &draft, retention).await {
+            Ok(position) => (draft.assemble(&position), Some(position)),
+            Err(e) => {
+                release_key(services, request, &id).await;
+                return Err(PublishError::Unavailable(error::source(e)));
+            }
+        },
+        None => (draft.bare(), None),
+    };
     match deliver(
         &**store,
         gateway,
@@ -170,8 +190,12 @@ pub async fn publish_one(
             delivered: counts.delivered,
             gone: counts.gone,
             failed: counts.failed,
+            offset: position.as_ref().map(|p| p.offset),
+            epoch: position.map(|p| p.epoch),
         }),
         Err(e) => {
+            // Kept in the history already: a client recovering finds it. The key is given
+            // back so the caller may retry the recipients this fan-out did not reach.
             error!(notification_id = %id, error = %e, "fan-out interrupted");
             release_key(services, request, &id).await;
             Err(PublishError::Unavailable(error::source(e)))

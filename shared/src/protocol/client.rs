@@ -3,17 +3,34 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{ErrorCode, MAX_ID_LEN, ProtocolError, RoomName, check_id};
+use super::{
+    DEFAULT_HISTORY_LIMIT, ErrorCode, MAX_HISTORY_LIMIT, MAX_ID_LEN, Position, ProtocolError,
+    RoomName,
+};
 
 /// One request a client sent over its socket.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientRequest {
-    /// Join a room, optionally recovering what was missed since a notification id.
+    /// Join a room, optionally recovering what was missed after a position.
     Subscribe {
         /// The room.
         room: RoomName,
-        /// The id of the last notification the client saw.
-        since: Option<String>,
+        /// The position of the last notification the client saw.
+        since: Option<Position>,
+    },
+    /// Replay what the caller's own inbox received after a position.
+    Recover {
+        /// The position of the last inbox notification the client saw.
+        since: Position,
+    },
+    /// Read a room's kept notifications.
+    History {
+        /// The room.
+        room: RoomName,
+        /// The most notifications to answer.
+        limit: usize,
+        /// Only those after this position (the newest ones without it).
+        since: Option<Position>,
     },
     /// Leave a room.
     Unsubscribe {
@@ -60,7 +77,31 @@ struct SubscribeFrame {
     _ref: Option<Value>,
     room: RoomName,
     #[serde(default)]
-    since: Option<String>,
+    since: Option<Position>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverFrame {
+    #[serde(rename = "action")]
+    _action: String,
+    #[serde(rename = "ref", default)]
+    _ref: Option<Value>,
+    since: Position,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryFrame {
+    #[serde(rename = "action")]
+    _action: String,
+    #[serde(rename = "ref", default)]
+    _ref: Option<Value>,
+    room: RoomName,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    since: Option<Position>,
 }
 
 #[derive(Deserialize)]
@@ -101,7 +142,15 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
 }
 
 /// The client actions the contract defines, which are also API Gateway route keys.
-pub const CLIENT_ACTIONS: [&str; 5] = ["subscribe", "unsubscribe", "ping", "whoami", "publish"];
+pub const CLIENT_ACTIONS: [&str; 7] = [
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "whoami",
+    "publish",
+    "recover",
+    "history",
+];
 
 /// Parses one text frame from a client.
 pub fn parse_client_frame(text: &str) -> Result<ClientMessage, RejectedFrame> {
@@ -148,10 +197,32 @@ fn parse_action(object: Map<String, Value>) -> Result<ClientRequest, ProtocolErr
         "subscribe" => {
             let frame: SubscribeFrame = serde_json::from_value(value).map_err(typed)?;
             if let Some(since) = &frame.since {
-                check_id("since", since)?;
+                since.check("since")?;
             }
             Ok(ClientRequest::Subscribe {
                 room: frame.room,
+                since: frame.since,
+            })
+        }
+        "recover" => {
+            let frame: RecoverFrame = serde_json::from_value(value).map_err(typed)?;
+            frame.since.check("since")?;
+            Ok(ClientRequest::Recover { since: frame.since })
+        }
+        "history" => {
+            let frame: HistoryFrame = serde_json::from_value(value).map_err(typed)?;
+            if let Some(since) = &frame.since {
+                since.check("since")?;
+            }
+            let limit = frame.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+            if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+                return Err(ProtocolError::bad_request(format!(
+                    "limit must be 1 to {MAX_HISTORY_LIMIT}, not {limit}"
+                )));
+            }
+            Ok(ClientRequest::History {
+                room: frame.room,
+                limit,
                 since: frame.since,
             })
         }
@@ -190,6 +261,7 @@ fn parse_action(object: Map<String, Value>) -> Result<ClientRequest, ProtocolErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_EPOCH_LEN;
 
     use serde_json::json;
 
@@ -208,11 +280,35 @@ mod tests {
                 since: None
             })
         );
+        let at = |offset, epoch: &str| Position {
+            offset,
+            epoch: epoch.into(),
+        };
         assert_eq!(
-            parse(r#"{"action":"subscribe","room":"orders","since":"abc"}"#),
+            parse(r#"{"action":"subscribe","room":"orders","since":{"offset":17,"epoch":"e"}}"#),
             Ok(ClientRequest::Subscribe {
                 room: RoomName::parse("orders").unwrap(),
-                since: Some("abc".into())
+                since: Some(at(17, "e"))
+            })
+        );
+        assert_eq!(
+            parse(r#"{"action":"recover","since":{"offset":0,"epoch":"e"}}"#),
+            Ok(ClientRequest::Recover { since: at(0, "e") })
+        );
+        assert_eq!(
+            parse(r#"{"action":"history","room":"o"}"#),
+            Ok(ClientRequest::History {
+                room: RoomName::parse("o").unwrap(),
+                limit: DEFAULT_HISTORY_LIMIT,
+                since: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"action":"history","room":"o","limit":5,"since":{"offset":3,"epoch":"e"}}"#),
+            Ok(ClientRequest::History {
+                room: RoomName::parse("o").unwrap(),
+                limit: 5,
+                since: Some(at(3, "e"))
             })
         );
         assert_eq!(
@@ -241,6 +337,19 @@ mod tests {
                 data: json!({"n":[1,"two"]})
             })
         );
+    }
+
+    #[test]
+    fn an_epoch_and_a_history_limit_are_checked_at_and_past_their_bounds() {
+        let since = |epoch: &str| {
+            json!({"action":"recover","since":{"offset":1,"epoch":epoch}}).to_string()
+        };
+        assert!(parse(&since(&"e".repeat(MAX_EPOCH_LEN))).is_ok());
+        assert!(parse(&since(&"e".repeat(MAX_EPOCH_LEN + 1))).is_err());
+        let limit = |n: usize| json!({"action":"history","room":"a","limit":n}).to_string();
+        assert!(parse(&limit(1)).is_ok());
+        assert!(parse(&limit(MAX_HISTORY_LIMIT)).is_ok());
+        assert!(parse(&limit(MAX_HISTORY_LIMIT + 1)).is_err());
     }
 
     #[test]
@@ -286,6 +395,32 @@ mod tests {
             (r#"{"action":"publish","room":"a"}"#, ErrorCode::BadRequest),
             (
                 r#"{"action":"subscribe","room":"a","since":""}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"action":"subscribe","room":"a","since":{"offset":-1,"epoch":"e"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"action":"subscribe","room":"a","since":{"offset":1,"epoch":""}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"action":"subscribe","room":"a","since":{"offset":1}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"action":"subscribe","room":"a","since":{"offset":1,"epoch":"e","x":1}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (r#"{"action":"recover"}"#, ErrorCode::BadRequest),
+            (r#"{"action":"history"}"#, ErrorCode::BadRequest),
+            (
+                r#"{"action":"history","room":"a","limit":0}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"action":"history","room":"a","limit":1001}"#,
                 ErrorCode::BadRequest,
             ),
         ];

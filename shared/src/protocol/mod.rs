@@ -36,6 +36,35 @@ pub const MAX_CONNECTIONS_PER_PUBLISH: usize = 1_000;
 pub const MAX_ROOM_LEN: usize = 128;
 /// The longest user id, idempotency key, connection id or `ref` string.
 pub const MAX_ID_LEN: usize = 256;
+/// The longest epoch a client may send back (Herald's own are 12 characters).
+pub const MAX_EPOCH_LEN: usize = 64;
+/// Notifications a `history` request answers when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// The most notifications one `history` request may ask for.
+pub const MAX_HISTORY_LIMIT: usize = 1_000;
+
+/// Where a channel (a room, or a user's inbox) stands: the offset of a notification and
+/// the epoch of the channel's history it belongs to. Clients send one back as `since`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    /// The offset: 1 for a channel's first notification, 0 before it.
+    pub offset: u64,
+    /// The epoch; another epoch means the history was lost in between.
+    pub epoch: String,
+}
+
+impl Position {
+    /// Checks a position a client sent.
+    pub fn check(&self, field: &str) -> Result<(), ProtocolError> {
+        if self.epoch.is_empty() || self.epoch.len() > MAX_EPOCH_LEN {
+            return Err(ProtocolError::bad_request(format!(
+                "{field}.epoch must have 1 to {MAX_EPOCH_LEN} characters"
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// The error codes of the contract's `error` frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -217,6 +217,13 @@ pub struct PublishOutcome {
     pub gone: u64,
     /// Recipients that could not be reached (throttled past the retry limit, or errors).
     pub failed: u64,
+    /// The notification's offset in its room's or user's history, with history on (not
+    /// for a repeated idempotency key: that publish did not append).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The history's epoch, with `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// The answer to a batch.

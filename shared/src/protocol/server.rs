@@ -1,9 +1,11 @@
 //! Server → client: replies to a client's requests, and notifications, serialized once.
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{ErrorCode, MAX_NOTIFICATION_BYTES, ProtocolError, RoomName, Target};
+use super::{ErrorCode, MAX_NOTIFICATION_BYTES, Position, ProtocolError, RoomName, Target};
 use crate::ids::ConnectionId;
 
 /// A reply or push to one client.
@@ -14,9 +16,33 @@ pub enum ServerMessage {
     Subscribed {
         /// The room.
         room: RoomName,
-        /// With `since`: whether everything missed was sent before this reply.
+        /// With `since`: whether every notification missed follows this reply.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// The room's position, with history on.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
+    },
+    /// Answer to `recover`: the user's own inbox.
+    Recovered {
+        /// Whether every notification missed follows this reply.
+        recovered: bool,
+        /// The inbox's position, with history on.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
+    },
+    /// Answer to `history`.
+    History {
+        /// The room.
+        room: RoomName,
+        /// Kept notifications, oldest first, each exactly as it was sent.
+        notifications: Vec<Stored>,
+        /// The room's position, with history on.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
+        /// Set when more were asked for than fit in one frame.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     /// The subscription is gone (or never was).
     Unsubscribed {
@@ -39,6 +65,9 @@ pub enum ServerMessage {
         room: RoomName,
         /// The notification's id.
         id: String,
+        /// Its position in the room, with history on.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
     },
     /// A refusal.
     Error {
@@ -47,6 +76,35 @@ pub enum ServerMessage {
         /// What went wrong.
         message: String,
     },
+}
+
+/// A notification as it was kept: JSON text, written into a reply unchanged.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct Stored(Box<RawValue>);
+
+impl Stored {
+    /// Wraps a kept notification's bytes; `None` if they are not JSON.
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        RawValue::from_string(text.to_owned()).ok().map(Self)
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    /// Whether it is empty (never, for a notification).
+    pub fn is_empty(&self) -> bool {
+        self.0.get().is_empty()
+    }
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// A [`ServerMessage`] with the `ref` of the request it answers.
@@ -79,22 +137,37 @@ impl From<ProtocolError> for ServerMessage {
 }
 
 /// A notification pushed to recipients, serialized once per publish.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Notification<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
     /// The notification id.
     pub id: &'a str,
     /// Set when the publish targeted a room.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub room: Option<&'a RoomName>,
     /// Set when the publish targeted a user.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
     /// The payload.
     pub data: &'a Value,
     /// When it was published, in ms since the epoch.
     pub ts: i64,
+}
+
+/// The fields before a notification's position.
+#[derive(Serialize)]
+struct Head<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a RoomName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+}
+
+/// The fields after it.
+#[derive(Serialize)]
+struct Tail<'a> {
+    data: &'a Value,
+    ts: i64,
 }
 
 impl<'a> Notification<'a> {
@@ -106,7 +179,6 @@ impl<'a> Notification<'a> {
             Target::Connections(_) | Target::Broadcast => (None, None),
         };
         Self {
-            kind: "notification",
             id,
             room,
             user,
@@ -115,20 +187,49 @@ impl<'a> Notification<'a> {
         }
     }
 
-    /// The bytes every recipient receives, or `too_large` past API Gateway's post limit.
-    pub fn encode(&self) -> Result<bytes::Bytes, ProtocolError> {
-        let bytes = serde_json::to_vec(self).expect("a notification always serializes");
-        if bytes.len() > MAX_NOTIFICATION_BYTES {
-            return Err(ProtocolError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "notification is {} bytes; the limit is {MAX_NOTIFICATION_BYTES}",
-                    bytes.len()
-                ),
-            ));
-        }
+    /// The JSON object split where a history position goes: the text before it (no
+    /// closing brace) and after it (from a comma on). The two joined are the notification
+    /// without a position; a store writes `"offset"` and `"epoch"` in between.
+    pub fn split(&self) -> (Bytes, Bytes) {
+        // Plain strings, numbers and an already valid `Value`: serializing cannot fail.
+        let mut head = serde_json::to_vec(&Head {
+            kind: "notification",
+            id: self.id,
+            room: self.room,
+            user: self.user,
+        })
+        .expect("a notification always serializes");
+        head.pop();
+        let mut tail = serde_json::to_vec(&Tail {
+            data: self.data,
+            ts: self.ts,
+        })
+        .expect("a notification always serializes");
+        tail[0] = b',';
+        (head.into(), tail.into())
+    }
+
+    /// The bytes every recipient receives when the notification has no position, or
+    /// `too_large` past API Gateway's post limit.
+    pub fn encode(&self) -> Result<Bytes, ProtocolError> {
+        let (head, tail) = self.split();
+        check_size(head.len() + tail.len())?;
+        let mut bytes = Vec::with_capacity(head.len() + tail.len());
+        bytes.extend_from_slice(&head);
+        bytes.extend_from_slice(&tail);
         Ok(bytes.into())
     }
+}
+
+/// `too_large` for a notification of `len` bytes past API Gateway's post limit.
+pub fn check_size(len: usize) -> Result<(), ProtocolError> {
+    if len > MAX_NOTIFICATION_BYTES {
+        return Err(ProtocolError::new(
+            ErrorCode::TooLarge,
+            format!("notification is {len} bytes; the limit is {MAX_NOTIFICATION_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -142,6 +243,7 @@ mod tests {
             message: ServerMessage::Subscribed {
                 room: RoomName::parse("orders").unwrap(),
                 recovered: None,
+                position: None,
             },
             reference: Some(json!("r")),
         };
@@ -168,6 +270,51 @@ mod tests {
             serde_json::from_str::<Value>(&error.to_json()).unwrap(),
             json!({"type":"error","code":"forbidden","message":"no"})
         );
+    }
+
+    #[test]
+    fn positions_and_kept_notifications_serialize_as_the_contract_shows() {
+        let room = RoomName::parse("orders").unwrap();
+        let at = Some(Position {
+            offset: 18,
+            epoch: "E".into(),
+        });
+        let json = |message| {
+            serde_json::from_str::<Value>(
+                &Reply {
+                    message,
+                    reference: None,
+                }
+                .to_json(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            json(ServerMessage::Subscribed {
+                room: room.clone(),
+                recovered: Some(true),
+                position: at.clone(),
+            }),
+            json!({"type":"subscribed","room":"orders","recovered":true,"offset":18,"epoch":"E"})
+        );
+        assert_eq!(
+            json(ServerMessage::Recovered {
+                recovered: false,
+                position: at.clone(),
+            }),
+            json!({"type":"recovered","recovered":false,"offset":18,"epoch":"E"})
+        );
+        let kept = Stored::new(br#"{"type":"notification","offset":18}"#).unwrap();
+        assert_eq!(
+            json(ServerMessage::History {
+                room: room.clone(),
+                notifications: vec![kept],
+                position: at,
+                truncated: false,
+            }),
+            json!({"type":"history","room":"orders","notifications":[{"type":"notification","offset":18}],"offset":18,"epoch":"E"})
+        );
+        assert_eq!(Stored::new(b"not json"), None);
     }
 
     #[test]

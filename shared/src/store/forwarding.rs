@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Connection, ConnectionStore, Page, StoreError};
+use super::{
+    Channel, Connection, ConnectionStore, Draft, HistoryRead, Page, Position, Range, Retention,
+    StoreError,
+};
 use crate::ids::ConnectionId;
 use crate::protocol::RoomName;
 
@@ -100,6 +103,27 @@ pub trait ForwardingStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         self.inner().count_event(key, window, limit).await
     }
+
+    async fn append(
+        &self,
+        channel: &Channel,
+        draft: &Draft,
+        retention: &Retention,
+    ) -> Result<Position, StoreError> {
+        self.inner().append(channel, draft, retention).await
+    }
+
+    async fn read_history(
+        &self,
+        channel: &Channel,
+        range: Range,
+        limit: usize,
+        retention: &Retention,
+    ) -> Result<HistoryRead, StoreError> {
+        self.inner()
+            .read_history(channel, range, limit, retention)
+            .await
+    }
 }
 
 #[async_trait]
@@ -181,6 +205,25 @@ impl<T: ForwardingStore> ConnectionStore for T {
         limit: u32,
     ) -> Result<bool, StoreError> {
         ForwardingStore::count_event(self, key, window, limit).await
+    }
+
+    async fn append(
+        &self,
+        channel: &Channel,
+        draft: &Draft,
+        retention: &Retention,
+    ) -> Result<Position, StoreError> {
+        ForwardingStore::append(self, channel, draft, retention).await
+    }
+
+    async fn read_history(
+        &self,
+        channel: &Channel,
+        range: Range,
+        limit: usize,
+        retention: &Retention,
+    ) -> Result<HistoryRead, StoreError> {
+        ForwardingStore::read_history(self, channel, range, limit, retention).await
     }
 }
 

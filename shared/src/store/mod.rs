@@ -1,4 +1,5 @@
-//! Connection state: who is connected, which rooms they joined, and idempotency keys.
+//! Connection state: who is connected, which rooms they joined, idempotency keys, and the
+//! history of every room and user inbox ([`history`]).
 //!
 //! [`ConnectionStore`] is the one interface the handlers use; [`MemoryStore`] implements it
 //! in-process, and the Redis and DynamoDB stores implement the same trait for the hosts
@@ -14,6 +15,7 @@
 
 mod dynamo;
 mod forwarding;
+pub mod history;
 mod memory;
 mod redis;
 #[cfg(any(test, feature = "test-support"))]
@@ -26,6 +28,7 @@ use async_trait::async_trait;
 
 pub use dynamo::{ALL_SHARDS, DynamoSettings, DynamoStore, TABLE, TableSchema};
 pub use forwarding::ForwardingStore;
+pub use history::{Channel, Draft, Entry, HistoryRead, Position, Range, Retention};
 pub use memory::MemoryStore;
 pub use redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisSettings, RedisStore};
 
@@ -176,6 +179,28 @@ pub trait ConnectionStore: Send + Sync + 'static {
         window: Duration,
         limit: u32,
     ) -> Result<bool, StoreError>;
+
+    /// Appends a notification to `channel`'s history: takes the channel's next offset,
+    /// keeps `draft` assembled at that position, drops what `retention` no longer keeps,
+    /// and answers the position. One atomic step in each backend, so concurrent appends
+    /// take distinct offsets with no gaps.
+    async fn append(
+        &self,
+        channel: &Channel,
+        draft: &Draft,
+        retention: &Retention,
+    ) -> Result<Position, StoreError>;
+
+    /// Up to `limit` kept entries of `channel` in `range`, oldest first, with the channel's
+    /// position. A channel never published to is given a counter at 0 and an epoch here, so
+    /// a client that subscribed before the first publish can recover from that position.
+    async fn read_history(
+        &self,
+        channel: &Channel,
+        range: Range,
+        limit: usize,
+        retention: &Retention,
+    ) -> Result<HistoryRead, StoreError>;
 
     /// The instance named by each connection's record (`None` for unknown ones and for
     /// records without one), in order. Backends that can, answer in one round trip.

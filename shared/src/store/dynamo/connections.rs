@@ -15,7 +15,10 @@ use super::schema::TABLE;
 use super::{ALL_SHARDS, DynamoStore};
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
-use crate::store::{Connection, ConnectionStore, Page, StoreError};
+use crate::store::{
+    Channel, Connection, ConnectionStore, Draft, HistoryRead, Page, Position, Range, Retention,
+    StoreError,
+};
 
 /// The condition that a connection's record exists and has not expired.
 fn live_condition() -> String {
@@ -321,6 +324,25 @@ impl ConnectionStore for DynamoStore {
             .send()
             .await;
         Ok(unless_condition_failed(counted)?.is_some())
+    }
+
+    async fn append(
+        &self,
+        channel: &Channel,
+        draft: &Draft,
+        retention: &Retention,
+    ) -> Result<Position, StoreError> {
+        self.append_entry(channel, draft, retention).await
+    }
+
+    async fn read_history(
+        &self,
+        channel: &Channel,
+        range: Range,
+        limit: usize,
+        retention: &Retention,
+    ) -> Result<HistoryRead, StoreError> {
+        self.read_entries(channel, range, limit, retention).await
     }
 
     async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {

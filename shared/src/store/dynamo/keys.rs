@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::schema::TABLE;
 use crate::ids::ConnectionId;
 use crate::protocol::RoomName;
+use crate::store::Channel;
 
 /// One item, as the SDK reads and writes it.
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -30,6 +31,12 @@ pub(super) mod attr {
     pub const ID: &str = "id";
     /// Events counted in a window.
     pub const COUNT: &str = "count";
+    /// A channel's last offset.
+    pub const OFFSET: &str = "offset";
+    /// A channel's epoch.
+    pub const EPOCH: &str = "epoch";
+    /// A history entry's notification bytes.
+    pub const BODY: &str = "body";
 }
 
 /// Partition key prefix of a connection's items, and sort key prefix of a membership.
@@ -46,6 +53,14 @@ const IDEMPOTENCY: &str = "idem#";
 const EVENTS: &str = "events#";
 /// Sort key of an event counter's item.
 const EVENTS_SORT: &str = "events";
+/// Partition key prefix of a channel's history.
+const HISTORY: &str = "hist#";
+/// Sort key of a channel's position (after every entry's: `p` > `o`).
+const POSITION_SORT: &str = "pos";
+/// Sort key prefix of a history entry.
+const ENTRY: &str = "o#";
+/// Digits of an entry's offset in its sort key, zero-padded so text order is number order.
+const OFFSET_DIGITS: usize = 20;
 /// Sort key of a connection's record.
 const META: &str = "meta";
 /// Sort key of an idempotency key's item.
@@ -117,6 +132,22 @@ impl Key {
         }
     }
 
+    /// A channel's position (counter and epoch).
+    pub fn history_position(channel: &Channel) -> Self {
+        Self {
+            pk: history_partition(channel),
+            sk: POSITION_SORT.to_owned(),
+        }
+    }
+
+    /// One entry of a channel's history.
+    pub fn history_entry(channel: &Channel, offset: u64) -> Self {
+        Self {
+            pk: history_partition(channel),
+            sk: entry_sort_key(offset),
+        }
+    }
+
     /// The key as it appears in a `LastEvaluatedKey`.
     pub fn from_item(item: &Item) -> Option<Self> {
         let text = |name: &str| item.get(name)?.as_s().ok().cloned();
@@ -171,6 +202,21 @@ pub(super) fn all_partition(shard: u32) -> String {
 /// A user's connections, in the index.
 pub(super) fn user_partition(user: &str) -> String {
     format!("{USER}{user}")
+}
+
+/// The partition of a channel's history.
+pub(super) fn history_partition(channel: &Channel) -> String {
+    format!("{HISTORY}{}", channel.key())
+}
+
+/// The sort key of the entry at `offset`.
+pub(super) fn entry_sort_key(offset: u64) -> String {
+    format!("{ENTRY}{offset:0width$}", width = OFFSET_DIGITS)
+}
+
+/// The offset an entry's sort key names.
+pub(super) fn offset_in(sort_key: &str) -> Option<u64> {
+    sort_key.strip_prefix(ENTRY)?.parse().ok()
 }
 
 /// What every sort key of a connection's rooms begins with.
@@ -241,6 +287,25 @@ mod tests {
         assert_eq!(connection_in("conn#abc="), Some(id));
         assert_eq!(connection_in("room#x"), None);
         assert_eq!(room_in("room#orders"), Some(room));
+    }
+
+    #[test]
+    fn history_keys_sort_entries_by_offset_before_the_position() {
+        let channel = Channel::Room(RoomName::parse("orders").unwrap());
+        let (pk, position) = Key::history_position(&channel).into_parts();
+        assert_eq!(
+            (pk.as_str(), position.as_str()),
+            ("hist#room:orders", "pos")
+        );
+        let (_, nine) = Key::history_entry(&channel, 9).into_parts();
+        let (_, ten) = Key::history_entry(&channel, 10).into_parts();
+        let (_, last) = Key::history_entry(&channel, u64::MAX).into_parts();
+        assert_eq!(nine, "o#00000000000000000009");
+        assert!(nine < ten && ten < last && last < position);
+        assert_eq!(offset_in(&last), Some(u64::MAX));
+        assert_eq!(offset_in(&position), None);
+        let user = Channel::User("alice".into());
+        assert_eq!(history_partition(&user), "hist#user:alice");
     }
 
     #[test]

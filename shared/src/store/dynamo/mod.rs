@@ -15,6 +15,8 @@
 //! | member of everyone | `all#SHARD` | `conn#ID` | `expires_at`, `ttl` | broadcast (Query per shard, paged) |
 //! | idempotency key | `idem#KEY` | `idem` | `id`, `expires_at`, `ttl` | claim a key (conditional PutItem) |
 //! | event counter | `events#KEY#WINDOW` | `events` | `count`, `ttl` | count a socket publish in its window (one conditional UpdateItem) |
+//! | history position | `hist#CHANNEL` | `pos` | `offset`, `epoch`, `expires_at`, `ttl` | take the next offset (one conditional UpdateItem); read the position (GetItem) |
+//! | history entry | `hist#CHANNEL` | `o#OFFSET` (20 digits) | `body`, `expires_at`, `ttl` | keep a notification (PutItem); replay after an offset (Query `sk` BETWEEN) |
 //!
 //! Recipients are always read with Query, page by page (`LastEvaluatedKey`), never Scan: a
 //! room publish reads exactly its members, however many pages they fill. A cursor names the
@@ -55,9 +57,11 @@
 //! | `dynamo/paging.rs` | Query page by page across shards, cursors |
 //! | `dynamo/errors.rs` | SDK errors as `StoreError`s, conditional writes |
 //! | `dynamo/connections.rs` | the `ConnectionStore` implementation |
+//! | `dynamo/history.rs` | rooms' and users' history: positions and entries |
 
 mod connections;
 mod errors;
+mod history;
 mod keys;
 mod paging;
 mod schema;

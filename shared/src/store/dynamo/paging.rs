@@ -98,7 +98,7 @@ impl DynamoStore {
     }
 
     /// A Query on the table with `condition`, keeping only live items.
-    fn live_query(&self, condition: &str) -> QueryFluentBuilder {
+    pub(super) fn live_query(&self, condition: &str) -> QueryFluentBuilder {
         self.client
             .query()
             .table_name(&self.table)
@@ -108,7 +108,7 @@ impl DynamoStore {
     }
 
     /// Every item `query` finds, read to the end, each kept as `keep` makes it.
-    async fn query_all<T>(
+    pub(super) async fn query_all<T>(
         query: QueryFluentBuilder,
         keep: impl Fn(&Item) -> Option<T>,
     ) -> Result<Vec<T>, StoreError> {

@@ -15,6 +15,7 @@
 //! | `all` | sorted set, all scores 0 | every connection, ordered by id for paged broadcast |
 //! | `idem:{KEY}` | string | the publish id that claimed an idempotency key; expires with its window |
 //! | `events:{KEY}:WINDOW` | string (counter) | events counted in one window (socket publishes per user); expires with the window |
+//! | `hist:{CHANNEL}`, `hist:{CHANNEL}:pos` | stream, hash | a room's or user's history and its position (`history.rs`) |
 //!
 //! Connection records expire by themselves (Redis TTL), so a crashed instance leaves no
 //! permanent zombie: hosts that keep sockets refresh the TTL of theirs with a heartbeat.
@@ -35,7 +36,10 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 
-use super::{Connection, ConnectionStore, Page, StoreError};
+use super::{
+    Channel, Connection, ConnectionStore, Draft, HistoryRead, Page, Position, Range, Retention,
+    StoreError,
+};
 use crate::error::{self, Described};
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
@@ -530,6 +534,25 @@ impl ConnectionStore for RedisStore {
         Ok(counted <= i64::from(limit))
     }
 
+    async fn append(
+        &self,
+        channel: &Channel,
+        draft: &Draft,
+        retention: &Retention,
+    ) -> Result<Position, StoreError> {
+        self.append_entry(channel, draft, retention).await
+    }
+
+    async fn read_history(
+        &self,
+        channel: &Channel,
+        range: Range,
+        limit: usize,
+        retention: &Retention,
+    ) -> Result<HistoryRead, StoreError> {
+        self.read_entries(channel, range, limit, retention).await
+    }
+
     async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
         if ids.is_empty() {
             return Ok(vec![]);
@@ -547,5 +570,6 @@ impl ConnectionStore for RedisStore {
     }
 }
 
+mod history;
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,6 @@ async fn store() -> Guarded<RedisStore> {
 }
 
 crate::store_suite!(store());
-crate::store_suite!(@cases store(); concurrent_events_pass_exactly_the_limit);
 
 #[tokio::test]
 async fn ten_thousand_members_page_completely() {
