@@ -80,6 +80,22 @@ fn the_stack_has_dynamodb_local_redis_and_herald() {
             .unwrap()
             .starts_with("amazon/dynamodb-local")
     );
+    let redis: Vec<&str> = compose["services"]["redis"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        redis.windows(2).any(|w| w == ["--appendonly", "yes"]),
+        "Redis keeps history across restarts with AOF: {redis:?}"
+    );
+    assert!(
+        compose["services"]["redis"]["volumes"]
+            .as_sequence()
+            .is_some(),
+        "the AOF lives on a volume"
+    );
     for (name, service) in services {
         for dependency in service["depends_on"].as_sequence().into_iter().flatten() {
             let dependency = dependency.as_str().unwrap();
