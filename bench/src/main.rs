@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// C subscribers of one room, P publishes of S bytes: gateway, then baseline.
+    /// C subscribers of one room, P publishes of S bytes: gateway with history (the
+    /// default), gateway without, then baseline.
     Fanout {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
@@ -62,7 +63,8 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
-    /// The fan-out across three gateway instances on one Redis (started on a free port).
+    /// The fan-out across three gateway instances on one Redis (started on a free port),
+    /// with history and without.
     Multi {
         #[arg(long, default_value_t = 5000)]
         connections: usize,
@@ -149,12 +151,27 @@ fn print_fanout(runs: &[Fanout]) {
     }
 }
 
+/// How the gateway runs without history, to measure what keeping it costs.
+const NO_HISTORY: (&str, &str) = ("HERALD_HISTORY_SIZE", "0");
+/// The name a run without history is reported under: its server's name and this.
+const NO_HISTORY_SUFFIX: &str = "-no-history";
+
 async fn gateway_fanout(connections: usize, publishes: usize, size: usize) -> Fanout {
-    let gateway = procs::gateway(&[]).await;
+    gateway_fanout_with(&[], "gateway", connections, publishes, size).await
+}
+
+async fn gateway_fanout_with(
+    env: &[(&str, &str)],
+    name: &str,
+    connections: usize,
+    publishes: usize,
+    size: usize,
+) -> Fanout {
+    let gateway = procs::gateway(env).await;
     let server = Server::Gateway(vec![gateway.addr]);
     load::fanout(
         &server,
-        "gateway",
+        name,
         &[gateway.pid()],
         connections,
         publishes,
@@ -178,40 +195,56 @@ async fn baseline_fanout(connections: usize, publishes: usize, size: usize) -> F
 }
 
 async fn multi_fanout(connections: usize, publishes: usize, size: usize) -> Fanout {
+    multi_fanout_with(&[], "multi-instance", connections, publishes, size).await
+}
+
+async fn multi_fanout_with(
+    extra: &[(&str, &str)],
+    run_name: &str,
+    connections: usize,
+    publishes: usize,
+    size: usize,
+) -> Fanout {
     let redis = herald::testing::Server::redis();
     let url = redis.url();
     let mut gateways = Vec::new();
     for name in ["a", "b", "c"] {
-        let env = [
+        let mut env = vec![
             ("HERALD_STORE", "redis"),
             ("HERALD_REDIS_URL", url.as_str()),
             ("HERALD_INSTANCE_ID", name),
         ];
+        env.extend_from_slice(extra);
         gateways.push(procs::gateway(&env).await);
     }
     let server = Server::Gateway(gateways.iter().map(|g| g.addr).collect());
     let pids: Vec<u32> = gateways.iter().map(procs::Proc::pid).collect();
-    let run = load::fanout(
-        &server,
-        "multi-instance",
-        &pids,
-        connections,
-        publishes,
-        size,
-    )
-    .await;
+    let run = load::fanout(&server, run_name, &pids, connections, publishes, size).await;
     drop(gateways);
     drop(redis);
     run
 }
 
-fn ratio(runs: &[Fanout]) -> Option<f64> {
+/// Deliveries per second of run `over` as a fraction of run `under`'s.
+fn ratio(runs: &[Fanout], over: &str, under: &str) -> Option<f64> {
     let rate = |name: &str| {
         runs.iter()
             .find(|r| r.server == name)
             .map(|r| r.deliveries_per_sec)
     };
-    Some(rate("gateway")? / rate("baseline")?)
+    Some(rate(over)? / rate(under)?)
+}
+
+/// Prints and returns what history costs: deliveries per second with it, as a fraction of
+/// those without it, for the run named `name`.
+fn history_ratio(runs: &[Fanout], name: &str) -> Option<f64> {
+    let without = format!("{name}{NO_HISTORY_SUFFIX}");
+    let r = ratio(runs, name, &without)?;
+    println!(
+        "{name}: history on / off deliveries per second: {:.0}%",
+        r * 100.0
+    );
+    Some(r)
 }
 
 fn write_json(path: Option<&str>, value: &serde_json::Value) {
@@ -247,28 +280,39 @@ async fn main() {
             publishes,
             size,
         } => {
+            let no_history = format!("gateway{NO_HISTORY_SUFFIX}");
             let runs = vec![
                 gateway_fanout(connections, publishes, size).await,
+                gateway_fanout_with(&[NO_HISTORY], &no_history, connections, publishes, size).await,
                 baseline_fanout(connections, publishes, size).await,
             ];
             print_fanout(&runs);
-            let ratio = ratio(&runs);
+            let ratio = ratio(&runs, "gateway", "baseline");
             if let Some(r) = ratio {
                 println!(
                     "gateway / baseline deliveries per second: {:.0}%",
                     r * 100.0
                 );
             }
-            write_json(json_path, &json!({"fanout": runs, "ratio": ratio}));
+            let history = history_ratio(&runs, "gateway");
+            write_json(
+                json_path,
+                &json!({"fanout": runs, "ratio": ratio, "history_ratio": history}),
+            );
         }
         Scenario::Multi {
             connections,
             publishes,
             size,
         } => {
-            let runs = vec![multi_fanout(connections, publishes, size).await];
+            let no_history = format!("multi-instance{NO_HISTORY_SUFFIX}");
+            let runs = vec![
+                multi_fanout(connections, publishes, size).await,
+                multi_fanout_with(&[NO_HISTORY], &no_history, connections, publishes, size).await,
+            ];
             print_fanout(&runs);
-            write_json(json_path, &json!({"multi": runs}));
+            let history = history_ratio(&runs, "multi-instance");
+            write_json(json_path, &json!({"multi": runs, "history_ratio": history}));
         }
         Scenario::Memory { connections } => {
             let gateway = procs::gateway(&[]).await;

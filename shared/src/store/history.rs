@@ -10,6 +10,8 @@
 //!
 //! The store keeps the last [`Retention::size`] entries for [`Retention::age`]. A position
 //! outlives its entries: a client that missed nothing during a quiet hour still recovers.
+//! A read of a channel nobody published to creates its counter (at 0, so that a client
+//! that subscribed before the first publish recovers from there), for `age` only.
 //!
 //! The store writes each entry's bytes itself, so that the offset and epoch inside are the
 //! ones it assigned: a [`Draft`] is the notification without them, and [`Draft::assemble`]
@@ -79,7 +81,9 @@ pub struct Retention {
     pub size: usize,
     /// How long an entry is kept.
     pub age: Duration,
-    /// How long a counter and its epoch live after the last append.
+    /// How long a counter and its epoch live after the last append. One that a read
+    /// created, before any append, lives only `age`: clients reading rooms of ever new
+    /// names cannot fill the store with counters for a day.
     pub lifetime: Duration,
 }
 

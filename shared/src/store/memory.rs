@@ -53,13 +53,14 @@ struct Log {
 }
 
 impl Log {
+    /// A counter at 0, as a read creates it: it lives `age` unless an append extends it.
     fn new(now: i64, retention: &Retention) -> Self {
         Self {
             position: Position {
                 offset: 0,
                 epoch: history::new_epoch(),
             },
-            expires_at: now.saturating_add(retention.lifetime_ms()),
+            expires_at: now.saturating_add(retention.age_ms()),
             entries: VecDeque::new(),
         }
     }
@@ -78,6 +79,9 @@ impl Log {
 /// How often expired channels are swept from memory, so histories of rooms nobody uses any
 /// more do not accumulate.
 const HISTORY_SWEEP_MS: i64 = 60_000;
+/// Channels past which a new one first makes room: expired ones go, then counters nothing
+/// was ever appended to (created by clients reading rooms of many names).
+const MAX_HISTORY_CHANNELS: usize = 100_000;
 
 struct Entry {
     connection: Connection,
@@ -113,6 +117,12 @@ impl Inner {
             self.histories.retain(|_, log| log.expires_at > now);
             for log in self.histories.values_mut() {
                 log.trim(now, retention);
+            }
+        }
+        if self.histories.len() >= MAX_HISTORY_CHANNELS && !self.histories.contains_key(channel) {
+            self.histories.retain(|_, log| log.expires_at > now);
+            if self.histories.len() >= MAX_HISTORY_CHANNELS {
+                self.histories.retain(|_, log| log.position.offset > 0);
             }
         }
         let log = self

@@ -52,6 +52,7 @@ macro_rules! store_suite {
             events_are_counted_per_key_and_window,
             concurrent_events_pass_exactly_the_limit,
             history_of_a_new_channel_starts_at_zero,
+            history_counter_only_read_lives_only_the_age,
             history_offsets_are_dense_under_concurrent_publishers,
             history_replays_each_notification_as_it_was_sent,
             history_keeps_the_last_size_entries,
@@ -602,6 +603,34 @@ pub async fn history_of_a_new_channel_starts_at_zero(store: &dyn ConnectionStore
     let appended = append(store, &c, 1, &keep).await;
     assert_eq!(appended.offset, 1);
     assert_eq!(appended.epoch, first.position.epoch);
+}
+
+/// A counter that reads created and nothing was appended to lives only the retention's
+/// age (so clients reading rooms of ever new names cannot fill the store for a day); once
+/// appended to, it lives its lifetime.
+pub async fn history_counter_only_read_lives_only_the_age(store: &dyn ConnectionStore) {
+    let age = Duration::from_millis(1_000);
+    let (c, keep) = (channel(), kept(100, age));
+    let read = |c| async move {
+        store
+            .read_history(c, Range::Latest, 10, &keep)
+            .await
+            .expect("read")
+            .position
+    };
+    let first = read(&c).await;
+    tokio::time::sleep(age + Duration::from_millis(300)).await;
+    let later = read(&c).await;
+    assert_eq!(later.offset, 0);
+    assert_ne!(later.epoch, first.epoch, "the unused counter expired");
+    let appended = append(store, &c, 1, &keep).await;
+    assert_eq!(appended.epoch, later.epoch);
+    tokio::time::sleep(age + Duration::from_millis(300)).await;
+    assert_eq!(
+        read(&c).await,
+        appended,
+        "appended to: it lives its lifetime"
+    );
 }
 
 /// Eight publishers appending at once take every offset from 1 to 80 exactly once, and

@@ -44,21 +44,20 @@ fn contended() -> StoreError {
 }
 
 impl DynamoStore {
-    /// A new position item at `offset`, replacing one that is missing or has expired.
-    /// `Ok(None)` when another writer got there first.
+    /// A new position item at `offset`, replacing one that is missing or has expired, to
+    /// live `lifetime_ms`. `Ok(None)` when another writer got there first.
     async fn restart_position(
         &self,
         channel: &Channel,
         offset: u64,
-        retention: &Retention,
+        lifetime_ms: i64,
     ) -> Result<Option<Position>, StoreError> {
         let now = now_ms();
         let position = Position {
             offset,
             epoch: history::new_epoch(),
         };
-        let mut item =
-            Key::history_position(channel).with_expiry(now.saturating_add(retention.lifetime_ms()));
+        let mut item = Key::history_position(channel).with_expiry(now.saturating_add(lifetime_ms));
         item.insert(attr::OFFSET.to_owned(), n(offset_number(offset)));
         item.insert(attr::EPOCH.to_owned(), s(&position.epoch));
         let put = self
@@ -115,7 +114,10 @@ impl DynamoStore {
                     .ok_or_else(|| malformed("a position without offset or epoch"));
             }
             // Expired but not yet deleted by TTL: the history is gone, start again.
-            if let Some(position) = self.restart_position(channel, 1, retention).await? {
+            if let Some(position) = self
+                .restart_position(channel, 1, retention.lifetime_ms())
+                .await?
+            {
                 return Ok(position);
             }
         }
@@ -148,7 +150,11 @@ impl DynamoStore {
                 return position_in(item)
                     .ok_or_else(|| malformed("a position without offset or epoch"));
             }
-            if let Some(position) = self.restart_position(channel, 0, retention).await? {
+            // Created by a read: it lives `age` unless an append follows.
+            if let Some(position) = self
+                .restart_position(channel, 0, retention.age_ms())
+                .await?
+            {
                 return Ok(position);
             }
         }

@@ -3,7 +3,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `hist:{CHANNEL}` | stream | the kept notifications, fields `o` (offset) and `n` (bytes); capped with `MAXLEN`, trimmed by time with `MINID`; expires when nothing is appended for the retention's age |
-//! | `hist:{CHANNEL}:pos` | hash | `offset` (the last one assigned) and `epoch`; expires one lifetime after the last append |
+//! | `hist:{CHANNEL}:pos` | hash | `offset` (the last one assigned) and `epoch`; expires one lifetime after the last append (one only read, after the age) |
 //!
 //! `CHANNEL` is `room:NAME` or `user:NAME`. An append is one script: the counter's
 //! `HINCRBY`, the entry's `XADD` with the offset and epoch written into its bytes, and the
@@ -47,8 +47,8 @@ fn scripts() -> &'static Scripts {
             return {text, epoch}
             "#,
         ),
-        // KEYS: position hash, stream. ARGV: epoch if new, lifetime ms, age ms, how many of
-        // the newest entries to return. Returns {offset, epoch, o1, n1, o2, n2, …}, newest
+        // KEYS: position hash, stream. ARGV: epoch if new, age ms, how many of the newest
+        // entries to return. A position created here lives `age` unless an append follows. Returns {offset, epoch, o1, n1, o2, n2, …}, newest
         // first.
         read: Script::new(
             r#"
@@ -58,9 +58,9 @@ fn scripts() -> &'static Scripts {
             end
             local out = {redis.call('HGET', KEYS[1], 'offset') or '0', redis.call('HGET', KEYS[1], 'epoch')}
             local now = redis.call('TIME')
-            local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+            local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
             redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', oldest))
-            local count = tonumber(ARGV[4])
+            local count = tonumber(ARGV[3])
             if count > 0 then
               for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', count)) do
                 local fields = entry[2]
@@ -132,7 +132,6 @@ impl RedisStore {
             .key(position)
             .key(stream)
             .arg(history::new_epoch())
-            .arg(retention.lifetime_ms())
             .arg(retention.age_ms())
             .arg(newest)
             .invoke_async(&mut redis)
