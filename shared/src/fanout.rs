@@ -295,6 +295,21 @@ async fn post_one(
     }
 }
 
+/// Posts `payload` to one connection as fan-out posts to each recipient (a 429 retried
+/// with backoff, a 410 forgets the connection); `true` when it was delivered.
+pub async fn post_retrying(
+    store: &dyn ConnectionStore,
+    gateway: &dyn Gateway,
+    id: &ConnectionId,
+    payload: Bytes,
+    config: &FanoutConfig,
+) -> bool {
+    matches!(
+        post_one(store, gateway, id.clone(), payload, config).await,
+        Outcome::Delivered
+    )
+}
+
 /// Full jitter: a uniform wait in `[0, min(max, base * 2^attempt)]`, which spreads the
 /// retries of many throttled posts instead of bunching them into a new burst.
 pub fn backoff(config: &FanoutConfig, attempt: u32) -> Duration {

@@ -13,7 +13,7 @@
 //! | [`protocol`] | `src/protocol/` | client frames, replies, notifications, the publish API, validation |
 //! | [`auth`] | `src/auth/` | JWT verification, room patterns, the identity in the authorizer context |
 //! | [`aws`] | `src/aws.rs` | SDK settings: the default chain, or fixed ones for loopback servers |
-//! | [`store`] | `src/store/` | `ConnectionStore`, its backends (`memory.rs`, `redis/`, `dynamo/`), `ForwardingStore`, the shared store test suite |
+//! | [`store`] | `src/store/` | `ConnectionStore`, its backends (`memory.rs`, `redis/`, `dynamo/`), rooms' and users' history (`history.rs`, and each backend's), `ForwardingStore`, the shared store test suite |
 //! | [`gateway`] | `src/gateway/` | `Gateway` (`@connections`), `ApiGatewayManagement`, a recording double |
 //! | [`fanout`] | `src/fanout.rs` | paged recipients, bounded concurrency, 410 cleanup, 429 backoff |
 //! | [`limits`] | `src/limits.rs` | the limits the handlers enforce, and their defaults |

@@ -838,6 +838,52 @@ async fn a_replay_stops_when_the_connection_is_gone() {
 }
 
 #[tokio::test]
+async fn a_replay_that_cannot_be_finished_closes_the_connection() {
+    let w = world();
+    let first = w.publish(json!({"user":"alice","data":0})).await.unwrap();
+    for n in 1..=3 {
+        w.publish(json!({"user":"alice","data":n})).await.unwrap();
+    }
+    w.connect("c1", "alice").await;
+    let id = ConnectionId::new("c1");
+    // The reply and the first replayed notification go through, then every post fails.
+    w.gateway.script(&id, Scripted::FailsAfter(2));
+    w.send(
+        "c1",
+        json!({"action":"recover","since":{"offset":1,"epoch":first["epoch"]}}),
+    )
+    .await;
+    let posted = w.replies("c1");
+    assert_eq!(posted.len(), 2, "{posted:?}");
+    assert_eq!(posted[0]["recovered"], true);
+    assert_eq!(
+        w.gateway.deleted(),
+        vec![id],
+        "closed, so the client recovers again rather than believe it has everything"
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_replay_is_retried_and_completes() {
+    let w = world();
+    let first = w.publish(json!({"user":"alice","data":0})).await.unwrap();
+    w.publish(json!({"user":"alice","data":1})).await.unwrap();
+    w.connect("c1", "alice").await;
+    let id = ConnectionId::new("c1");
+    w.gateway.script(&id, Scripted::ThrottledTimes(2));
+    w.send(
+        "c1",
+        json!({"action":"recover","since":{"offset":1,"epoch":first["epoch"]}}),
+    )
+    .await;
+    let posted = w.replies("c1");
+    assert_eq!(posted.len(), 2, "the reply and the one missed: {posted:?}");
+    assert_eq!(posted[1]["data"], 1);
+    assert_eq!(w.gateway.attempts(&id), 4, "two 429s retried");
+    assert!(w.gateway.deleted().is_empty());
+}
+
+#[tokio::test]
 async fn a_recovery_replays_the_user_inbox_through_the_gateway_in_order() {
     let w = world();
     w.connect("c1", "alice").await;

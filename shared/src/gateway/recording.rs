@@ -25,6 +25,8 @@ pub enum Scripted {
     AlwaysThrottled,
     /// Always a 500.
     Fails,
+    /// This many posts succeed, then every one answers 500.
+    FailsAfter(u32),
 }
 
 /// Records posts; answers as scripted.
@@ -135,6 +137,9 @@ impl Gateway for RecordingGateway {
                 return Err(PushError::Throttled);
             }
             Some(Scripted::Fails) => return Err(PushError::other("500 from the double")),
+            Some(Scripted::FailsAfter(n)) if attempt > n => {
+                return Err(PushError::other("500 from the double"));
+            }
             _ => {}
         }
         lock(&self.posts).push((id.clone(), payload));

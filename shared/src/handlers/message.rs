@@ -9,6 +9,7 @@ use tracing::{error, warn};
 use super::publish::{PublishError, publish_one};
 use super::{Services, connection_id, no_connection_id, response};
 use crate::auth::Identity;
+use crate::fanout::post_retrying;
 use crate::gateway::{Gateway, PushError};
 use crate::ids::ConnectionId;
 use crate::protocol::{
@@ -59,14 +60,42 @@ pub async fn message(
             )
         }
     };
-    if send(services, gateway, &id, Bytes::from(reply.to_json())).await {
-        for notification in replay {
-            if !send(services, gateway, &id, notification.bytes).await {
-                break;
-            }
-        }
+    let payload = Bytes::from(reply.to_json());
+    if post_retrying(&*services.store, gateway, &id, payload, &services.fanout).await {
+        replay_to(services, gateway, &id, replay).await;
     }
     response(200, "")
+}
+
+/// Pushes a recovery's notifications in order, each retried as fan-out retries. The client
+/// was told it recovered, so a replay cut short must not pass for a whole one: the
+/// connection is closed instead, and the client reconnects and recovers again from the
+/// last notification it received.
+async fn replay_to(
+    services: &Services,
+    gateway: &dyn Gateway,
+    id: &ConnectionId,
+    replay: Vec<Entry>,
+) {
+    for (sent, entry) in replay.iter().enumerate() {
+        let delivered = post_retrying(
+            &*services.store,
+            gateway,
+            id,
+            entry.bytes.clone(),
+            &services.fanout,
+        )
+        .await;
+        if delivered {
+            continue;
+        }
+        warn!(connection_id = %id, sent, of = replay.len(), "replay cut short: closing the connection");
+        match gateway.delete(id).await {
+            Ok(()) | Err(PushError::Gone) => {}
+            Err(e) => error!(connection_id = %id, error = %e, "could not close after a cut replay"),
+        }
+        return;
+    }
 }
 
 /// A reply, and the kept notifications to push after it, in order.
@@ -333,24 +362,6 @@ fn store_error(e: StoreError) -> ProtocolError {
         other => {
             error!(error = %other, "store failed");
             internal()
-        }
-    }
-}
-
-/// Posts a reply or a replayed notification to the sender; `false` when it did not go
-/// through (a sender that has gone meanwhile is forgotten).
-async fn send(services: &Services, gateway: &dyn Gateway, id: &ConnectionId, bytes: Bytes) -> bool {
-    match gateway.post(id, bytes).await {
-        Ok(()) => true,
-        Err(PushError::Gone) => {
-            if let Err(e) = services.store.remove(id).await {
-                warn!(connection_id = %id, error = %e, "could not forget a gone sender");
-            }
-            false
-        }
-        Err(e) => {
-            warn!(connection_id = %id, error = %e, "reply not delivered");
-            false
         }
     }
 }
