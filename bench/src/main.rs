@@ -38,6 +38,10 @@ enum Scenario {
         publishes: usize,
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Run the gateway without history before the one with it (the order a run goes
+        /// in moves its figure; alternate it between invocations).
+        #[arg(long)]
+        no_history_first: bool,
     },
     /// Resident memory idle and with C idle connections, gateway and baseline.
     Memory {
@@ -279,13 +283,19 @@ async fn main() {
             connections,
             publishes,
             size,
+            no_history_first,
         } => {
             let no_history = format!("gateway{NO_HISTORY_SUFFIX}");
-            let runs = vec![
-                gateway_fanout(connections, publishes, size).await,
-                gateway_fanout_with(&[NO_HISTORY], &no_history, connections, publishes, size).await,
-                baseline_fanout(connections, publishes, size).await,
-            ];
+            let mut runs = Vec::new();
+            for without in [no_history_first, !no_history_first] {
+                runs.push(if without {
+                    gateway_fanout_with(&[NO_HISTORY], &no_history, connections, publishes, size)
+                        .await
+                } else {
+                    gateway_fanout(connections, publishes, size).await
+                });
+            }
+            runs.push(baseline_fanout(connections, publishes, size).await);
             print_fanout(&runs);
             let ratio = ratio(&runs, "gateway", "baseline");
             if let Some(r) = ratio {
