@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::Parser;
 use herald::config::Config;
 use herald::limits::{DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_ROOMS_PER_CONNECTION};
-use herald::store::Retention;
 use herald::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
 use herald_local::{
     AuthMode, ControlPlane, ControlPlaneMode, Credentials, DEFAULT_DRAIN, DEFAULT_FRAME_BURST,
@@ -160,24 +159,20 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     // and, in dev mode, the token.
     herald::telemetry::init_local();
 
-    let mut config = Config::from_env()?;
+    // The history flags stand in for their variables, so that each is read (and each 0
+    // turns history off) exactly as the variable would be.
+    let history_size = flags.history_size.map(|n| n.to_string());
+    let history_ttl = flags.history_ttl_secs.map(|n| n.to_string());
+    let mut config = Config::from_lookup(|name| match name {
+        "HERALD_HISTORY_SIZE" if history_size.is_some() => history_size.clone(),
+        "HERALD_HISTORY_TTL_SECS" if history_ttl.is_some() => history_ttl.clone(),
+        _ => std::env::var(name).ok(),
+    })?;
     if let Some(max) = flags.max_connections_per_user {
         config.limits.max_connections_per_user = non_zero(max);
     }
     if let Some(max) = flags.max_rooms_per_connection {
         config.limits.max_rooms_per_connection = non_zero(max);
-    }
-    if flags.history_size.is_some() || flags.history_ttl_secs.is_some() {
-        let current = config.limits.history;
-        config.limits.history = Retention::new(
-            flags
-                .history_size
-                .unwrap_or(current.map_or(DEFAULT_HISTORY_SIZE, |r| r.size)),
-            flags
-                .history_ttl_secs
-                .map(Duration::from_secs)
-                .unwrap_or(current.map_or(DEFAULT_HISTORY_AGE, |r| r.age)),
-        );
     }
     let settings = Settings {
         stage: flags.stage,
