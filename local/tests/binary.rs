@@ -66,42 +66,10 @@ async fn dev_mode_then_sigterm() {
     assert!(exit.success(), "{exit:?}");
 }
 
-/// Starts the binary with `args` and `env` (and the test secret); its address.
-async fn spawn(
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-local"))
-        .args(["--port", "0"])
-        .args(args)
-        .env_clear()
-        .env(
-            "HERALD_JWT_SECRET",
-            String::from_utf8(common::SECRET.to_vec()).unwrap(),
-        )
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(PATIENCE, stdout.next_line())
-            .await
-            .expect("start-up output in time")
-            .unwrap()
-            .expect("the address is printed");
-        if let Some(rest) = line.strip_prefix("herald-local listening on ws://") {
-            let addr = rest.split('/').next().unwrap().parse().unwrap();
-            return (child, addr);
-        }
-    }
-}
-
 #[tokio::test]
 async fn history_flags_win_over_their_variables() {
-    let (_child, addr) = spawn(&["--history-size", "3"], &[("HERALD_HISTORY_SIZE", "0")]).await;
+    let (_child, addr) =
+        common::spawn_binary(&["--history-size", "3"], &[("HERALD_HISTORY_SIZE", "0")]).await;
     let gw = common::Gateway::at(addr);
     for n in 1..=5 {
         let answer = gw.invoke(json!({"room":"orders","data":n})).await.unwrap();
@@ -113,7 +81,7 @@ async fn history_flags_win_over_their_variables() {
         .await;
     assert_eq!(kept["notifications"].as_array().unwrap().len(), 3, "{kept}");
 
-    let (_child, addr) = spawn(&["--history-ttl-secs", "0"], &[]).await;
+    let (_child, addr) = common::spawn_binary(&["--history-ttl-secs", "0"], &[]).await;
     let answer = common::Gateway::at(addr)
         .invoke(json!({"room":"orders","data":1}))
         .await

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Gateway, PATIENCE, settings};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 /// A socket that sent `partial` (perhaps nothing) and then stalls.
 async fn stalled(gw: &Gateway, partial: &str) -> TcpStream {
@@ -104,28 +102,8 @@ async fn shutdown_finishes_within_the_drain_whatever_clients_do() {
 
 /// Starts the binary on a free port with `args`; it and the address it listens on.
 async fn binary(args: &[&str]) -> (tokio::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-local"))
-        .args(["--port", "0"])
-        .args(args)
-        .env_clear()
-        .env("HERALD_JWT_SECRET", "s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(PATIENCE, stdout.next_line())
-            .await
-            .expect("start-up output in time")
-            .unwrap()
-            .expect("more output");
-        if let Some(rest) = line.strip_prefix("herald-local listening on ws://") {
-            let addr = rest.split('/').next().unwrap().to_owned();
-            return (child, addr);
-        }
-    }
+    let (child, addr) = common::spawn_binary(args, &[]).await;
+    (child, addr.to_string())
 }
 
 fn signal(child: &tokio::process::Child) {

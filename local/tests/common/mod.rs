@@ -25,6 +25,42 @@ pub const SECRET: &[u8] = b"herald-local-test-secret";
 /// How long a test waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Starts the `herald-local` binary on a free port with `args` and the environment `env`
+/// alone (plus the test secret); the process and the address it printed.
+pub async fn spawn_binary(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, SocketAddr) {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
+        .args(["--port", "0"])
+        .args(args)
+        .env_clear()
+        .env(
+            "HERALD_JWT_SECRET",
+            String::from_utf8(SECRET.to_vec()).unwrap(),
+        )
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(PATIENCE, stdout.next_line())
+            .await
+            .expect("start-up output in time")
+            .unwrap()
+            .expect("the address is printed");
+        if let Some(rest) = line.strip_prefix("herald-local listening on ws://") {
+            let addr = rest.split('/').next().unwrap().parse().unwrap();
+            return (child, addr);
+        }
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub addr: SocketAddr,

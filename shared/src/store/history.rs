@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::StoreError;
 pub use crate::protocol::Position;
 use crate::protocol::{RoomName, Target};
 
@@ -198,6 +199,15 @@ impl HistoryRead {
         }
         let next = since.offset.checked_add(1)?;
         (self.entries.first().map(|e| e.offset) == Some(next)).then_some(self.entries)
+    }
+}
+
+/// A backend's answer about history that Herald cannot use (or a write it could not get
+/// in), as a [`StoreError::Backend`].
+pub(crate) fn malformed(backend: &'static str, what: &str) -> StoreError {
+    StoreError::Backend {
+        backend,
+        source: crate::error::because(format!("history: {what}")),
     }
 }
 

@@ -267,20 +267,7 @@ impl ConnectionStore for DynamoStore {
         let item_key = Key::idempotency(key);
         let mut item = item_key.with_expiry(now.saturating_add(window_ms));
         item.insert(attr::ID.to_owned(), s(id));
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(format!(
-                "attribute_not_exists({}) OR {} <= :now",
-                TABLE.partition_key,
-                attr::EXPIRES_AT
-            ))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        if unless_condition_failed(put)?.is_some() {
+        if self.put_unless_live(item, now).await? {
             return Ok(None);
         }
         let held = self

@@ -37,10 +37,7 @@ fn position_in(item: &Item) -> Option<Position> {
 }
 
 fn contended() -> StoreError {
-    StoreError::Backend {
-        backend: BACKEND,
-        source: crate::error::because("history: the position kept changing; try again"),
-    }
+    history::malformed(BACKEND, "the position kept changing; try again")
 }
 
 impl DynamoStore {
@@ -60,20 +57,7 @@ impl DynamoStore {
         let mut item = Key::history_position(channel).with_expiry(now.saturating_add(lifetime_ms));
         item.insert(attr::OFFSET.to_owned(), n(offset_number(offset)));
         item.insert(attr::EPOCH.to_owned(), s(&position.epoch));
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(format!(
-                "attribute_not_exists({}) OR {} <= :now",
-                TABLE.partition_key,
-                attr::EXPIRES_AT
-            ))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        Ok(unless_condition_failed(put)?.map(|_| position))
+        Ok(self.put_unless_live(item, now).await?.then_some(position))
     }
 
     /// Takes the channel's next offset.
@@ -239,8 +223,5 @@ fn offset_number(offset: u64) -> i64 {
 }
 
 fn malformed(what: &str) -> StoreError {
-    StoreError::Backend {
-        backend: BACKEND,
-        source: crate::error::because(format!("history: {what}")),
-    }
+    history::malformed(BACKEND, what)
 }

@@ -160,6 +160,26 @@ impl DynamoStore {
         &self.client
     }
 
+    /// Puts `item` unless an item with its key is still live (its `expires_at` after
+    /// `now`); `false` when one was. The one write that both claims an idempotency key and
+    /// starts a history position again.
+    async fn put_unless_live(&self, item: Item, now: i64) -> Result<bool, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(format!(
+                "attribute_not_exists({}) OR {} <= :now",
+                TABLE.partition_key,
+                keys::attr::EXPIRES_AT
+            ))
+            .expression_attribute_values(":now", keys::n(now))
+            .send()
+            .await;
+        Ok(errors::unless_condition_failed(put)?.is_some())
+    }
+
     /// A transaction's put of `item`.
     fn put(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
         let put = Put::builder()

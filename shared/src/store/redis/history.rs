@@ -169,8 +169,5 @@ fn parse_offset(text: &str) -> Result<u64, StoreError> {
 }
 
 fn malformed(what: &str) -> StoreError {
-    StoreError::Backend {
-        backend: super::BACKEND,
-        source: crate::error::because(format!("history: {what}")),
-    }
+    history::malformed(super::BACKEND, what)
 }
