@@ -256,6 +256,40 @@ mod tests {
     }
 
     #[test]
+    fn a_draft_without_a_position_is_its_two_halves() {
+        let draft = Draft {
+            head: Bytes::from_static(br#"{"type":"notification","id":"i""#),
+            tail: Bytes::from_static(br#","data":1,"ts":5}"#),
+        };
+        assert_eq!(
+            serde_json::from_slice::<Value>(&draft.bare()).unwrap(),
+            json!({"type":"notification","id":"i","data":1,"ts":5})
+        );
+    }
+
+    #[test]
+    fn channels_name_their_kind_in_keys() {
+        let room = Channel::Room(RoomName::parse("orders").unwrap());
+        assert_eq!(room.key(), "room:orders");
+        assert_eq!(Channel::User("orders".into()).key(), "user:orders");
+        assert_eq!(
+            Channel::of(&Target::Room(RoomName::parse("orders").unwrap())),
+            Some(room)
+        );
+        assert_eq!(Channel::of(&Target::Broadcast), None);
+        assert_eq!(Channel::of(&Target::Connections(vec![])), None);
+    }
+
+    #[test]
+    fn a_position_lives_a_day_after_its_last_publish_unless_the_age_is_longer() {
+        assert_eq!(DEFAULT_POSITION_LIFETIME, Duration::from_secs(86_400));
+        let long = Retention::new(1, Duration::from_secs(2 * 86_400)).unwrap();
+        assert_eq!(long.lifetime, long.age);
+        assert_eq!(Retention::default().lifetime, DEFAULT_POSITION_LIFETIME);
+        assert_eq!(Retention::default().lifetime_ms(), 86_400_000);
+    }
+
+    #[test]
     fn epochs_are_short_plain_and_fresh() {
         let (a, b) = (new_epoch(), new_epoch());
         assert_eq!(a.len(), EPOCH_LEN);
