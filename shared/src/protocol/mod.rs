@@ -13,12 +13,15 @@
 //! | `protocol/client.rs` | client → server: the frames a client sends over its socket |
 //! | `protocol/server.rs` | server → client: replies and notifications |
 //! | `protocol/publish.rs` | the `publish` function's requests and answers |
+//! | `protocol/cursor.rs` | the SSE and long-polling cursor: every channel's position |
 
 mod client;
+mod cursor;
 mod publish;
 mod server;
 
 pub use client::*;
+pub use cursor::*;
 pub use publish::*;
 pub use server::*;
 
