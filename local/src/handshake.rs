@@ -35,22 +35,33 @@ use crate::upgrade::Upgrade;
 const READ_BUFFER_BYTES: usize = 1024;
 
 /// A refused handshake: the status and API Gateway's message.
-struct Refusal(StatusCode, String);
+pub(crate) struct Refusal(StatusCode, String);
 
 impl Refusal {
     fn new(status: StatusCode, message: &str) -> Self {
         Self(status, message.to_owned())
     }
 
-    fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         message_response(self.0, &self.1)
     }
 }
 
 /// What the handshake knows of the request.
-struct Request {
+pub(crate) struct Request {
     headers: Vec<(String, String)>,
     query: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The last value of the query parameter `name`, decoded.
+    pub(crate) fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// `GET /{stage}` with an upgrade: the handshake.
@@ -62,29 +73,9 @@ pub(crate) async fn handshake(
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Response {
-    let source_ip = peer.ip().to_string();
-    if let Err(refusal) = admit(&app, &stage, &source_ip) {
-        return refusal.into_response();
-    }
-    let request = Request {
-        headers: headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
-        query: decode_query(query.as_deref().unwrap_or("")),
-    };
-    let meta = ConnectionMeta {
-        id: ConnectionId::generate(),
-        connected_at: now_ms(),
-        source_ip,
-        user_agent: header_text(&headers, header::USER_AGENT).map(str::to_owned),
-        domain_name: header_text(&headers, header::HOST)
-            .unwrap_or("localhost")
-            .to_owned(),
-        context: serde_json::Map::new(),
-    };
-    let meta = match authorize(&app, &headers, &request, meta) {
-        Ok(meta) => meta,
+    let (request, meta) = match admit_and_authorize(&app, &stage, peer, query.as_deref(), &headers)
+    {
+        Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
     let socket = match connect(&app, &request, meta).await {
@@ -102,6 +93,39 @@ pub(crate) async fn handshake(
             .track_future(crate::ws::run(app.clone(), socket, upgraded, config));
     app.sockets.handle().spawn(connection);
     response
+}
+
+/// Admission, the token and the `authorizer`: what every transport's handshake (the
+/// WebSocket's, SSE's) does before `$connect`. The request as the events carry it, and the
+/// connection it would be, with the authorizer's context.
+pub(crate) fn admit_and_authorize(
+    app: &App,
+    stage: &str,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Request, ConnectionMeta), Refusal> {
+    let source_ip = peer.ip().to_string();
+    admit(app, stage, &source_ip)?;
+    let request = Request {
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        query: decode_query(query.unwrap_or("")),
+    };
+    let meta = ConnectionMeta {
+        id: ConnectionId::generate(),
+        connected_at: now_ms(),
+        source_ip,
+        user_agent: header_text(headers, header::USER_AGENT).map(str::to_owned),
+        domain_name: header_text(headers, header::HOST)
+            .unwrap_or("localhost")
+            .to_owned(),
+        context: serde_json::Map::new(),
+    };
+    let meta = authorize(app, headers, &request, meta)?;
+    Ok((request, meta))
 }
 
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -136,12 +160,7 @@ fn authorize(
     request: &Request,
     mut meta: ConnectionMeta,
 ) -> Result<ConnectionMeta, Refusal> {
-    let query_token = request
-        .query
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.as_str());
+    let query_token = request.query("token");
     // API Gateway answers 401 itself, without invoking the authorizer, when the identity
     // source is missing.
     if token_from_request(query_token, header_text(headers, header::AUTHORIZATION)).is_none() {
@@ -165,7 +184,7 @@ fn authorize(
 }
 
 /// Registers the socket, then runs `$connect`; a refusal takes the socket back out.
-async fn connect(
+pub(crate) async fn connect(
     app: &App,
     request: &Request,
     meta: ConnectionMeta,

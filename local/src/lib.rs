@@ -13,6 +13,7 @@
 //! | `src/root.rs` | the composition root: store, auth or dev mode, cluster, push path, from one [`Settings`] |
 //! | `src/handshake.rs` | the handshake: admission, token, authorizer, `$connect`, upgrade |
 //! | `src/ws.rs` | each connection's reader and writer, `$disconnect` |
+//! | `src/sse.rs` | Server-Sent Events: a connection whose writer sends events, resumed by cursor |
 //! | `src/close_code.rs` | WebSocket close codes by name |
 //! | `src/frame_rate.rs` | each connection's frame rate limit, and abuse |
 //! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
@@ -43,6 +44,7 @@ mod registry;
 mod root;
 mod serve;
 pub mod sigv4;
+mod sse;
 mod tracking;
 mod upgrade;
 mod wire;

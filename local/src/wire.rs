@@ -55,6 +55,26 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     encode(Opcode::Close, &payload)
 }
 
+/// The opcode byte and payload of a frame [`encode`] made: what a transport other than
+/// the WebSocket (SSE) sends of a queued notification. `None` for anything else.
+pub fn decode(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let (&first, rest) = frame.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    let (len, payload) = match len {
+        126 => {
+            let (n, rest) = rest.split_at_checked(2)?;
+            (usize::from(u16::from_be_bytes([n[0], n[1]])), rest)
+        }
+        127 => {
+            let (n, rest) = rest.split_at_checked(8)?;
+            let n = u64::from_be_bytes(n.try_into().ok()?);
+            (usize::try_from(n).ok()?, rest)
+        }
+        n => (usize::from(n), rest),
+    };
+    (payload.len() == len).then_some((first & 0x0f, payload))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{self, Cursor, Read, Write};
@@ -64,6 +84,25 @@ mod tests {
 
     use super::*;
     use crate::close_code;
+
+    #[test]
+    fn decode_reads_back_what_encode_wrote_at_every_length_form() {
+        for len in [0, 125, 126, 0xffff, 0x1_0000] {
+            let payload = vec![b'x'; len];
+            let frame = encode(Opcode::Text, &payload);
+            assert_eq!(
+                decode(&frame),
+                Some((Opcode::Text as u8, &payload[..])),
+                "{len}"
+            );
+            assert_eq!(decode(&frame[..frame.len() - 1]), None, "cut short");
+        }
+        let closing = close(1000, "bye");
+        assert_eq!(
+            decode(&closing).map(|(op, _)| op),
+            Some(Opcode::Close as u8)
+        );
+    }
 
     /// What a client receives: `bytes` read by tungstenite in the client role.
     struct Received(Cursor<Vec<u8>>);

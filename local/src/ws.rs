@@ -127,7 +127,7 @@ impl AsyncWrite for Incoming {
 }
 
 /// Runs `$disconnect`, once per connection whatever path got here.
-async fn finish(app: Arc<App>, socket: Arc<Socket>, code: u16, reason: String) {
+pub(crate) async fn finish(app: Arc<App>, socket: Arc<Socket>, code: u16, reason: String) {
     if !socket.claim_disconnect() {
         return;
     }

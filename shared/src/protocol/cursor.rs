@@ -34,6 +34,11 @@ impl Cursor {
         self.0.get(key)
     }
 
+    /// Every channel the cursor names, with its position.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Position)> {
+        self.0.iter()
+    }
+
     /// Records that the reader got the channel `key`'s notification at `position`.
     pub fn set(&mut self, key: String, position: Position) {
         self.0.insert(key, position);
