@@ -13,7 +13,8 @@
 //! | `src/root.rs` | the composition root: store, auth or dev mode, cluster, push path, from one [`Settings`] |
 //! | `src/handshake.rs` | the handshake: admission, token, authorizer, `$connect`, upgrade |
 //! | `src/ws.rs` | each connection's reader and writer, `$disconnect` |
-//! | `src/sse.rs` | Server-Sent Events: a connection whose writer sends events, resumed by cursor |
+//! | `src/fallback.rs` | what SSE and long polling share: a reader opened like a connection, caught up from a cursor |
+//! | `src/sse.rs` | Server-Sent Events: a reader whose writer sends events |
 //! | `src/close_code.rs` | WebSocket close codes by name |
 //! | `src/frame_rate.rs` | each connection's frame rate limit, and abuse |
 //! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
@@ -35,6 +36,7 @@ mod async_invoke;
 pub mod close_code;
 mod cluster;
 mod events;
+mod fallback;
 mod frame_rate;
 mod handshake;
 mod http;

@@ -1,10 +1,9 @@
 //! Server-Sent Events: `GET /{stage}/events?rooms=a,b`, for clients that cannot open a
 //! WebSocket (proxies that strip the upgrade, old browsers).
 //!
-//! An SSE client is a connection like a WebSocket's: the same admission, token and
-//! `authorizer`, `$connect` (so it counts toward every connection limit), its rooms joined
-//! in the store, an outbox in the registry that fan-out posts into, and `$disconnect` once
-//! when the stream ends. Only the writer differs: each queued notification goes out as one
+//! An SSE client is a reader (`fallback.rs`): a connection like a WebSocket's, counted
+//! toward the limits, whose outbox fan-out posts into. Only the writer differs: each queued
+//! notification goes out as one
 //! event, `event: notification`, `data:` the JSON a WebSocket client gets, `id:` the
 //! cursor of every channel after it. A reconnect with `Last-Event-ID` (or `?cursor=`)
 //! first gets what it missed from history, or one `event: reset` when history no longer
@@ -17,22 +16,18 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald::auth::Identity;
-use herald::protocol::{Cursor, RoomName};
-use herald::reader::{CatchUp, Follow, catch_up};
-use herald::store::Channel;
+use herald::protocol::Cursor;
+use herald::reader::{CatchUp, Follow};
 use serde_json::json;
 use tokio::time::Instant;
-use tracing::warn;
 
-use crate::answer::json_response;
-use crate::handshake::{admit_and_authorize, connect};
+use crate::fallback::{Ended, Reader, open};
 use crate::registry::{Frame, Socket};
 use crate::wire::{self, Opcode};
-use crate::{App, close_code, ws};
+use crate::{App, close_code};
 
 /// A comment line this often keeps proxies from closing an idle stream.
 pub const SSE_HEARTBEAT: Duration = Duration::from_secs(25);
@@ -47,71 +42,26 @@ pub(crate) async fn events(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (request, meta) = match admit_and_authorize(&app, &stage, peer, query.as_deref(), &headers)
-    {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let context = meta.context.clone().into_iter().collect();
-    let identity = match Identity::from_context(&context) {
-        Ok(identity) => identity,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), None),
-    };
-    let rooms = match rooms(request.query("rooms").unwrap_or("")) {
-        Ok(rooms) => rooms,
-        Err(message) => return error(StatusCode::BAD_REQUEST, &message, None),
-    };
-    if let Some(max) = app.services.limits.max_rooms_per_connection
-        && rooms.len() > max
-    {
-        let message = format!("at most {max} rooms per connection, not {}", rooms.len());
-        return error(StatusCode::BAD_REQUEST, &message, None);
-    }
-    if let Some(room) = rooms.iter().find(|r| !identity.can_subscribe(r)) {
-        let message = format!("you may not subscribe to {room}");
-        return error(StatusCode::FORBIDDEN, &message, Some(room));
-    }
-    let since = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or(request.query("cursor"))
-        .filter(|c| !c.is_empty());
-    let since = match since.map(Cursor::decode).transpose() {
-        Ok(since) => since,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.message, None),
-    };
-    let socket = match connect(&app, &request, meta).await {
-        Ok(socket) => socket,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let ended = Ended {
-        app: app.clone(),
-        socket: socket.clone(),
-    };
-    let mut channels: Vec<Channel> = Vec::with_capacity(rooms.len() + 1);
-    for room in rooms {
-        if let Err(e) = app.services.store.join(&socket.meta.id, &room).await {
-            warn!(connection_id = %socket.meta.id, error = %e, "SSE join failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "the store failed", None);
-        }
-        channels.push(Channel::Room(room));
-    }
-    channels.push(Channel::User(identity.user));
-    let store = &*app.services.store;
-    let first = match catch_up(
-        store,
-        app.services.limits.history,
-        &channels,
-        since.as_ref(),
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let reader = match open(
+        &app,
+        &stage,
+        peer,
+        query.as_deref(),
+        &headers,
+        last_event_id,
     )
     .await
     {
-        Ok(first) => first,
-        Err(e) => {
-            warn!(connection_id = %socket.meta.id, error = %e, "SSE catch-up failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "the store failed", None);
-        }
+        Ok(reader) => reader,
+        Err(refused) => return refused.into_response(),
     };
+    let Reader {
+        socket,
+        ended,
+        since,
+        first,
+    } = reader;
     let mut opening = format!("retry: {SSE_RETRY_MS}\n\n").into_bytes();
     let follow = match first {
         CatchUp::Replay { entries, cursor } => {
@@ -149,27 +99,6 @@ pub(crate) async fn events(
     // Proxies such as nginx buffer responses unless told not to.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
-}
-
-/// The rooms of `?rooms=a,b`: each a valid name, none twice; why not, otherwise.
-fn rooms(list: &str) -> Result<Vec<RoomName>, String> {
-    let mut rooms: Vec<RoomName> = Vec::new();
-    for name in list.split(',').filter(|n| !n.is_empty()) {
-        let room = RoomName::parse(name).map_err(|e| format!("rooms: {e}"))?;
-        if !rooms.contains(&room) {
-            rooms.push(room);
-        }
-    }
-    Ok(rooms)
-}
-
-/// A JSON error naming the room it is about, when there is one.
-fn error(status: StatusCode, message: &str, room: Option<&RoomName>) -> Response {
-    let mut body = json!({"message": message});
-    if let Some(room) = room {
-        body["room"] = json!(room.as_str());
-    }
-    json_response(status, &body)
 }
 
 /// Appends one event to `out`.
@@ -251,27 +180,5 @@ impl Stream {
                 return None;
             }
         }
-    }
-}
-
-/// Runs `$disconnect` once the stream is gone, however it ended (the client left, the
-/// gateway closed it, shutdown).
-struct Ended {
-    app: Arc<App>,
-    socket: Arc<Socket>,
-}
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        let (app, socket) = (self.app.clone(), self.socket.clone());
-        app.registry.remove(&socket.meta.id);
-        socket.outbox.close();
-        let (code, reason) = socket
-            .close_reason()
-            .unwrap_or((close_code::NORMAL, "Stream closed".to_owned()));
-        let finish = app
-            .connections
-            .track_future(ws::finish(app.clone(), socket, code, reason));
-        tokio::spawn(finish);
     }
 }

@@ -1,0 +1,169 @@
+//! What the fallback transports (SSE, long polling) share: a reader is a connection like a
+//! WebSocket's, opened by the same admission, token, `authorizer` and `$connect` (so it
+//! counts toward every connection limit), with its rooms joined in the store and an outbox
+//! that fan-out posts into; it reads its rooms and its own inbox from a cursor, catching up
+//! from history first, and `$disconnect` runs once when it is gone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use herald::auth::Identity;
+use herald::protocol::{Cursor, RoomName};
+use herald::reader::{CatchUp, catch_up};
+use herald::store::Channel;
+use serde_json::json;
+use tracing::warn;
+
+use crate::answer::json_response;
+use crate::handshake::{Refusal, admit_and_authorize, connect};
+use crate::registry::Socket;
+use crate::{App, close_code, ws};
+
+/// An open reader: its connection, what it gets first, and the cursor it came with.
+pub(crate) struct Reader {
+    pub socket: Arc<Socket>,
+    /// Runs `$disconnect` when dropped: keep it as long as the reader lives.
+    pub ended: Ended,
+    pub since: Option<Cursor>,
+    pub first: CatchUp,
+}
+
+/// Why a reader was not opened.
+pub(crate) enum Refused {
+    /// As the WebSocket handshake refuses.
+    Handshake(Refusal),
+    /// A JSON error, naming the room it is about when there is one.
+    Error(StatusCode, String, Option<RoomName>),
+}
+
+impl Refused {
+    pub(crate) fn into_response(self) -> Response {
+        match self {
+            Self::Handshake(refusal) => refusal.into_response(),
+            Self::Error(status, message, room) => error(status, &message, room.as_ref()),
+        }
+    }
+}
+
+/// Opens a reader of `?rooms=a,b` (and the user's inbox) from `?cursor=` or `cursor`.
+pub(crate) async fn open(
+    app: &Arc<App>,
+    stage: &str,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    cursor: Option<&str>,
+) -> Result<Reader, Refused> {
+    let (request, meta) =
+        admit_and_authorize(app, stage, peer, query, headers).map_err(Refused::Handshake)?;
+    let context = meta.context.clone().into_iter().collect();
+    let identity = Identity::from_context(&context)
+        .map_err(|e| Refused::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+    let bad = |message: String| Refused::Error(StatusCode::BAD_REQUEST, message, None);
+    let rooms = rooms(request.query("rooms").unwrap_or("")).map_err(bad)?;
+    if let Some(max) = app.services.limits.max_rooms_per_connection
+        && rooms.len() > max
+    {
+        return Err(bad(format!(
+            "at most {max} rooms per connection, not {}",
+            rooms.len()
+        )));
+    }
+    if let Some(room) = rooms.iter().find(|r| !identity.can_subscribe(r)) {
+        return Err(Refused::Error(
+            StatusCode::FORBIDDEN,
+            format!("you may not subscribe to {room}"),
+            Some(room.clone()),
+        ));
+    }
+    let since = cursor
+        .or(request.query("cursor"))
+        .filter(|c| !c.is_empty())
+        .map(Cursor::decode)
+        .transpose()
+        .map_err(|e| bad(e.message))?;
+    let socket = connect(app, &request, meta)
+        .await
+        .map_err(Refused::Handshake)?;
+    let ended = Ended {
+        app: app.clone(),
+        socket: socket.clone(),
+    };
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        warn!(connection_id = %socket.meta.id, error = %e, "{what} failed");
+        Refused::Error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the store failed; try again".into(),
+            None,
+        )
+    };
+    // Joined before the catch-up reads history: a notification published meanwhile is in
+    // what is read or in the outbox (or both: the reader drops the second).
+    let mut channels: Vec<Channel> = Vec::with_capacity(rooms.len() + 1);
+    for room in rooms {
+        let joined = app.services.store.join(&socket.meta.id, &room).await;
+        joined.map_err(|e| failed("join", &e))?;
+        channels.push(Channel::Room(room));
+    }
+    channels.push(Channel::User(identity.user));
+    let store = &*app.services.store;
+    let first = catch_up(
+        store,
+        app.services.limits.history,
+        &channels,
+        since.as_ref(),
+    )
+    .await
+    .map_err(|e| failed("catch-up", &e))?;
+    Ok(Reader {
+        socket,
+        ended,
+        since,
+        first,
+    })
+}
+
+/// The rooms of `?rooms=a,b`: each a valid name, none twice; why not, otherwise.
+fn rooms(list: &str) -> Result<Vec<RoomName>, String> {
+    let mut rooms: Vec<RoomName> = Vec::new();
+    for name in list.split(',').filter(|n| !n.is_empty()) {
+        let room = RoomName::parse(name).map_err(|e| format!("rooms: {e}"))?;
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    Ok(rooms)
+}
+
+/// A JSON error naming the room it is about, when there is one.
+pub(crate) fn error(status: StatusCode, message: &str, room: Option<&RoomName>) -> Response {
+    let mut body = json!({"message": message});
+    if let Some(room) = room {
+        body["room"] = json!(room.as_str());
+    }
+    json_response(status, &body)
+}
+
+/// Runs `$disconnect` once the stream is gone, however it ended (the client left, the
+/// gateway closed it, shutdown).
+pub(crate) struct Ended {
+    app: Arc<App>,
+    socket: Arc<Socket>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let (app, socket) = (self.app.clone(), self.socket.clone());
+        app.registry.remove(&socket.meta.id);
+        socket.outbox.close();
+        let (code, reason) = socket
+            .close_reason()
+            .unwrap_or((close_code::NORMAL, "Stream closed".to_owned()));
+        let finish = app
+            .connections
+            .track_future(ws::finish(app.clone(), socket, code, reason));
+        tokio::spawn(finish);
+    }
+}
