@@ -24,13 +24,14 @@ use crate::answer::{aws_error, json_response, message_response};
 use crate::async_invoke::{MAX_ASYNC_PAYLOAD_BYTES, Refused};
 use crate::events::iso8601;
 use crate::query::percent_decode;
-use crate::{App, handshake, sigv4, sse};
+use crate::{App, handshake, poll, sigv4, sse};
 
 /// Every route of the gateway.
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/{stage}", get(handshake::handshake))
         .route("/{stage}/events", get(sse::events))
+        .route("/{stage}/poll", get(poll::poll))
         .fallback(dispatch)
         .with_state(app)
 }

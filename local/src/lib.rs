@@ -15,6 +15,7 @@
 //! | `src/ws.rs` | each connection's reader and writer, `$disconnect` |
 //! | `src/fallback.rs` | what SSE and long polling share: a reader opened like a connection, caught up from a cursor |
 //! | `src/sse.rs` | Server-Sent Events: a reader whose writer sends events |
+//! | `src/poll.rs` | long polling: a reader for one request, answering at once or at the next notification |
 //! | `src/close_code.rs` | WebSocket close codes by name |
 //! | `src/frame_rate.rs` | each connection's frame rate limit, and abuse |
 //! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
@@ -41,6 +42,7 @@ mod frame_rate;
 mod handshake;
 mod http;
 mod outbox;
+mod poll;
 mod query;
 mod registry;
 mod root;

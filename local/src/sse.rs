@@ -65,13 +65,20 @@ pub(crate) async fn events(
     let mut opening = format!("retry: {SSE_RETRY_MS}\n\n").into_bytes();
     let follow = match first {
         CatchUp::Replay { entries, cursor } => {
-            let mut follow = Follow::from(since.unwrap_or_default());
+            // Each replayed event's id is the client's cursor moved past it; once all are
+            // sent, the catch-up's cursor (which also names rooms the client's did not).
+            let mut replayed = Follow::from(since.unwrap_or_default());
             for entry in entries {
-                if follow.take(&entry.bytes) {
-                    event(&mut opening, "notification", follow.cursor(), &entry.bytes);
+                if replayed.take(&entry.bytes) {
+                    event(
+                        &mut opening,
+                        "notification",
+                        replayed.cursor(),
+                        &entry.bytes,
+                    );
                 }
             }
-            Follow::from(merge(follow.cursor().clone(), cursor))
+            Follow::from(cursor)
         }
         CatchUp::Reset { cursor } => {
             let data = json!({"cursor": cursor.encode()}).to_string();
@@ -111,18 +118,6 @@ fn event(out: &mut Vec<u8>, kind: &str, cursor: &Cursor, data: &[u8]) {
     // The contract's JSON has no raw line breaks (they are escaped inside strings).
     out.extend_from_slice(data);
     out.extend_from_slice(b"\n\n");
-}
-
-/// The cursor after a replay: every channel the replay passed, at what it passed; the
-/// others where the catch-up put them (channels added since the client's cursor).
-fn merge(replayed: Cursor, caught_up: Cursor) -> Cursor {
-    let mut cursor = caught_up;
-    for (key, position) in replayed.entries() {
-        if cursor.get(key).is_some() {
-            cursor.set(key.clone(), position.clone());
-        }
-    }
-    cursor
 }
 
 /// The stream's state between chunks.
