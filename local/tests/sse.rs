@@ -306,3 +306,39 @@ async fn sse_clients_count_toward_the_connection_limits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_stream_resumes_on_another_instance() {
+    let redis = Server::redis();
+    let first = gateway(Some(&redis), &[]).await;
+    let second = gateway(Some(&redis), &[]).await;
+    let (_, sse, _) = open(first.addr, &query(&first, "alice", "orders"), &[]).await;
+    let mut sse = sse.unwrap();
+    first
+        .invoke(json!({"room":"orders","data":1}))
+        .await
+        .unwrap();
+    let seen = sse.next().await;
+    drop(sse);
+    for n in 2..=3 {
+        second
+            .invoke(json!({"room":"orders","data":n}))
+            .await
+            .unwrap();
+    }
+    let (_, sse, _) = open(
+        second.addr,
+        &query(&second, "alice", "orders"),
+        &[("Last-Event-ID", &seen.id)],
+    )
+    .await;
+    let mut sse = sse.unwrap();
+    assert_eq!(sse.next().await.data["offset"], 2);
+    assert_eq!(sse.next().await.data["offset"], 3);
+    // Live, published through the other instance.
+    first
+        .invoke(json!({"room":"orders","data":4}))
+        .await
+        .unwrap();
+    assert_eq!(sse.next().await.data["offset"], 4);
+}
