@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use herald::auth::Identity;
 use herald::protocol::{Cursor, RoomName};
-use herald::reader::{CatchUp, catch_up};
+use herald::reader::{CatchUp, catch_up, parse_rooms};
 use herald::store::Channel;
 use serde_json::json;
 use tracing::warn;
@@ -62,7 +62,7 @@ pub(crate) async fn open(
     let identity = Identity::from_context(&context)
         .map_err(|e| Refused::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
     let bad = |message: String| Refused::Error(StatusCode::BAD_REQUEST, message, None);
-    let rooms = rooms(request.query("rooms").unwrap_or("")).map_err(bad)?;
+    let rooms = parse_rooms(request.query("rooms").unwrap_or("")).map_err(|e| bad(e.message))?;
     if let Some(max) = app.services.limits.max_rooms_per_connection
         && rooms.len() > max
     {
@@ -123,18 +123,6 @@ pub(crate) async fn open(
         since,
         first,
     })
-}
-
-/// The rooms of `?rooms=a,b`: each a valid name, none twice; why not, otherwise.
-fn rooms(list: &str) -> Result<Vec<RoomName>, String> {
-    let mut rooms: Vec<RoomName> = Vec::new();
-    for name in list.split(',').filter(|n| !n.is_empty()) {
-        let room = RoomName::parse(name).map_err(|e| format!("rooms: {e}"))?;
-        if !rooms.contains(&room) {
-            rooms.push(room);
-        }
-    }
-    Ok(rooms)
 }
 
 /// A JSON error naming the room it is about, when there is one.

@@ -16,24 +16,12 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald::protocol::Stored;
-use herald::reader::{CatchUp, Follow};
-use serde::Serialize;
+use herald::reader::{CatchUp, Follow, PollAnswer, parse_wait};
 
 use crate::App;
 use crate::fallback::{Reader, error, open};
 use crate::query::decode_query;
 use crate::wire::{self, Opcode};
-
-/// The longest a poll waits, in seconds: under API Gateway's 29 s integration timeout.
-pub const MAX_POLL_WAIT_SECS: u64 = 25;
-
-/// The answer to a poll.
-#[derive(Serialize)]
-struct Answer {
-    notifications: Vec<Stored>,
-    cursor: String,
-    reset: bool,
-}
 
 /// `GET /{stage}/poll`.
 pub(crate) async fn poll(
@@ -47,14 +35,10 @@ pub(crate) async fn poll(
         .into_iter()
         .rev()
         .find(|(k, _)| k == "wait")
-        .map(|(_, v)| v.parse::<u64>());
-    let wait = match wait {
-        None => MAX_POLL_WAIT_SECS,
-        Some(Ok(secs)) if secs <= MAX_POLL_WAIT_SECS => secs,
-        Some(_) => {
-            let message = format!("wait is 0 to {MAX_POLL_WAIT_SECS} seconds");
-            return error(StatusCode::BAD_REQUEST, &message, None);
-        }
+        .map(|(_, v)| v);
+    let wait = match parse_wait(wait.as_deref()) {
+        Ok(wait) => wait,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.message, None),
     };
     let reader = match open(&app, &stage, peer, query.as_deref(), &headers, None).await {
         Ok(reader) => reader,
@@ -101,13 +85,12 @@ pub(crate) async fn poll(
 }
 
 fn answer(notifications: Vec<Stored>, follow: &Follow, reset: bool) -> Response {
-    let body = Answer {
+    let json = PollAnswer {
         notifications,
         cursor: follow.cursor().encode(),
         reset,
-    };
-    // Raw JSON values, a string and a bool: serializing cannot fail.
-    let json = serde_json::to_vec(&body).expect("a poll answer serializes");
+    }
+    .to_json();
     let mut response = json.into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -6,10 +6,24 @@
 //! (another epoch, or older than what is kept): never a partial catch-up. [`Follow`] then
 //! takes live notifications one by one, dropping those the reader already has.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Cursor, Position};
+use crate::protocol::{Cursor, Position, ProtocolError, RoomName, Stored};
 use crate::store::{Channel, ConnectionStore, Entry, Range, Retention, StoreError};
+
+/// The longest a long poll waits, in seconds: under API Gateway's 29 s integration timeout.
+pub const MAX_POLL_WAIT_SECS: u64 = 25;
+
+/// A long poll's `wait`: absent is the most, anything but 0 to the most is refused.
+pub fn parse_wait(wait: Option<&str>) -> Result<u64, ProtocolError> {
+    match wait.map(str::parse::<u64>) {
+        None => Ok(MAX_POLL_WAIT_SECS),
+        Some(Ok(secs)) if secs <= MAX_POLL_WAIT_SECS => Ok(secs),
+        Some(_) => Err(ProtocolError::bad_request(format!(
+            "wait is 0 to {MAX_POLL_WAIT_SECS} seconds"
+        ))),
+    }
+}
 
 /// What a reader at a cursor gets first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +96,38 @@ pub async fn catch_up(
         return Ok(CatchUp::Reset { cursor });
     }
     Ok(CatchUp::Replay { entries, cursor })
+}
+
+/// The rooms of a reader's `rooms=a,b`: each a valid name, none twice.
+pub fn parse_rooms(list: &str) -> Result<Vec<RoomName>, ProtocolError> {
+    let mut rooms: Vec<RoomName> = Vec::new();
+    for name in list.split(',').filter(|n| !n.is_empty()) {
+        let room = RoomName::parse(name).map_err(|e| e.within("rooms"))?;
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    Ok(rooms)
+}
+
+/// A long poll's answer: `{"notifications":[…],"cursor":"…","reset":false}`, the
+/// notifications exactly as they were sent.
+#[derive(Debug, Serialize)]
+pub struct PollAnswer {
+    /// What followed the cursor, oldest first per channel.
+    pub notifications: Vec<Stored>,
+    /// Where the reader stands after them.
+    pub cursor: String,
+    /// Whether history no longer covered the cursor (then `notifications` is empty).
+    pub reset: bool,
+}
+
+impl PollAnswer {
+    /// The answer as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Raw JSON values, a string and a bool: serializing cannot fail.
+        serde_json::to_vec(self).expect("a poll answer serializes")
+    }
 }
 
 /// The fields of a notification that say where it stands.

@@ -9,6 +9,7 @@ mod authorize;
 mod connect;
 mod disconnect;
 mod message;
+mod poll;
 mod publish;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub use authorize::authorize;
 pub use connect::connect;
 pub use disconnect::disconnect;
 pub use message::message;
+pub use poll::{POLL_INTERVAL, poll};
 pub use publish::{PublishError, publish, publish_one};
 
 use crate::fanout::FanoutConfig;

@@ -129,7 +129,7 @@ impl ProtocolError {
     }
 
     /// The same error with `context: ` before its message.
-    fn within(self, context: &str) -> Self {
+    pub fn within(self, context: &str) -> Self {
         Self {
             code: self.code,
             message: format!("{context}: {}", self.message),
