@@ -75,10 +75,17 @@ fn every_function_names_a_binary_of_the_workspace() {
         );
         binaries.insert(binary.to_owned());
     }
-    let expected: BTreeSet<String> = ["authorizer", "connect", "disconnect", "message", "publish"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let expected: BTreeSet<String> = [
+        "authorizer",
+        "connect",
+        "disconnect",
+        "message",
+        "publish",
+        "poll",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     assert_eq!(binaries, expected);
     let globals = &template["Globals"]["Function"];
     assert_eq!(globals["Runtime"], "provided.al2023");
@@ -232,4 +239,24 @@ fn no_secret_is_a_plain_text_parameter() {
             "{name}: secrets come from Secrets Manager, by ARN"
         );
     }
+}
+
+#[test]
+fn the_poll_function_sits_behind_get_poll_within_the_integration_timeout() {
+    let template = template();
+    let functions = resources_of(&template, "AWS::Serverless::Function");
+    let (_, poll) = functions
+        .iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == "poll")
+        .expect("a poll function");
+    let event = &poll["Properties"]["Events"]["Poll"];
+    assert_eq!(event["Type"], "HttpApi");
+    assert_eq!(event["Properties"]["Path"], "/poll");
+    assert_eq!(event["Properties"]["Method"], "GET");
+    // API Gateway gives up on an integration after 29 s; the longest wait is 25 s.
+    let timeout = poll["Properties"]["Timeout"].as_u64().unwrap();
+    assert!(
+        timeout <= 29 && timeout > herald::reader::MAX_POLL_WAIT_SECS,
+        "{timeout}"
+    );
 }
