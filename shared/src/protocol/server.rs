@@ -208,17 +208,6 @@ impl<'a> Notification<'a> {
         tail[0] = b',';
         (head.into(), tail.into())
     }
-
-    /// The bytes every recipient receives when the notification has no position, or
-    /// `too_large` past API Gateway's post limit.
-    pub fn encode(&self) -> Result<Bytes, ProtocolError> {
-        let (head, tail) = self.split();
-        check_size(head.len() + tail.len())?;
-        let mut bytes = Vec::with_capacity(head.len() + tail.len());
-        bytes.extend_from_slice(&head);
-        bytes.extend_from_slice(&tail);
-        Ok(bytes.into())
-    }
 }
 
 /// `too_large` for a notification of `len` bytes past API Gateway's post limit.
@@ -236,6 +225,14 @@ pub fn check_size(len: usize) -> Result<(), ProtocolError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The notification without a position, as publish sends a broadcast: its two halves
+    /// joined, `too_large` past the limit.
+    fn encode(notification: &Notification) -> Result<Bytes, ProtocolError> {
+        let (head, tail) = notification.split();
+        check_size(head.len() + tail.len())?;
+        Ok([head, tail].concat().into())
+    }
 
     #[test]
     fn replies_serialize_as_the_contract_shows() {
@@ -321,20 +318,18 @@ mod tests {
     fn notifications_name_their_target() {
         let data = json!({"n": 1});
         let room = Target::Room(RoomName::parse("orders").unwrap());
-        let bytes = Notification::new("id1", &room, &data, 5).encode().unwrap();
+        let bytes = encode(&Notification::new("id1", &room, &data, 5)).unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&bytes).unwrap(),
             json!({"type":"notification","id":"id1","room":"orders","data":{"n":1},"ts":5})
         );
         let user = Target::User("alice".into());
-        let bytes = Notification::new("id2", &user, &data, 5).encode().unwrap();
+        let bytes = encode(&Notification::new("id2", &user, &data, 5)).unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&bytes).unwrap(),
             json!({"type":"notification","id":"id2","user":"alice","data":{"n":1},"ts":5})
         );
-        let bytes = Notification::new("id3", &Target::Broadcast, &data, 5)
-            .encode()
-            .unwrap();
+        let bytes = encode(&Notification::new("id3", &Target::Broadcast, &data, 5)).unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&bytes).unwrap(),
             json!({"type":"notification","id":"id3","data":{"n":1},"ts":5})
@@ -345,7 +340,7 @@ mod tests {
     fn a_notification_may_be_exactly_the_limit_and_not_a_byte_more() {
         let sized = |len: usize| {
             let data = json!("x".repeat(len));
-            Notification::new("id", &Target::Broadcast, &data, 0).encode()
+            encode(&Notification::new("id", &Target::Broadcast, &data, 0))
         };
         let overhead = sized(0).unwrap().len();
         let largest = sized(MAX_NOTIFICATION_BYTES - overhead).unwrap();
@@ -361,9 +356,7 @@ mod tests {
     #[test]
     fn oversized_notifications_are_too_large() {
         let data = json!("x".repeat(MAX_NOTIFICATION_BYTES));
-        let err = Notification::new("id", &Target::Broadcast, &data, 0)
-            .encode()
-            .unwrap_err();
+        let err = encode(&Notification::new("id", &Target::Broadcast, &data, 0)).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
     }
 }
