@@ -11,9 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use herald::auth::Identity;
 use herald::protocol::{Cursor, RoomName};
-use herald::reader::{CatchUp, catch_up, parse_rooms};
+use herald::reader::{CatchUp, catch_up, parse_rooms, refusal};
 use herald::store::Channel;
-use serde_json::json;
 use tracing::warn;
 
 use crate::answer::json_response;
@@ -127,11 +126,7 @@ pub(crate) async fn open(
 
 /// A JSON error naming the room it is about, when there is one.
 pub(crate) fn error(status: StatusCode, message: &str, room: Option<&RoomName>) -> Response {
-    let mut body = json!({"message": message});
-    if let Some(room) = room {
-        body["room"] = json!(room.as_str());
-    }
-    json_response(status, &body)
+    json_response(status, &refusal(message, room))
 }
 
 /// Runs `$disconnect` once the stream is gone, however it ended (the client left, the

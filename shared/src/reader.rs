@@ -110,6 +110,16 @@ pub fn parse_rooms(list: &str) -> Result<Vec<RoomName>, ProtocolError> {
     Ok(rooms)
 }
 
+/// A reader's refusal as JSON: `{"message"}`, with the `room` it is about when there is
+/// one (the room a token does not allow).
+pub fn refusal(message: &str, room: Option<&RoomName>) -> serde_json::Value {
+    let mut body = serde_json::json!({ "message": message });
+    if let Some(room) = room {
+        body["room"] = serde_json::json!(room.as_str());
+    }
+    body
+}
+
 /// A long poll's answer: `{"notifications":[…],"cursor":"…","reset":false}`, the
 /// notifications exactly as they were sent.
 #[derive(Debug, Serialize)]

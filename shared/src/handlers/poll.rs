@@ -11,14 +11,13 @@ use std::time::Duration;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderValue, header};
-use serde_json::json;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::Services;
 use crate::auth::{Verifier, token_from_request};
 use crate::protocol::{Cursor, RoomName, Stored};
-use crate::reader::{CatchUp, PollAnswer, catch_up, parse_rooms, parse_wait};
+use crate::reader::{CatchUp, PollAnswer, catch_up, parse_rooms, parse_wait, refusal};
 use crate::store::Channel;
 
 /// How often a waiting poll reads history again: on DynamoDB, a Query per channel each time.
@@ -114,11 +113,7 @@ fn answer(notifications: Vec<Stored>, cursor: &Cursor, reset: bool) -> ApiGatewa
 
 /// A JSON error naming the room it is about, when there is one.
 fn error(status: i64, message: &str, room: Option<&RoomName>) -> ApiGatewayV2httpResponse {
-    let mut body = json!({"message": message});
-    if let Some(room) = room {
-        body["room"] = json!(room.as_str());
-    }
-    response(status, body.to_string())
+    response(status, refusal(message, room).to_string())
 }
 
 fn response(status: i64, body: String) -> ApiGatewayV2httpResponse {
