@@ -12,27 +12,20 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald::protocol::Cursor;
-use herald::reader::{CatchUp, Follow};
-use serde_json::json;
+use herald::reader::Follow;
+use herald::sse;
 use tokio::time::Instant;
 
 use crate::fallback::{Ended, Reader, open};
 use crate::registry::{Frame, Socket};
 use crate::wire::{self, Opcode};
 use crate::{App, close_code};
-
-/// A comment line this often keeps proxies from closing an idle stream.
-pub const SSE_HEARTBEAT: Duration = Duration::from_secs(25);
-/// How long a browser waits before reconnecting (the `retry:` field), in ms.
-pub const SSE_RETRY_MS: u64 = 1_000;
 
 /// `GET /{stage}/events`: the stream.
 pub(crate) async fn events(
@@ -62,30 +55,8 @@ pub(crate) async fn events(
         since,
         first,
     } = reader;
-    let mut opening = format!("retry: {SSE_RETRY_MS}\n\n").into_bytes();
-    let follow = match first {
-        CatchUp::Replay { entries, cursor } => {
-            // Each replayed event's id is the client's cursor moved past it; once all are
-            // sent, the catch-up's cursor (which also names rooms the client's did not).
-            let mut replayed = Follow::from(since.unwrap_or_default());
-            for entry in entries {
-                if replayed.take(&entry.bytes) {
-                    event(
-                        &mut opening,
-                        "notification",
-                        replayed.cursor(),
-                        &entry.bytes,
-                    );
-                }
-            }
-            Follow::from(cursor)
-        }
-        CatchUp::Reset { cursor } => {
-            let data = json!({"cursor": cursor.encode()}).to_string();
-            event(&mut opening, "reset", &cursor, data.as_bytes());
-            Follow::from(cursor)
-        }
-    };
+    let mut opening = sse::retry();
+    let follow = sse::catch_up_events(&mut opening, first, since);
     let deadline = Instant::now() + app.settings.limits.max_duration;
     let stream = Stream {
         socket,
@@ -100,24 +71,12 @@ pub(crate) async fn events(
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
+        HeaderValue::from_static(sse::CONTENT_TYPE),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies such as nginx buffer responses unless told not to.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
-}
-
-/// Appends one event to `out`.
-fn event(out: &mut Vec<u8>, kind: &str, cursor: &Cursor, data: &[u8]) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(b"\nid: ");
-    out.extend_from_slice(cursor.encode().as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    // The contract's JSON has no raw line breaks (they are escaped inside strings).
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
 }
 
 /// The stream's state between chunks.
@@ -140,8 +99,8 @@ impl Stream {
         loop {
             let taken = tokio::select! {
                 n = self.socket.outbox.take(&mut self.batch) => n,
-                () = tokio::time::sleep(SSE_HEARTBEAT) => {
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self));
+                () = tokio::time::sleep(sse::SSE_HEARTBEAT) => {
+                    return Some((Ok(Bytes::from_static(sse::KEEP_ALIVE)), self));
                 }
                 () = tokio::time::sleep_until(self.deadline) => {
                     self.socket.close(close_code::GOING_AWAY, "Going away");
@@ -159,7 +118,7 @@ impl Stream {
                     Some((op, payload))
                         if op == Opcode::Text as u8 && self.follow.take(payload) =>
                     {
-                        event(&mut chunk, "notification", self.follow.cursor(), payload);
+                        sse::event(&mut chunk, "notification", self.follow.cursor(), payload);
                     }
                     Some((op, _)) if op == Opcode::Close as u8 => closed = true,
                     _ => {}

@@ -16,6 +16,7 @@
 //! | [`store`] | `src/store/` | `ConnectionStore`, its backends (`memory.rs`, `redis/`, `dynamo/`), rooms' and users' history (`history.rs`, and each backend's), `ForwardingStore`, the shared store test suite |
 //! | [`gateway`] | `src/gateway/` | `Gateway` (`@connections`), `ApiGatewayManagement`, a recording double |
 //! | [`reader`] | `src/reader.rs` | readers of channels (SSE, long polling): catching up from a cursor, following live |
+//! | [`sse`] | `src/sse.rs` | Server-Sent Events framing: events, resets, `retry:`, keep-alive |
 //! | [`fanout`] | `src/fanout.rs` | paged recipients, bounded concurrency, 410 cleanup, 429 backoff |
 //! | [`limits`] | `src/limits.rs` | the limits the handlers enforce, and their defaults |
 //! | [`handlers`] | `src/handlers/` | `authorize`, `connect`, `disconnect`, `message`, `publish` |
@@ -36,6 +37,7 @@ pub mod ids;
 pub mod limits;
 pub mod protocol;
 pub mod reader;
+pub mod sse;
 pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]

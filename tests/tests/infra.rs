@@ -82,6 +82,7 @@ fn every_function_names_a_binary_of_the_workspace() {
         "message",
         "publish",
         "poll",
+        "stream",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -258,5 +259,40 @@ fn the_poll_function_sits_behind_get_poll_within_the_integration_timeout() {
     assert!(
         timeout <= 29 && timeout > herald::reader::MAX_POLL_WAIT_SECS,
         "{timeout}"
+    );
+}
+
+#[test]
+fn the_stream_function_streams_behind_a_url_and_ends_before_its_timeout() {
+    let template = template();
+    let functions = resources_of(&template, "AWS::Serverless::Function");
+    let (_, stream) = functions
+        .iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == "stream")
+        .expect("a stream function");
+    let url = &stream["Properties"]["FunctionUrlConfig"];
+    assert_eq!(
+        url["InvokeMode"], "RESPONSE_STREAM",
+        "a buffered URL never streams"
+    );
+    assert_eq!(
+        url["AuthType"], "NONE",
+        "the function checks the JWT itself"
+    );
+    assert_eq!(strings(&url["Cors"]["AllowMethods"]), vec!["GET"]);
+    // Lambda stops an invocation at its timeout (900 s at most); the stream must end first.
+    let timeout = stream["Properties"]["Timeout"].as_u64().unwrap();
+    let margin = herald::handlers::STREAM_END_MARGIN.as_secs();
+    assert!(timeout <= 900 && timeout > 2 * margin, "{timeout}");
+    // It only reads history (and puts the position a first read creates).
+    let statements = stream["Properties"]["Policies"][0]["Statement"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(statements.len(), 1);
+    let mut actions = strings(&statements[0]["Action"]);
+    actions.sort();
+    assert_eq!(
+        actions,
+        vec!["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"]
     );
 }

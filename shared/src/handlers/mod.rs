@@ -11,6 +11,8 @@ mod disconnect;
 mod message;
 mod poll;
 mod publish;
+mod reading;
+mod stream;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ pub use disconnect::disconnect;
 pub use message::message;
 pub use poll::{POLL_INTERVAL, poll};
 pub use publish::{PublishError, publish, publish_one};
+pub use stream::{Chunks, STREAM_END_MARGIN, Streamed, stream};
 
 use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::Services;
-use crate::auth::{Verifier, token_from_request};
-use crate::protocol::{Cursor, RoomName, Stored};
-use crate::reader::{CatchUp, PollAnswer, catch_up, parse_rooms, parse_wait, refusal};
-use crate::store::Channel;
+use super::reading::{Admitted, ReadRequest, Refused, admit};
+use crate::auth::Verifier;
+use crate::protocol::{Cursor, Stored};
+use crate::reader::{CatchUp, PollAnswer, catch_up, parse_wait};
 
 /// How often a waiting poll reads history again: on DynamoDB, a Query per channel each time.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -30,48 +30,27 @@ pub async fn poll(
     request: &ApiGatewayV2httpRequest,
 ) -> ApiGatewayV2httpResponse {
     let query = &request.query_string_parameters;
-    let bad = |message: &str| error(400, message, None);
     let wait = match parse_wait(query.first("wait")) {
         Ok(wait) => Duration::from_secs(wait),
-        Err(e) => return bad(&e.message),
+        Err(e) => return error(&Refused::new(400, &e.message, None)),
     };
     // API Gateway's HTTP API joins repeated parameters with commas, and the event type
     // splits values at commas again: `rooms=a,b` arrives as two values.
     let rooms = query.all("rooms").unwrap_or_default().join(",");
-    let rooms = match parse_rooms(&rooms) {
-        Ok(rooms) => rooms,
-        Err(e) => return bad(&e.message),
-    };
-    let since = match query
-        .first("cursor")
-        .filter(|c| !c.is_empty())
-        .map(Cursor::decode)
-    {
-        None => None,
-        Some(Ok(cursor)) => Some(cursor),
-        Some(Err(e)) => return bad(&e.message),
-    };
     let authorization = request
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some(token) = token_from_request(query.first("token"), authorization) else {
-        return error(401, "Unauthorized", None);
+    let read = ReadRequest {
+        rooms: &rooms,
+        cursor: query.first("cursor"),
+        token: query.first("token"),
+        authorization,
     };
-    let identity = match verifier.verify(token) {
-        Ok(identity) => identity,
-        Err(_) => return error(401, "Unauthorized", None),
+    let Admitted { channels, since } = match admit(services, verifier, &read) {
+        Ok(admitted) => admitted,
+        Err(refused) => return error(&refused),
     };
-    if let Some(max) = services.limits.max_rooms_per_connection
-        && rooms.len() > max
-    {
-        return bad(&format!("at most {max} rooms, not {}", rooms.len()));
-    }
-    if let Some(room) = rooms.iter().find(|r| !identity.can_subscribe(r)) {
-        return error(403, &format!("you may not subscribe to {room}"), Some(room));
-    }
-    let mut channels: Vec<Channel> = rooms.into_iter().map(Channel::Room).collect();
-    channels.push(Channel::User(identity.user));
     let deadline = Instant::now() + wait;
     let mut since = since;
     loop {
@@ -87,7 +66,7 @@ pub async fn poll(
             Ok(CatchUp::Replay { entries, cursor }) => (entries, cursor),
             Err(e) => {
                 warn!(error = %e, "poll could not read history");
-                return error(503, "the store failed; try again", None);
+                return error(&Refused::new(503, "the store failed; try again", None));
             }
         };
         let now = Instant::now();
@@ -111,9 +90,9 @@ fn answer(notifications: Vec<Stored>, cursor: &Cursor, reset: bool) -> ApiGatewa
     response(200, body)
 }
 
-/// A JSON error naming the room it is about, when there is one.
-fn error(status: i64, message: &str, room: Option<&RoomName>) -> ApiGatewayV2httpResponse {
-    response(status, refusal(message, room).to_string())
+/// A refusal as its JSON error.
+fn error(refused: &Refused) -> ApiGatewayV2httpResponse {
+    response(i64::from(refused.status), refused.body.to_string())
 }
 
 fn response(status: i64, body: String) -> ApiGatewayV2httpResponse {
