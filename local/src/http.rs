@@ -19,19 +19,23 @@ use axum::routing::get;
 use herald::gateway::PushError;
 use herald::ids::ConnectionId;
 use serde_json::{Value, json};
+use tower::util::MapResponseLayer;
 
 use crate::answer::{aws_error, json_response, message_response};
 use crate::async_invoke::{MAX_ASYNC_PAYLOAD_BYTES, Refused};
 use crate::events::iso8601;
 use crate::query::percent_decode;
-use crate::{App, handshake, poll, sigv4, sse};
+use crate::{App, cors, handshake, poll, sigv4, sse};
 
 /// Every route of the gateway.
 pub(crate) fn router(app: Arc<App>) -> Router {
+    let readers = Router::new()
+        .route("/{stage}/events", get(sse::events).options(cors::preflight))
+        .route("/{stage}/poll", get(poll::poll).options(cors::preflight))
+        .layer(MapResponseLayer::new(cors::allow_any_origin));
     Router::new()
         .route("/{stage}", get(handshake::handshake))
-        .route("/{stage}/events", get(sse::events))
-        .route("/{stage}/poll", get(poll::poll))
+        .merge(readers)
         .fallback(dispatch)
         .with_state(app)
 }

@@ -1,0 +1,83 @@
+// A browser's own EventSource on herald-local's SSE endpoint, in Debian's headless
+// Chromium, from a page on another origin (so CORS is exercised as a user's app meets it).
+// The gateway ends every stream after 2 s (--max-connection-secs), so the browser
+// reconnects by itself with Last-Event-ID several times while notifications keep coming:
+// every one must arrive once, in order.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { chromium } from "playwright-core";
+import { Herald, chromiumPath, eventually, sleep } from "./harness.js";
+
+const PAGE = `<!doctype html><meta charset="utf-8"><title>EventSource</title>
+<script>
+  window.received = []; window.opens = 0; window.errors = 0;
+  const source = new EventSource(new URLSearchParams(location.search).get("url"));
+  source.onopen = () => window.opens++;
+  source.onerror = () => window.errors++;
+  source.addEventListener("notification", (e) => window.received.push({ id: e.lastEventId, note: JSON.parse(e.data) }));
+  source.addEventListener("reset", () => window.reset = true);
+</script>`;
+
+/** Serves the page on a loopback port of its own: another origin than the gateway's. */
+async function pageServer() {
+  const server = createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end(PAGE));
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return server;
+}
+
+test("EventSource in Chromium resumes by Last-Event-ID across forced closes, nothing lost or twice", async (t) => {
+  const herald = await Herald.start({ args: ["--max-connection-secs", "2"] });
+  t.after(() => herald.stop());
+  const pages = await pageServer();
+  t.after(() => pages.close());
+  const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true });
+  t.after(() => browser.close());
+  const page = await browser.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(e));
+
+  const token = herald.token({ sub: "alice", rooms: ["orders"] });
+  const url = `${herald.http}/${herald.stage}/events?rooms=orders&token=${token}`;
+  const origin = `http://127.0.0.1:${pages.address().port}`;
+  await page.goto(`${origin}/?url=${encodeURIComponent(url)}`);
+  await eventually(() => page.evaluate(() => window.opens >= 1), "the stream to open");
+
+  const total = 20;
+  for (let n = 1; n <= total; n++) {
+    await herald.publish({ room: "orders", data: { n } });
+    await sleep(250);
+  }
+  const received = await eventually(async () => {
+    const got = await page.evaluate(() => window.received);
+    return got.length >= total && got;
+  }, `${total} notifications in the page`);
+  await sleep(500); // anything sent twice would arrive now
+
+  const all = await page.evaluate(() => window.received);
+  assert.deepEqual(all.map((r) => r.note.data.n), Array.from({ length: total }, (_, i) => i + 1));
+  assert.deepEqual(all.map((r) => r.note.offset), Array.from({ length: total }, (_, i) => i + 1));
+  assert.ok(all.every((r) => r.note.room === "orders" && r.id.length > 0), "each event has an id");
+  assert.equal(received.length, total);
+  const opens = await page.evaluate(() => window.opens);
+  assert.ok(opens >= 3, `the browser reconnected by itself (${opens} opens in 5 s of 2 s streams)`);
+  assert.equal(await page.evaluate(() => window.reset), undefined, "no reset: history covered every gap");
+  assert.deepEqual(pageErrors, []);
+});
+
+test("a refused EventSource in Chromium is an error the page sees, not a silent stream", async (t) => {
+  const herald = await Herald.start();
+  t.after(() => herald.stop());
+  const pages = await pageServer();
+  t.after(() => pages.close());
+  const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true });
+  t.after(() => browser.close());
+  const page = await browser.newPage();
+  const token = herald.token({ sub: "alice", rooms: ["orders"] });
+  const url = `${herald.http}/${herald.stage}/events?rooms=payroll&token=${token}`;
+  await page.goto(`http://127.0.0.1:${pages.address().port}/?url=${encodeURIComponent(url)}`);
+  await eventually(() => page.evaluate(() => window.errors >= 1), "an error event");
+  // A 403 is final: EventSource gives up (readyState CLOSED) rather than retrying.
+  assert.equal(await page.evaluate(() => window.opens), 0);
+});
