@@ -1,4 +1,4 @@
-//! `herald-bench`: drives a `herald-local` with real WebSocket clients and measures it
+//! `herald-bench`: drives a `herald-local` with real WebSocket (and SSE) clients and measures it
 //! against a bare broadcast server run in the same invocation.
 //!
 //! # Layout
@@ -11,6 +11,7 @@
 //! | `src/load.rs` | clients, the publisher, fan-out, memory and churn measurements |
 //! | `src/chart.rs` | the PNG chart of a sweep |
 //! | `src/flood.rs` | the asynchronous flood: 429s, readers kept, peak memory |
+//! | `src/sse.rs` | the Server-Sent Events client the `sse` scenario reads with |
 //! | `src/placement.rs` | servers pinned apart from the generator, the clients' read buffer |
 
 pub mod baseline;
@@ -19,3 +20,4 @@ pub mod flood;
 pub mod load;
 pub mod placement;
 pub mod procs;
+pub mod sse;

@@ -1,4 +1,5 @@
-//! The load: real WebSocket clients, a publisher, and what they measure.
+//! The load: real WebSocket (or Server-Sent Events) clients, a publisher, and what they
+//! measure.
 //!
 //! Every publish carries its sequence number and the time it was sent (µs since the
 //! epoch; clients and servers share the machine's clock). Each client counts what arrives
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::procs::{self, SECRET};
+use crate::sse::SseClient;
 
 /// Where the load goes.
 #[derive(Clone, Debug)]
@@ -129,17 +131,75 @@ async fn subscriber(server: &Server, i: usize, room: Option<&str>) -> Ws {
     ws
 }
 
-/// Opens `n` clients (subscribed to `room`, if any), 64 handshakes at a time.
+/// Handshakes in flight at once while clients open.
+const OPENING_BATCH: usize = 64;
+
+/// Opens `n` clients (subscribed to `room`, if any), [`OPENING_BATCH`] at a time.
 pub async fn subscribers(server: &Server, n: usize, room: Option<&str>) -> Vec<Ws> {
     let mut all = Vec::with_capacity(n);
     let mut start = 0;
     while start < n {
-        let end = (start + 64).min(n);
+        let end = (start + OPENING_BATCH).min(n);
         let batch = (start..end).map(|i| subscriber(server, i, room));
         all.extend(futures::future::join_all(batch).await);
         start = end;
     }
     all
+}
+
+/// How a run's subscribers read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket each, subscribed with the `subscribe` action.
+    WebSocket,
+    /// A Server-Sent Events stream each (`GET /local/events?rooms=…`), gateway only.
+    Sse,
+}
+
+/// One subscriber, however it reads.
+enum Client {
+    Ws(Box<Ws>),
+    Sse(SseClient),
+}
+
+impl Client {
+    /// The next notification's JSON; `None` once the connection ends or sends anything
+    /// but text.
+    async fn next_text(&mut self) -> Option<bytes::Bytes> {
+        match self {
+            Self::Ws(ws) => match ws.next().await {
+                Some(Ok(Message::Text(text))) => Some(text.into()),
+                _ => None,
+            },
+            Self::Sse(sse) => sse.next_data().await.map(bytes::Bytes::from),
+        }
+    }
+}
+
+/// Opens `n` subscribers of `room` reading over `transport`.
+async fn clients(server: &Server, transport: Transport, n: usize, room: &str) -> Vec<Client> {
+    match transport {
+        Transport::WebSocket => subscribers(server, n, Some(room))
+            .await
+            .into_iter()
+            .map(|ws| Client::Ws(Box::new(ws)))
+            .collect(),
+        Transport::Sse => {
+            let Server::Gateway(addrs) = server else {
+                panic!("SSE clients read from a gateway")
+            };
+            let mut all = Vec::with_capacity(n);
+            for start in (0..n).step_by(OPENING_BATCH) {
+                let batch = (start..(start + OPENING_BATCH).min(n)).map(|i| async move {
+                    let query = format!("rooms={room}&token={}", token(&format!("bench-{i}")));
+                    SseClient::open(addrs[i % addrs.len()], &query).await
+                });
+                let opened = futures::future::join_all(batch).await;
+                all.extend(opened.into_iter().map(Client::Sse));
+            }
+            all
+        }
+    }
 }
 
 /// Publishes one payload and waits for the server's acknowledgement.
@@ -261,8 +321,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
 }
 
-/// One fan-out run: `connections` subscribers of one room, `publishes` publishes of
-/// `size` bytes of data, one after another; `server_pids` are read for CPU.
+/// One fan-out run: `connections` WebSocket subscribers of one room, `publishes`
+/// publishes of `size` bytes of data, one after another; `server_pids` are read for CPU.
 pub async fn fanout(
     server: &Server,
     label: &str,
@@ -271,13 +331,26 @@ pub async fn fanout(
     publishes: usize,
     size: usize,
 ) -> Fanout {
+    let run = (connections, publishes, size);
+    fanout_over(Transport::WebSocket, server, label, server_pids, run).await
+}
+
+/// [`fanout`] with subscribers reading over `transport`; `run` is (connections,
+/// publishes, size).
+pub async fn fanout_over(
+    transport: Transport,
+    server: &Server,
+    label: &str,
+    server_pids: &[u32],
+    (connections, publishes, size): (usize, usize, usize),
+) -> Fanout {
     let room = "bench";
-    let clients = subscribers(server, connections, Some(room)).await;
+    let clients = clients(server, transport, connections, room).await;
     let (stop_tx, stop) = watch::channel(false);
     let received = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = clients
         .into_iter()
-        .map(|mut ws| {
+        .map(|mut client| {
             let mut stop = stop.clone();
             let received = received.clone();
             tokio::spawn(async move {
@@ -288,15 +361,15 @@ pub async fn fanout(
                 };
                 let mut got = 0;
                 while got < publishes {
-                    let frame = tokio::select! {
-                        frame = ws.next() => frame,
+                    let text = tokio::select! {
+                        text = client.next_text() => text,
                         _ = stop.changed() => break,
                     };
-                    let Some(Ok(Message::Text(text))) = frame else {
+                    let Some(text) = text else {
                         break;
                     };
                     let now = now_us();
-                    let Ok(message) = serde_json::from_str::<Received>(&text) else {
+                    let Ok(message) = serde_json::from_slice::<Received>(&text) else {
                         continue;
                     };
                     let (seq, sent) = match (message.data, message.seq, message.sent) {
@@ -317,7 +390,7 @@ pub async fn fanout(
                 // Keep the socket open until every client is done, so nobody's leaving
                 // changes what the others measure.
                 let _ = stop.changed().await;
-                drop(ws);
+                drop(client);
                 stats
             })
         })

@@ -2,7 +2,7 @@
 //! `--json FILE`, writes its figures. See BENCHMARKS.md for the commands and results.
 
 use clap::{Parser, Subcommand};
-use herald_bench::load::{self, Fanout, Server};
+use herald_bench::load::{self, Fanout, Server, Transport};
 use herald_bench::{baseline, chart, flood, placement, procs};
 use serde_json::json;
 
@@ -76,6 +76,19 @@ enum Scenario {
         publishes: usize,
         #[arg(long, default_value_t = 100)]
         size: usize,
+    },
+    /// The fan-out to C Server-Sent Events clients beside C WebSocket clients, each run on
+    /// a gateway of its own over one Redis (started on a free port).
+    Sse {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        publishes: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Run the SSE clients before the WebSocket ones (alternate it between invocations).
+        #[arg(long)]
+        sse_first: bool,
     },
     /// Fan-out at several connection counts, both servers; writes the chart PNG.
     Sweep {
@@ -229,6 +242,22 @@ async fn multi_fanout_with(
     run
 }
 
+/// The latency an SSE client may see at the median on herald-local with Redis (issue 16).
+const SSE_P50_TARGET_MS: f64 = 50.0;
+
+/// One fan-out run over `transport` on a gateway of its own, on the Redis at `redis_url`.
+async fn redis_fanout(
+    transport: Transport,
+    redis_url: &str,
+    name: &str,
+    run: (usize, usize, usize),
+) -> Fanout {
+    let env = [("HERALD_STORE", "redis"), ("HERALD_REDIS_URL", redis_url)];
+    let gateway = procs::gateway(&env).await;
+    let server = Server::Gateway(vec![gateway.addr]);
+    load::fanout_over(transport, &server, name, &[gateway.pid()], run).await
+}
+
 /// Deliveries per second of run `over` as a fraction of run `under`'s.
 fn ratio(runs: &[Fanout], over: &str, under: &str) -> Option<f64> {
     let rate = |name: &str| {
@@ -323,6 +352,40 @@ async fn main() {
             print_fanout(&runs);
             let history = history_ratio(&runs, "multi-instance");
             write_json(json_path, &json!({"multi": runs, "history_ratio": history}));
+        }
+        Scenario::Sse {
+            connections,
+            publishes,
+            size,
+            sse_first,
+        } => {
+            let redis = herald::testing::Server::redis();
+            let url = redis.url();
+            let run = (connections, publishes, size);
+            let mut order = [(Transport::WebSocket, "websocket"), (Transport::Sse, "sse")];
+            if sse_first {
+                order.reverse();
+            }
+            let mut runs = Vec::new();
+            for (transport, name) in order {
+                runs.push(redis_fanout(transport, &url, name, run).await);
+            }
+            print_fanout(&runs);
+            let sse = runs.iter().find(|r| r.server == "sse");
+            let p50 = sse.map(|r| r.p50_ms);
+            if let Some(p50) = p50 {
+                let verdict = if p50 <= SSE_P50_TARGET_MS {
+                    "within"
+                } else {
+                    "OVER"
+                };
+                println!("sse p50 {p50:.2} ms: {verdict} the {SSE_P50_TARGET_MS} ms target");
+            }
+            let ratio = ratio(&runs, "sse", "websocket");
+            if let Some(r) = ratio {
+                println!("sse / websocket deliveries per second: {:.0}%", r * 100.0);
+            }
+            write_json(json_path, &json!({"sse": runs, "ratio": ratio}));
         }
         Scenario::Memory { connections } => {
             let gateway = procs::gateway(&[]).await;
@@ -426,10 +489,12 @@ async fn main() {
             println!("chart written to {png}");
         }
         Scenario::Smoke => {
+            let redis = herald::testing::Server::redis();
             let runs = vec![
                 gateway_fanout(50, 20, 100).await,
                 baseline_fanout(50, 20, 100).await,
                 multi_fanout(60, 20, 100).await,
+                redis_fanout(Transport::Sse, &redis.url(), "sse", (50, 20, 100)).await,
             ];
             print_fanout(&runs);
             let mut failed = false;
