@@ -113,3 +113,141 @@ export async function eventually(check, what, ms = 10_000) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A free loopback port (free when asked; the caller binds it soon after). */
+export async function freePort() {
+  const { createServer } = await import("node:net");
+  const server = createServer();
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address();
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+/** A real redis-server on a free loopback port, keeping nothing on disk. */
+export class Redis {
+  static async start() {
+    const redis = new Redis();
+    redis.port = await freePort();
+    redis.child = spawn("redis-server", ["--port", String(redis.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    redis.child.on("error", (e) => {
+      throw new Error(`cannot start redis-server (apt-get install redis-server): ${e.message}`);
+    });
+    await new Promise((resolve, reject) => {
+      let out = "";
+      const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${out}`)), 10_000);
+      redis.child.stdout.on("data", (d) => {
+        out += d;
+        if (out.includes("Ready to accept connections")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    redis.url = `redis://127.0.0.1:${redis.port}`;
+    return redis;
+  }
+
+  async stop() {
+    if (this.child.exitCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once("exit", resolve));
+    this.child.kill("SIGKILL");
+    await exited;
+  }
+}
+
+/**
+ * An HTTP proxy in front of a gateway, as a corporate one might be: it forwards plain
+ * requests (streaming their answers), and WebSocket upgrades unless `upgrades` is false
+ * (then it drops them, as proxies that strip the upgrade do), and `/events` unless `sse`
+ * is false (then it answers 502). `freeze()` stops forwarding on every open upgraded
+ * connection without closing it: a dead path that no close ever reports.
+ */
+export class Proxy {
+  static async start(target, { upgrades = true, sse = true } = {}) {
+    const http = await import("node:http");
+    const net = await import("node:net");
+    const proxy = new Proxy();
+    proxy.upgrades = upgrades;
+    proxy.sse = sse;
+    proxy.tunnels = new Set();
+    proxy.frozen = [];
+    proxy.streams = new Set();
+    proxy.counts = { upgrades: 0, refusedUpgrades: 0, events: 0, polls: 0 };
+    const [host, port] = target.split(":");
+    proxy.server = http.createServer((req, res) => {
+      if (req.url.includes("/events")) proxy.counts.events++;
+      if (req.url.includes("/poll")) proxy.counts.polls++;
+      if (!proxy.sse && req.url.includes("/events")) return res.writeHead(502).end("SSE is not allowed here");
+      if (req.url.includes("/events")) {
+        proxy.streams.add(res);
+        res.on("close", () => proxy.streams.delete(res));
+      }
+      const upstream = http.request({ host, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+        res.writeHead(answer.statusCode, answer.headers);
+        answer.pipe(res);
+      });
+      upstream.on("error", () => res.destroy());
+      res.on("close", () => upstream.destroy());
+      req.pipe(upstream);
+    });
+    proxy.server.on("upgrade", (req, socket, head) => {
+      if (!proxy.upgrades) {
+        proxy.counts.refusedUpgrades++;
+        return socket.end("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+      }
+      proxy.counts.upgrades++;
+      const upstream = net.connect(Number(port), host, () => {
+        let request = `${req.method} ${req.url} HTTP/1.1\r\n`;
+        for (let i = 0; i < req.rawHeaders.length; i += 2) request += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+        upstream.write(`${request}\r\n`);
+        upstream.write(head);
+        socket.pipe(upstream);
+        upstream.pipe(socket);
+      });
+      const tunnel = { socket, upstream };
+      proxy.tunnels.add(tunnel);
+      const drop = () => {
+        proxy.tunnels.delete(tunnel);
+        socket.destroy();
+        upstream.destroy();
+      };
+      socket.on("error", drop);
+      upstream.on("error", drop);
+      socket.on("close", drop);
+      upstream.on("close", drop);
+    });
+    await new Promise((r) => proxy.server.listen(0, "127.0.0.1", r));
+    proxy.addr = `127.0.0.1:${proxy.server.address().port}`;
+    return proxy;
+  }
+
+  /** From now on answers `/events` with 502, and cuts the streams in flight. */
+  refuseSse() {
+    this.sse = false;
+    for (const res of this.streams) res.destroy();
+  }
+
+  freeze() {
+    for (const { socket, upstream } of this.tunnels) {
+      socket.unpipe(upstream);
+      upstream.unpipe(socket);
+      socket.pause();
+      upstream.pause();
+      this.frozen.push(socket, upstream);
+    }
+    this.tunnels.clear();
+  }
+
+  async stop() {
+    for (const socket of this.frozen) socket.destroy();
+    for (const { socket, upstream } of this.tunnels) {
+      socket.destroy();
+      upstream.destroy();
+    }
+    this.server.closeAllConnections?.();
+    await new Promise((r) => this.server.close(r));
+  }
+}

@@ -1,0 +1,113 @@
+// Type declarations for herald-client (herald-client.js).
+
+/** A position in a room's or user's history. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** A notification, exactly as the server sent it. */
+export interface Notification<T = unknown> {
+  type: "notification";
+  id: string;
+  room?: string;
+  user?: string;
+  offset?: number;
+  epoch?: string;
+  data: T;
+  ts: number;
+}
+
+/** Timers and randomness, injectable for tests. */
+export interface Clock {
+  setTimeout(f: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+  now(): number;
+  random(): number;
+}
+
+export interface Options {
+  /** The WebSocket URL, e.g. `ws://127.0.0.1:3001/local`. */
+  url: string;
+  /** A token; or `getToken`, called on every connect and before `exp`. */
+  token?: string;
+  getToken?: () => Promise<string>;
+  /** SSE endpoint (default: the URL's http(s) form + `/events`; on AWS the `StreamUrl`). */
+  sseUrl?: string;
+  /** Long polling endpoint (default: the URL's http(s) form + `/poll`; on AWS the `PollUrl`). */
+  pollUrl?: string;
+  /** A WebSocket implementation (default: `globalThis.WebSocket`; in Node, the `ws` package). */
+  WebSocket?: unknown;
+  fetch?: typeof globalThis.fetch;
+  clock?: Partial<Clock>;
+  backoffBase?: number;
+  backoffCap?: number;
+  stableAfter?: number;
+  pingInterval?: number;
+  pongTimeout?: number;
+  refreshBefore?: number;
+  fallbackAfter?: number;
+  upgradeInterval?: number;
+  pollWait?: number;
+  requestTimeout?: number;
+  gapTimeout?: number;
+  maxHeld?: number;
+}
+
+export type Transport = "websocket" | "sse" | "poll";
+
+export interface StateEvent {
+  transport: Transport | null;
+  code?: number;
+  reason?: string;
+  /** On `disconnected`: how long until the next attempt, in ms. */
+  retryIn?: number;
+}
+
+export interface RecoveryFailed {
+  room?: string;
+  user?: string;
+  since: Position;
+  position: Position | null;
+}
+
+export interface Events {
+  connecting: StateEvent;
+  connected: StateEvent;
+  disconnected: StateEvent;
+  fallback: { transport: Transport };
+  notification: Notification;
+  recovery_failed: RecoveryFailed;
+  error: HeraldError;
+}
+
+export const DEFAULTS: Readonly<Required<Omit<Options, "url" | "token" | "getToken" | "sseUrl" | "pollUrl" | "WebSocket" | "fetch" | "clock">>>;
+
+/** Full jitter: a random delay in [0, min(cap, base × 2^attempt)] ms. */
+export function backoffDelay(attempt: number, options?: { base?: number; cap?: number; random?: () => number }): number;
+
+/** An error with a contract code (`forbidden`, `rate_limited`, `too_large`, ...) or the client's own
+ * (`not_connected`, `disconnected`, `timeout`, `unauthorized`, `unreachable`, `blocked`). */
+export class HeraldError extends Error {
+  code: string;
+  status?: number;
+  room?: string;
+}
+
+export function tokenClaims(token: string): Record<string, unknown>;
+export function encodeCursor(positions: Iterable<[string, Position | null]>): string;
+export function decodeCursor(cursor: string): Map<string, Position>;
+
+export class HeraldClient {
+  constructor(options: Options);
+  readonly state: "idle" | "connecting" | "connected" | "disconnected";
+  readonly transport: Transport | null;
+  on<E extends keyof Events>(event: E, listener: (detail: Events[E]) => void): () => void;
+  connect(): this;
+  subscribe<T = unknown>(room: string, handler?: (notification: Notification<T>) => void): () => void;
+  unsubscribe(room: string, handler?: (notification: Notification) => void): void;
+  /** Resolves with `{type:"published", room, id, offset?, epoch?}`; rejects with a HeraldError. */
+  publish(room: string, data: unknown): Promise<{ type: "published"; room: string; id: string; offset?: number; epoch?: string }>;
+  history(room: string, options?: { limit?: number; since?: Position }): Promise<{ type: "history"; room: string; notifications: Notification[]; offset?: number; epoch?: string; truncated?: boolean }>;
+  close(): void;
+}
