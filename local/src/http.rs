@@ -25,7 +25,7 @@ use crate::answer::{aws_error, json_response, message_response};
 use crate::async_invoke::{MAX_ASYNC_PAYLOAD_BYTES, Refused};
 use crate::events::iso8601;
 use crate::query::percent_decode;
-use crate::{App, cors, handshake, poll, sigv4, sse};
+use crate::{App, cors, demo, handshake, poll, sigv4, sse};
 
 /// Every route of the gateway.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -34,6 +34,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/{stage}/poll", get(poll::poll).options(cors::preflight))
         .layer(MapResponseLayer::new(cors::allow_any_origin));
     Router::new()
+        .route("/", get(demo::page))
+        .route(demo::CLIENT_PATH, get(demo::client))
+        .route(demo::STATS_PATH, get(demo::stats))
         .route("/{stage}", get(handshake::handshake))
         .merge(readers)
         .fallback(dispatch)

@@ -16,6 +16,7 @@
 //! | `src/fallback.rs` | what SSE and long polling share: a reader opened like a connection, caught up from a cursor |
 //! | `src/sse.rs` | Server-Sent Events: a reader whose writer sends events |
 //! | `src/poll.rs` | long polling: a reader for one request, answering at once or at the next notification |
+//! | `src/demo.rs` | the demo page at `/`, the JavaScript client it runs, the figures its chart draws |
 //! | `src/cors.rs` | cross-origin reads of SSE and polling: any origin, since tokens are never cookies |
 //! | `src/close_code.rs` | WebSocket close codes by name |
 //! | `src/frame_rate.rs` | each connection's frame rate limit, and abuse |
@@ -38,6 +39,7 @@ mod async_invoke;
 pub mod close_code;
 mod cluster;
 mod cors;
+mod demo;
 mod events;
 mod fallback;
 mod frame_rate;
@@ -272,6 +274,8 @@ pub(crate) struct App {
     pub sockets: SocketRuntime,
     /// Asynchronous invocations waiting to run.
     pub async_invokes: async_invoke::AsyncInvokes,
+    /// Dev mode's token, which the demo page fills in for loopback visitors.
+    pub dev_token: Option<String>,
 }
 
 /// How the gateway authenticates: the configured key, or dev mode's generated secret.

@@ -195,7 +195,12 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         gateway.clone(),
         shutdown.clone(),
     );
+    let dev_token = match &auth {
+        AuthMode::Dev { token } => Some(token.clone()),
+        AuthMode::Configured => None,
+    };
     let app = Arc::new(App {
+        dev_token,
         async_invokes,
         settings,
         services,

@@ -46,11 +46,13 @@ export function sign(secret, { sub, rooms = [], publish = [], ttl = 3600, exp })
  * same address), else a free one is picked.
  */
 export class Herald {
-  static async start({ args = [], port = 0, secret, env = {} } = {}) {
+  static async start({ args = [], port = 0, secret, env = {}, dev = false } = {}) {
     const herald = new Herald();
     herald.secret = secret ?? randomBytes(32).toString("hex");
+    const vars = { ...process.env, HERALD_JWT_SECRET: herald.secret, RUST_LOG: "warn", ...env };
+    if (dev) delete vars.HERALD_JWT_SECRET; // dev mode: a random secret and a printed token
     herald.child = spawn(heraldLocalBin(), ["--port", String(port), ...args], {
-      env: { ...process.env, HERALD_JWT_SECRET: herald.secret, RUST_LOG: "warn", ...env },
+      env: vars,
       stdio: ["ignore", "pipe", "pipe"],
     });
     herald.log = "";
@@ -61,6 +63,7 @@ export class Herald {
       herald.child.stdout.on("data", (d) => {
         out += d;
         const m = out.match(/listening on ws:\/\/([\d.:]+)\/(\S+)/);
+        herald.devToken ??= out.match(/dev token[^:]*: (\S+)/)?.[1];
         if (m) {
           clearTimeout(timer);
           resolve(m);

@@ -1,0 +1,67 @@
+//! The demo page at `/`: a person joins rooms, publishes, and watches notifications arrive
+//! with their offsets, the connection's state and a live chart, on the same JavaScript
+//! client (`clients/js/herald-client.js`) a user's app runs, served here beside it.
+//!
+//! In dev mode a visitor from loopback finds the dev token filled in; anyone else pastes a
+//! token. The chart's connection count (`STATS_PATH`) is answered to loopback visitors
+//! only: it is the gateway's, not the visitor's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::App;
+use crate::answer::json_response;
+
+/// Where the page loads the client from.
+pub(crate) const CLIENT_PATH: &str = "/herald-client.js";
+/// Where the page reads the gateway's connection count from.
+pub(crate) const STATS_PATH: &str = "/_herald/stats";
+
+const PAGE: &str = include_str!("../demo/index.html");
+const CLIENT: &str = include_str!("../../clients/js/herald-client.js");
+/// Where the page's configuration goes.
+const CONFIG_SLOT: &str = "/*HERALD_CONFIG*/";
+
+/// `GET /`: the page, with the stage (and, in dev mode for a loopback visitor, the token).
+pub(crate) async fn page(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let token = app.dev_token.as_ref().filter(|_| peer.ip().is_loopback());
+    let config = json!({ "stage": app.settings.stage, "token": token });
+    // JSON inside a <script>: no `<` may close it early.
+    let config = config.to_string().replace('<', "\\u003c");
+    let html = PAGE.replace(CONFIG_SLOT, &format!("window.HERALD = {config};"));
+    typed(html, "text/html; charset=utf-8")
+}
+
+/// `GET /herald-client.js`: the client module.
+pub(crate) async fn client() -> Response {
+    typed(CLIENT.to_owned(), "text/javascript; charset=utf-8")
+}
+
+/// `GET /_herald/stats`: `{"connections":N}`, to loopback visitors only.
+pub(crate) async fn stats(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        let refusal = json!({"message": "the gateway's figures are for loopback visitors"});
+        return json_response(StatusCode::FORBIDDEN, &refusal);
+    }
+    let count = app.registry.len();
+    json_response(StatusCode::OK, &json!({ "connections": count }))
+}
+
+fn typed(body: String, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
