@@ -531,13 +531,26 @@ export class HeraldClient {
       ch.gap.clear();
       this.emit("recovery_failed", { ...what, since, position });
     }
-    // From now: what arrived before the answer was published after the join, so it is new.
+    // From now: what arrived before the answer was published after the join, so it is new;
+    // so is anything at or below the answer's offset that arrives a little after it (its
+    // fan-out raced the answer), once each.
     ch.pos = position;
+    ch.late = position ? { upTo: position.offset, epoch: position.epoch, until: this.clock.now() + this.options.gapTimeout, seen: new Set() } : null;
     for (const note of held) this.emitNote(note);
+    for (const note of held) if (note.offset != null && note.offset <= (ch.late?.upTo ?? 0)) ch.late.seen.add(note.offset);
     const last = held.at(-1);
     if (last?.offset != null && (!ch.pos || last.epoch !== ch.pos.epoch || last.offset > ch.pos.offset)) {
       ch.pos = { offset: last.offset, epoch: last.epoch };
     }
+  }
+
+  /** A notification at or below a fresh subscribe's offset, arriving just after its answer. */
+  lateArrival(ch, note) {
+    const late = ch.late;
+    if (!late || note.epoch !== late.epoch || note.offset > late.upTo || this.clock.now() > late.until) return false;
+    if (late.seen.has(note.offset)) return false;
+    late.seen.add(note.offset);
+    return true;
   }
 
   /** One notification from any transport. */
@@ -558,7 +571,10 @@ export class HeraldClient {
       this.emitNote(note);
       return this.drain(key, ch);
     }
-    if (note.offset <= pos.offset) return; // had it
+    if (note.offset <= pos.offset) {
+      if (this.lateArrival(ch, note)) this.emitNote(note);
+      return; // had it
+    }
     if (note.offset === pos.offset + 1) {
       pos.offset = note.offset;
       this.emitNote(note);

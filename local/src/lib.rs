@@ -16,6 +16,7 @@
 //! | `src/fallback.rs` | what SSE and long polling share: a reader opened like a connection, caught up from a cursor |
 //! | `src/sse.rs` | Server-Sent Events: a reader whose writer sends events |
 //! | `src/poll.rs` | long polling: a reader for one request, answering at once or at the next notification |
+//! | `src/cli/` | the subcommands for shells and scripts: `token`, `listen`, `publish` |
 //! | `src/demo.rs` | the demo page at `/`, the JavaScript client it runs, the figures its chart draws |
 //! | `src/cors.rs` | cross-origin reads of SSE and polling: any origin, since tokens are never cookies |
 //! | `src/close_code.rs` | WebSocket close codes by name |
@@ -36,6 +37,7 @@
 
 mod answer;
 mod async_invoke;
+pub mod cli;
 pub mod close_code;
 mod cluster;
 mod cors;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use herald::config::Config;
 use herald::limits::{DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_ROOMS_PER_CONNECTION};
 use herald::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
@@ -12,7 +12,7 @@ use herald_local::{
     DEFAULT_FRAMES_PER_SECOND, DEFAULT_HEAD_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_QUEUED_INVOCATIONS,
-    DEFAULT_STAGE, FrameRate, HttpLimits, Settings, SocketLimits,
+    DEFAULT_STAGE, FrameRate, HttpLimits, Settings, SocketLimits, cli,
 };
 
 /// A local API Gateway for WebSockets running Herald's handlers.
@@ -23,8 +23,11 @@ use herald_local::{
 /// HERALD_IDEMPOTENCY_WINDOW_SECS, HERALD_FANOUT_CONCURRENCY. With no JWT key it runs in
 /// dev mode and prints a token.
 #[derive(Parser, Debug)]
-#[command(name = "herald-local", version)]
+#[command(name = "herald-local", version, args_conflicts_with_subcommands = true)]
 struct Flags {
+    /// Without a subcommand, herald-local serves.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(long, env = "HERALD_HOST", default_value = DEFAULT_HOST)]
     host: String,
@@ -133,6 +136,129 @@ struct Flags {
     insecure_open_control_plane: bool,
 }
 
+/// The subcommands for shells and scripts.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a token signed with HERALD_JWT_SECRET (for a gateway started with it).
+    Token {
+        /// The user.
+        #[arg(long, default_value = "dev")]
+        sub: String,
+        /// Room patterns the user may subscribe to (comma-separated; `*` ends a prefix).
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        rooms: Vec<String>,
+        /// Room patterns the user may publish to from a socket (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        publish: Vec<String>,
+        /// Seconds until it expires.
+        #[arg(long, default_value_t = 3600)]
+        exp_secs: u64,
+        #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Print the rooms' notifications as JSON lines, recovering what a reconnect missed.
+    Listen {
+        /// The rooms.
+        #[arg(required = true)]
+        rooms: Vec<String>,
+        /// The gateway's WebSocket URL [default: ws://127.0.0.1:PORT/STAGE].
+        #[arg(long, env = "HERALD_URL")]
+        url: Option<String>,
+        /// The token to connect with.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Stop after this many notifications.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Publish DATA (JSON) to ROOM through the Invoke API: herald-local's, or the deployed
+    /// function's with --function-name (the usual AWS environment).
+    Publish {
+        room: String,
+        data: String,
+        /// The deployed publish function (name or ARN) instead of herald-local.
+        #[arg(long)]
+        function_name: Option<String>,
+        /// herald-local's HTTP address [default: http://127.0.0.1:PORT].
+        #[arg(long, env = "HERALD_ENDPOINT")]
+        endpoint: Option<String>,
+        /// Publish this many times, with a progress bar.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, env = "HERALD_ACCESS_KEY_ID", hide_env_values = true)]
+        access_key_id: Option<String>,
+        #[arg(long, env = "HERALD_SECRET_ACCESS_KEY", hide_env_values = true)]
+        secret_access_key: Option<String>,
+    },
+}
+
+/// Runs a subcommand.
+async fn command(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    let mut out = std::io::stdout();
+    match command {
+        Command::Token {
+            sub,
+            rooms,
+            publish,
+            exp_secs,
+            secret,
+        } => {
+            let request = cli::TokenRequest {
+                sub,
+                rooms,
+                publish,
+                ttl: Duration::from_secs(exp_secs),
+            };
+            println!("{}", cli::mint(secret.as_deref(), &request)?);
+        }
+        Command::Listen {
+            rooms,
+            url,
+            token,
+            count,
+        } => {
+            let url = url
+                .unwrap_or_else(|| format!("ws://{DEFAULT_HOST}:{DEFAULT_PORT}/{DEFAULT_STAGE}"));
+            let options = cli::ListenOptions {
+                url,
+                token,
+                rooms,
+                count,
+            };
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            cli::listen(&options, &mut out, stop).await?;
+        }
+        Command::Publish {
+            room,
+            data,
+            function_name,
+            endpoint,
+            count,
+            access_key_id,
+            secret_access_key,
+        } => {
+            let target = match function_name {
+                Some(function_name) => cli::Target::Aws { function_name },
+                None => cli::Target::Local {
+                    endpoint: endpoint
+                        .unwrap_or_else(|| format!("http://{DEFAULT_HOST}:{DEFAULT_PORT}")),
+                    keys: access_key_id.zip(secret_access_key),
+                },
+            };
+            let options = cli::PublishOptions {
+                target,
+                room,
+                data,
+                count,
+            };
+            cli::publish(&options, &mut out).await?;
+        }
+    }
+    Ok(())
+}
+
 fn non_zero(n: usize) -> Option<usize> {
     (n > 0).then_some(n)
 }
@@ -143,8 +269,12 @@ fn heartbeat_ms(interval: Duration) -> u64 {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let flags = Flags::parse();
-    match run(flags).await {
+    let mut flags = Flags::parse();
+    let done = match flags.command.take() {
+        Some(subcommand) => command(subcommand).await,
+        None => run(flags).await,
+    };
+    match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // The reason as a sentence, not as a debug dump.
