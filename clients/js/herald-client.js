@@ -392,7 +392,9 @@ export class HeraldClient {
 
   failed(generation, error) {
     if (generation !== this.generation || this.closed) return;
-    this.emit("error", error);
+    // A server away or a blocked transport is retried, and `disconnected` says why; only
+    // what the app must act on (its getToken failing) is an error.
+    if (error.code === "token") this.emit("error", error);
     const retryIn = this.retry();
     this.setState("disconnected", { reason: error.message, retryIn });
   }

@@ -910,26 +910,30 @@ async fn a_recovery_replays_the_user_inbox_through_the_gateway_in_order() {
 
 const POLL: &str = include_str!("../fixtures/poll-http-api.json");
 
-/// The recorded `GET /poll` with `query` as its parameters and a token for alice.
-fn poll_event(
-    query: &[(&str, &str)],
-    token: Option<&str>,
-) -> herald::events::apigw::ApiGatewayV2httpRequest {
-    let mut event = fixture(POLL);
+/// A recorded HTTP event (payload 2.0) with `query` as its parameters and `token` as its
+/// bearer token (none when `None`).
+fn with_query(mut event: Value, query: &[(&str, &str)], token: Option<&str>) -> Value {
     let params: serde_json::Map<String, Value> = query
         .iter()
         .map(|(k, v)| ((*k).to_owned(), json!(v)))
         .collect();
     event["queryStringParameters"] = Value::Object(params);
+    let headers = event["headers"]
+        .as_object_mut()
+        .expect("events have headers");
     match token {
-        Some(token) => event["headers"]["authorization"] = json!(format!("Bearer {token}")),
-        None => {
-            event["headers"]
-                .as_object_mut()
-                .unwrap()
-                .remove("authorization");
-        }
-    }
+        Some(token) => headers.insert("authorization".into(), json!(format!("Bearer {token}"))),
+        None => headers.remove("authorization"),
+    };
+    event
+}
+
+/// The recorded `GET /poll` with `query` as its parameters and a token for alice.
+fn poll_event(
+    query: &[(&str, &str)],
+    token: Option<&str>,
+) -> herald::events::apigw::ApiGatewayV2httpRequest {
+    let event = with_query(fixture(POLL), query, token);
     serde_json::from_value(event).expect("an HTTP API event")
 }
 
@@ -1050,19 +1054,9 @@ fn stream_event(
     token: Option<&str>,
     last_event_id: Option<&str>,
 ) -> herald::events::lambda_function_urls::LambdaFunctionUrlRequest {
-    let mut event = fixture(STREAM);
-    let params: serde_json::Map<String, Value> = query
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), json!(v)))
-        .collect();
-    event["queryStringParameters"] = Value::Object(params);
-    let headers = event["headers"].as_object_mut().unwrap();
-    match token {
-        Some(token) => headers.insert("authorization".into(), json!(format!("Bearer {token}"))),
-        None => headers.remove("authorization"),
-    };
+    let mut event = with_query(fixture(STREAM), query, token);
     if let Some(id) = last_event_id {
-        headers.insert("last-event-id".into(), json!(id));
+        event["headers"]["last-event-id"] = json!(id);
     }
     serde_json::from_value(event).expect("a Function URL event")
 }

@@ -27,21 +27,29 @@ async function pageServer() {
   return server;
 }
 
-test("EventSource in Chromium resumes by Last-Event-ID across forced closes, nothing lost or twice", async (t) => {
-  const herald = await Herald.start({ args: ["--max-connection-secs", "2"] });
+/** A gateway started with `args`, the page's server, and a Chromium page, all stopped after `t`. */
+async function setUp(t, args = []) {
+  const herald = await Herald.start({ args });
   t.after(() => herald.stop());
   const pages = await pageServer();
   t.after(() => pages.close());
   const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true });
   t.after(() => browser.close());
   const page = await browser.newPage();
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(e));
+  page.errors = [];
+  page.on("pageerror", (e) => page.errors.push(e));
+  /** Opens the page on another origin with an EventSource on `rooms`. */
+  page.openEvents = (rooms) => {
+    const token = herald.token({ sub: "alice", rooms: ["orders"] });
+    const url = `${herald.http}/${herald.stage}/events?rooms=${rooms}&token=${token}`;
+    return page.goto(`http://127.0.0.1:${pages.address().port}/?url=${encodeURIComponent(url)}`);
+  };
+  return { herald, page };
+}
 
-  const token = herald.token({ sub: "alice", rooms: ["orders"] });
-  const url = `${herald.http}/${herald.stage}/events?rooms=orders&token=${token}`;
-  const origin = `http://127.0.0.1:${pages.address().port}`;
-  await page.goto(`${origin}/?url=${encodeURIComponent(url)}`);
+test("EventSource in Chromium resumes by Last-Event-ID across forced closes, nothing lost or twice", async (t) => {
+  const { herald, page } = await setUp(t, ["--max-connection-secs", "2"]);
+  await page.openEvents("orders");
   await eventually(() => page.evaluate(() => window.opens >= 1), "the stream to open");
 
   const total = 20;
@@ -63,20 +71,12 @@ test("EventSource in Chromium resumes by Last-Event-ID across forced closes, not
   const opens = await page.evaluate(() => window.opens);
   assert.ok(opens >= 3, `the browser reconnected by itself (${opens} opens in 5 s of 2 s streams)`);
   assert.equal(await page.evaluate(() => window.reset), undefined, "no reset: history covered every gap");
-  assert.deepEqual(pageErrors, []);
+  assert.deepEqual(page.errors, []);
 });
 
 test("a refused EventSource in Chromium is an error the page sees, not a silent stream", async (t) => {
-  const herald = await Herald.start();
-  t.after(() => herald.stop());
-  const pages = await pageServer();
-  t.after(() => pages.close());
-  const browser = await chromium.launch({ executablePath: chromiumPath(), headless: true });
-  t.after(() => browser.close());
-  const page = await browser.newPage();
-  const token = herald.token({ sub: "alice", rooms: ["orders"] });
-  const url = `${herald.http}/${herald.stage}/events?rooms=payroll&token=${token}`;
-  await page.goto(`http://127.0.0.1:${pages.address().port}/?url=${encodeURIComponent(url)}`);
+  const { page } = await setUp(t);
+  await page.openEvents("payroll");
   await eventually(() => page.evaluate(() => window.errors >= 1), "an error event");
   // A 403 is final: EventSource gives up (readyState CLOSED) rather than retrying.
   assert.equal(await page.evaluate(() => window.opens), 0);
