@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use herald::auth::Identity;
 use herald::protocol::{Cursor, RoomName};
-use herald::reader::{CatchUp, catch_up, parse_rooms, refusal};
+use herald::reader::{CatchUp, RoomRefusal, catch_up, check_rooms, parse_rooms, refusal};
 use herald::store::Channel;
 use tracing::warn;
 
@@ -62,21 +62,14 @@ pub(crate) async fn open(
         .map_err(|e| Refused::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
     let bad = |message: String| Refused::Error(StatusCode::BAD_REQUEST, message, None);
     let rooms = parse_rooms(request.query("rooms").unwrap_or("")).map_err(|e| bad(e.message))?;
-    if let Some(max) = app.services.limits.max_rooms_per_connection
-        && rooms.len() > max
-    {
-        return Err(bad(format!(
-            "at most {max} rooms per connection, not {}",
-            rooms.len()
-        )));
-    }
-    if let Some(room) = rooms.iter().find(|r| !identity.can_subscribe(r)) {
-        return Err(Refused::Error(
-            StatusCode::FORBIDDEN,
-            format!("you may not subscribe to {room}"),
-            Some(room.clone()),
-        ));
-    }
+    let max = app.services.limits.max_rooms_per_connection;
+    check_rooms(&rooms, &identity, max).map_err(|refusal| {
+        let status = match refusal {
+            RoomRefusal::TooMany { .. } => StatusCode::BAD_REQUEST,
+            RoomRefusal::Forbidden(_) => StatusCode::FORBIDDEN,
+        };
+        Refused::Error(status, refusal.to_string(), refusal.room().cloned())
+    })?;
     let since = cursor
         .or(request.query("cursor"))
         .filter(|c| !c.is_empty())

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Identity;
 use crate::protocol::{Cursor, Position, ProtocolError, RoomName, Stored};
 use crate::store::{Channel, ConnectionStore, Entry, Range, Retention, StoreError};
 
@@ -108,6 +109,60 @@ pub fn parse_rooms(list: &str) -> Result<Vec<RoomName>, ProtocolError> {
         }
     }
     Ok(rooms)
+}
+
+/// Why a reader may not read the rooms it asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomRefusal {
+    /// More rooms than one connection may join (answered 400).
+    TooMany {
+        /// The limit.
+        max: usize,
+        /// How many were asked for.
+        asked: usize,
+    },
+    /// The token does not allow this room (answered 403, naming it).
+    Forbidden(RoomName),
+}
+
+impl RoomRefusal {
+    /// The room it is about, when it is about one.
+    pub fn room(&self) -> Option<&RoomName> {
+        match self {
+            Self::TooMany { .. } => None,
+            Self::Forbidden(room) => Some(room),
+        }
+    }
+}
+
+impl std::fmt::Display for RoomRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooMany { max, asked } => {
+                write!(f, "at most {max} rooms per connection, not {asked}")
+            }
+            Self::Forbidden(room) => write!(f, "you may not subscribe to {room}"),
+        }
+    }
+}
+
+/// What every reader's rooms pass once they parse: at most `max` of them, each one the
+/// identity may subscribe to.
+pub fn check_rooms(
+    rooms: &[RoomName],
+    identity: &Identity,
+    max: Option<usize>,
+) -> Result<(), RoomRefusal> {
+    if let Some(max) = max
+        && rooms.len() > max
+    {
+        let asked = rooms.len();
+        return Err(RoomRefusal::TooMany { max, asked });
+    }
+    match rooms.iter().find(|r| !identity.can_subscribe(r)) {
+        Some(room) => Err(RoomRefusal::Forbidden(room.clone())),
+        None => Ok(()),
+    }
 }
 
 /// A reader's refusal as JSON: `{"message"}`, with the `room` it is about when there is

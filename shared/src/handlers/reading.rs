@@ -5,7 +5,7 @@
 
 use crate::auth::{Verifier, token_from_request};
 use crate::protocol::{Cursor, RoomName};
-use crate::reader::{parse_rooms, refusal};
+use crate::reader::{RoomRefusal, check_rooms, parse_rooms, refusal};
 use crate::store::Channel;
 
 use super::Services;
@@ -66,15 +66,14 @@ pub(crate) fn admit(
     let token =
         token_from_request(request.token, request.authorization).ok_or_else(unauthorized)?;
     let identity = verifier.verify(token).map_err(|_| unauthorized())?;
-    if let Some(max) = services.limits.max_rooms_per_connection
-        && rooms.len() > max
-    {
-        return Err(bad(&format!("at most {max} rooms, not {}", rooms.len())));
-    }
-    if let Some(room) = rooms.iter().find(|r| !identity.can_subscribe(r)) {
-        let message = format!("you may not subscribe to {room}");
-        return Err(Refused::new(403, &message, Some(room)));
-    }
+    let max = services.limits.max_rooms_per_connection;
+    check_rooms(&rooms, &identity, max).map_err(|refusal| {
+        let status = match refusal {
+            RoomRefusal::TooMany { .. } => 400,
+            RoomRefusal::Forbidden(_) => 403,
+        };
+        Refused::new(status, &refusal.to_string(), refusal.room())
+    })?;
     if services.limits.history.is_none() {
         // Without history these functions have nothing to read: say so rather than
         // answer a stream that never delivers.
