@@ -2,11 +2,9 @@
 //! for browsers whose WebSockets a proxy blocks. It reads the same history as every other
 //! transport; the token is checked with the same key as the `authorizer`'s.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use herald::compose::Lambda;
 use herald::events::lambda_function_urls::LambdaFunctionUrlRequest;
-use herald::handlers::stream;
+use herald::handlers::{stream, time_left};
 use lambda_runtime::{Error, LambdaEvent, MetadataPrelude, StreamResponse, service_fn};
 
 #[tokio::main]
@@ -22,7 +20,7 @@ async fn main() -> Result<(), Error> {
                 services.clone(),
                 verifier,
                 &event.payload,
-                remaining(event.context.deadline),
+                time_left(event.context.deadline),
             )
             .await;
             Ok::<_, Error>(StreamResponse {
@@ -36,13 +34,4 @@ async fn main() -> Result<(), Error> {
         },
     ))
     .await
-}
-
-/// How long until the invocation's deadline (ms since the epoch).
-fn remaining(deadline_ms: u64) -> Duration {
-    // A clock before 1970 would be a broken machine: then assume no time has passed.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_millis(deadline_ms).saturating_sub(now)
 }

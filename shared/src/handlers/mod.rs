@@ -25,7 +25,7 @@ pub use disconnect::disconnect;
 pub use message::message;
 pub use poll::{POLL_INTERVAL, poll};
 pub use publish::{PublishError, publish, publish_one};
-pub use stream::{Chunks, STREAM_END_MARGIN, Streamed, stream};
+pub use stream::{Chunks, STREAM_END_MARGIN, Streamed, stream, time_left};
 
 use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;

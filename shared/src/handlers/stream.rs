@@ -102,6 +102,13 @@ pub async fn stream(
     }
 }
 
+/// How long an invocation may still run, from its deadline (ms since the epoch, as
+/// Lambda's context gives it).
+pub fn time_left(deadline_ms: u64) -> Duration {
+    let now = u64::try_from(crate::ids::now_ms()).unwrap_or(0);
+    Duration::from_millis(deadline_ms.saturating_sub(now))
+}
+
 /// A refusal: its JSON in one chunk.
 fn refusal(refused: &Refused) -> Streamed {
     let mut headers = HeaderMap::new();
@@ -174,5 +181,25 @@ impl Reading {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_counts_down_to_the_deadline_and_stops_at_zero() {
+        let now = u64::try_from(crate::ids::now_ms()).unwrap();
+        let left = time_left(now + 5_000);
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_millis(4_000),
+            "{left:?}"
+        );
+        assert_eq!(
+            time_left(now - 1_000),
+            Duration::ZERO,
+            "a deadline already passed"
+        );
     }
 }
