@@ -408,7 +408,7 @@ export class HeraldClient {
 
   retry() {
     const delay = backoffDelay(this.attempt++, { base: this.options.backoffBase, cap: this.options.backoffCap, random: this.clock.random });
-    this.retryTimer = this.after(delay, () => this.open());
+    this.after(delay, () => this.open());
     return delay;
   }
 

@@ -1024,8 +1024,9 @@ async fn poll_refusals_say_why() {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
-async fn a_poll_at_a_cursor_history_no_longer_covers_is_reset() {
+/// A world keeping 2 notifications per room, alice's token, and a cursor taken before 3
+/// were published to `orders`: history no longer covers it.
+async fn a_cursor_history_outran() -> (World, String, String) {
     let w = world_with(&[("HERALD_HISTORY_SIZE", "2")]);
     let token = alice_token();
     let (_, start) = poll_answer(&w, &[("rooms", "orders"), ("wait", "0")], Some(&token)).await;
@@ -1033,6 +1034,12 @@ async fn a_poll_at_a_cursor_history_no_longer_covers_is_reset() {
     for n in 1..=3 {
         w.publish(json!({"room":"orders","data":n})).await.unwrap();
     }
+    (w, token, cursor)
+}
+
+#[tokio::test]
+async fn a_poll_at_a_cursor_history_no_longer_covers_is_reset() {
+    let (w, token, cursor) = a_cursor_history_outran().await;
     let (_, reset) = poll_answer(
         &w,
         &[("rooms", "orders"), ("cursor", &cursor)],
@@ -1222,13 +1229,7 @@ async fn a_stream_without_history_is_refused_rather_than_silent() {
 
 #[tokio::test]
 async fn a_stream_at_a_cursor_history_no_longer_covers_opens_with_a_reset() {
-    let w = world_with(&[("HERALD_HISTORY_SIZE", "2")]);
-    let token = alice_token();
-    let (_, start) = poll_answer(&w, &[("rooms", "orders"), ("wait", "0")], Some(&token)).await;
-    let cursor = start["cursor"].as_str().unwrap().to_owned();
-    for n in 1..=3 {
-        w.publish(json!({"room":"orders","data":n})).await.unwrap();
-    }
+    let (w, token, cursor) = a_cursor_history_outran().await;
     let forever = Duration::from_secs(900);
     let query = [("rooms", "orders"), ("cursor", cursor.as_str())];
     let mut s = open_stream(&w, &query, Some(&token), None, forever).await;
