@@ -5,7 +5,11 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `src/main.rs` | the scenarios as subcommands, the report as a table and JSON |
+//! | `src/main.rs` | parses the command line and runs its scenario |
+//! | `src/cli.rs` | the scenarios as subcommands, the options they share |
+//! | `src/scenarios.rs` | each scenario, one function |
+//! | `src/runs.rs` | one fan-out run on each kind of server |
+//! | `src/report.rs` | the table, the ratios between runs, the JSON |
 //! | `src/procs.rs` | starting `herald-local` and the baseline as processes; CPU and memory from `/proc` |
 //! | `src/baseline.rs` | the bare tokio + tungstenite broadcast server |
 //! | `src/load.rs` | clients, the publisher, fan-out, memory and churn measurements |
@@ -16,8 +20,12 @@
 
 pub mod baseline;
 pub mod chart;
+pub mod cli;
 pub mod flood;
 pub mod load;
 pub mod placement;
 pub mod procs;
+pub mod report;
+pub mod runs;
+pub mod scenarios;
 pub mod sse;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
+use herald::protocol::{self, ClientRequest, RoomName};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
@@ -117,14 +118,15 @@ async fn subscriber(server: &Server, i: usize, room: Option<&str>) -> Ws {
         .await
         .unwrap_or_else(|e| panic!("client {i} cannot connect to {url}: {e}"));
     if let (Server::Gateway(_), Some(room)) = (server, room) {
-        ws.send(Message::text(
-            json!({"action":"subscribe","room":room}).to_string(),
-        ))
-        .await
-        .expect("subscribe");
+        let room = RoomName::parse(room).expect("the bench's rooms are valid");
+        let subscribe = ClientRequest::Subscribe { room, since: None };
+        ws.send(Message::text(subscribe.to_frame(None)))
+            .await
+            .expect("subscribe");
         let reply = ws.next().await.expect("a reply").expect("a frame");
+        let answer = protocol::Received::parse(reply.to_text().unwrap_or(""));
         assert!(
-            reply.to_text().unwrap_or("").contains("subscribed"),
+            answer.is_ok_and(|answer| answer.kind == "subscribed"),
             "{reply:?}"
         );
     }

@@ -88,6 +88,9 @@ export function backoffDelay(attempt: number, options?: { base?: number; cap?: n
 
 /** An error with a contract code (`forbidden`, `rate_limited`, `too_large`, ...) or the client's own
  * (`not_connected`, `disconnected`, `timeout`, `unauthorized`, `unreachable`, `blocked`). */
+/** WebSocket close codes the client sends or reads, by name. */
+export const CloseCode: Readonly<{ NORMAL: 1000; ABNORMAL: 1006; REPLACED: 4000 }>;
+
 export class HeraldError extends Error {
   code: string;
   status?: number;

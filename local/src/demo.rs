@@ -1,6 +1,6 @@
 //! The demo page at `/`: a person joins rooms, publishes, and watches notifications arrive
 //! with their offsets, the connection's state and a live chart, on the same JavaScript
-//! client (`clients/js/herald-client.js`) a user's app runs, served here beside it.
+//! client (`clients/js/`) a user's app runs, served here beside it.
 //!
 //! In dev mode a visitor from loopback finds the dev token filled in; anyone else pastes a
 //! token. The chart's connection count (`STATS_PATH`) is answered to loopback visitors
@@ -9,21 +9,47 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::App;
-use crate::answer::json_response;
+use crate::app::App;
+use crate::http::answer::json_response;
 
-/// Where the page loads the client from.
-pub(crate) const CLIENT_PATH: &str = "/herald-client.js";
+/// Where the page loads the client from; its modules (`src/*.js`) are beside it.
+pub(crate) const CLIENT_PATH: &str = "/_herald/client/{*file}";
 /// Where the page reads the gateway's connection count from.
 pub(crate) const STATS_PATH: &str = "/_herald/stats";
 
 const PAGE: &str = include_str!("../demo/index.html");
-const CLIENT: &str = include_str!("../../clients/js/herald-client.js");
+/// The client's files, by their path in `clients/js/` (which the page's imports follow).
+const CLIENT: [(&str, &str); 6] = [
+    (
+        "herald-client.js",
+        include_str!("../../clients/js/herald-client.js"),
+    ),
+    (
+        "src/errors.js",
+        include_str!("../../clients/js/src/errors.js"),
+    ),
+    (
+        "src/cursor.js",
+        include_str!("../../clients/js/src/cursor.js"),
+    ),
+    (
+        "src/sequencer.js",
+        include_str!("../../clients/js/src/sequencer.js"),
+    ),
+    (
+        "src/websocket.js",
+        include_str!("../../clients/js/src/websocket.js"),
+    ),
+    (
+        "src/readers.js",
+        include_str!("../../clients/js/src/readers.js"),
+    ),
+];
 /// Where the page's configuration goes.
 const CONFIG_SLOT: &str = "/*HERALD_CONFIG*/";
 
@@ -40,9 +66,12 @@ pub(crate) async fn page(
     typed(html, "text/html; charset=utf-8")
 }
 
-/// `GET /herald-client.js`: the client module.
-pub(crate) async fn client() -> Response {
-    typed(CLIENT.to_owned(), "text/javascript; charset=utf-8")
+/// `GET /_herald/client/{file}`: the client's modules.
+pub(crate) async fn client(Path(file): Path<String>) -> Response {
+    match CLIENT.iter().find(|(name, _)| *name == file) {
+        Some((_, text)) => typed((*text).to_owned(), "text/javascript; charset=utf-8"),
+        None => json_response(StatusCode::NOT_FOUND, &json!({"message": "no such file"})),
+    }
 }
 
 /// `GET /_herald/stats`: `{"connections":N}`, to loopback visitors only.

@@ -6,352 +6,53 @@
 //!
 //! # Layout
 //!
-//! | file | what |
+//! Each folder is one concept; arrows point one way, from the top of this table down:
+//! `root` builds the [`App`] and serves `routes`, whose handlers (`ws`, `readers`,
+//! `control_plane`, `demo`) open and close connections through `session`, on top of
+//! `connection`, `cluster` and `http`, which know nothing above them.
+//!
+//! | place | what |
 //! |---|---|
 //! | `src/main.rs` | flags (defaults from the constants here), signals, then [`bind`] and [`Ready::serve`] |
-//! | `src/lib.rs` | [`Settings`] and their defaults, [`Ready::serve`] |
-//! | `src/root.rs` | the composition root: store, auth or dev mode, cluster, push path, from one [`Settings`] |
-//! | `src/handshake.rs` | the handshake: admission, token, authorizer, `$connect`, upgrade |
-//! | `src/ws.rs` | each connection's reader and writer, `$disconnect` |
-//! | `src/fallback.rs` | what SSE and long polling share: a reader opened like a connection, caught up from a cursor |
-//! | `src/sse.rs` | Server-Sent Events: a reader whose writer sends events |
-//! | `src/poll.rs` | long polling: a reader for one request, answering at once or at the next notification |
-//! | `src/cli/` | the subcommands for shells and scripts: `token`, `listen`, `publish` |
-//! | `src/demo.rs` | the demo page at `/`, the JavaScript client it runs, the figures its chart draws |
-//! | `src/cors.rs` | cross-origin reads of SSE and polling: any origin, since tokens are never cookies |
-//! | `src/close_code.rs` | WebSocket close codes by name |
-//! | `src/frame_rate.rs` | each connection's frame rate limit, and abuse |
-//! | `src/upgrade.rs` | the WebSocket upgrade, and the runtime connections run on, apart from HTTP |
-//! | `src/outbox.rs` | a socket's bounded outbound queue, one cache line per push |
-//! | `src/wire.rs` | frames to clients as bytes, encoded once per publish |
-//! | `src/registry.rs` | live sockets, the in-process `Gateway`, fan-out's pacing |
-//! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, re-registration after a loss, the heartbeat |
-//! | `src/tracking.rs` | the store with each local socket's rooms mirrored, for re-registration |
-//! | `src/events.rs` | events built as API Gateway builds them |
+//! | `src/root.rs` | the composition root: store, auth or dev mode, cluster, push path, from one [`Settings`]; [`Ready::serve`] |
+//! | `src/routes.rs` | every route, by path |
 //! | `src/serve.rs` | accepting connections: limits from accept, head timeout, bounded drain |
-//! | `src/http.rs` | the `@connections` Management API and the Lambda Invoke API |
-//! | `src/async_invoke.rs` | asynchronous invocations, queued (bounded) and paced |
-//! | `src/answer.rs` | HTTP answers in AWS's shapes |
-//! | `src/sigv4.rs` | SigV4 verification of the control plane, checked against AWS's test suite |
-//! | `src/query.rs` | percent-decoding of paths and query strings |
+//! | `src/app.rs` | [`Settings`] and their defaults, the limits, [`StartError`], the state the routes share |
+//! | `src/demo.rs` | the demo page at `/`, the JavaScript client it runs, the figures its chart draws |
+//! | `src/session/` | opening a connection (admission, token, authorizer, `$connect`) and closing it (`$disconnect`), for every transport |
+//! | `src/ws/` | the WebSocket transport: the handshake route, the upgrade, each socket's reader and writer |
+//! | `src/readers/` | the fallback transports: Server-Sent Events, long polling, CORS for both |
+//! | `src/control_plane/` | the `@connections` Management API and the Lambda Invoke API, SigV4, asynchronous invocations |
+//! | `src/connection/` | a connection's parts: events as API Gateway builds them, the registry of sockets (the in-process `Gateway`), the outbox, frames on the wire, close codes, the frame rate, the connections' runtime |
+//! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, re-registration after a loss, the heartbeat, the store that mirrors local rooms |
+//! | `src/http/` | HTTP answers in AWS's shapes, percent-decoding of paths and query strings |
+//! | `src/cli/` | the subcommands for shells and scripts: `token`, `listen`, `publish` |
 
-mod answer;
-mod async_invoke;
+mod app;
 pub mod cli;
-pub mod close_code;
 mod cluster;
-mod cors;
+pub mod connection;
+pub mod control_plane;
 mod demo;
-mod events;
-mod fallback;
-mod frame_rate;
-mod handshake;
 mod http;
-mod outbox;
-mod poll;
-mod query;
-mod registry;
+mod readers;
 mod root;
+mod routes;
 mod serve;
-pub mod sigv4;
-mod sse;
-mod tracking;
-mod upgrade;
-mod wire;
+mod session;
 mod ws;
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use herald::auth::Verifier;
-use herald::config::Config;
-use herald::gateway::Gateway;
-use herald::handlers::Services;
-use herald::store::ConnectionStore;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-pub use async_invoke::DEFAULT_QUEUED_INVOCATIONS;
-pub use events::{EventFactory, iso8601, request_time, route_key};
-pub use frame_rate::{DEFAULT_FRAME_BURST, DEFAULT_FRAMES_PER_SECOND, FrameRate};
-pub use registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
-pub use root::{bind, prepare};
-pub use serve::{DEFAULT_DRAIN, DEFAULT_HEAD_TIMEOUT, HttpLimits};
-pub use sigv4::Credentials;
-
-use upgrade::SocketRuntime;
-
-/// The address `herald-local` listens on: loopback only, unless told otherwise.
-pub const DEFAULT_HOST: &str = "127.0.0.1";
-/// The port `herald-local` listens on.
-pub const DEFAULT_PORT: u16 = 3001;
-/// API Gateway's largest message (128 KiB).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
-/// API Gateway's largest frame (32 KiB).
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 32 * 1024;
-/// API Gateway's idle timeout (10 minutes).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// API Gateway's maximum connection duration (2 hours).
-pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(7200);
-/// Messages queued for one client before it counts as a slow consumer.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
-/// The stage when none is given.
-pub const DEFAULT_STAGE: &str = "local";
-/// The function names the Invoke API runs `publish` for, when none are given.
-pub const DEFAULT_PUBLISH_FUNCTIONS: [&str; 2] = ["publish", "herald-publish"];
-/// How often, with a shared store, an instance refreshes its connections' records.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
-/// A record lives this many heartbeats unless refreshed: a crashed instance's connections
-/// vanish that quickly, a live one's never do.
-pub const HEARTBEATS_PER_LIFETIME: u32 = 3;
-
-/// API Gateway's per-connection limits, each configurable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SocketLimits {
-    /// Largest message; larger closes with 1009 (AWS: 128 KiB).
-    pub max_message_bytes: usize,
-    /// Largest single frame; larger closes with 1009 (AWS: 32 KiB).
-    pub max_frame_bytes: usize,
-    /// A connection with no traffic this long is closed (AWS: 10 minutes).
-    pub idle_timeout: Duration,
-    /// No connection lives longer (AWS: 2 hours).
-    pub max_duration: Duration,
-    /// Messages queued for one client before it counts as a slow consumer.
-    pub outbound_queue: usize,
-    /// Connections from one source IP; `None` for no limit.
-    pub max_per_ip: Option<usize>,
-    /// Connections in all; `None` for no limit.
-    pub max_total: Option<usize>,
-    /// How fast a client may send frames; `None` for no limit.
-    pub frame_rate: Option<FrameRate>,
-}
-
-impl SocketLimits {
-    /// Whether one more connection would take the gateway past a connection limit, with
-    /// `open` connections in all and `open_from_ip` from its source address.
-    pub(crate) fn full(&self, open: usize, open_from_ip: usize) -> bool {
-        self.max_total.is_some_and(|max| open >= max)
-            || self.max_per_ip.is_some_and(|max| open_from_ip >= max)
-    }
-}
-
-impl Default for SocketLimits {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_duration: DEFAULT_MAX_DURATION,
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
-            max_per_ip: None,
-            max_total: None,
-            frame_rate: Some(FrameRate::default()),
-        }
-    }
-}
-
-/// Who may use the control plane (`@connections`, the Invoke API), which can publish,
-/// read connections and disconnect them.
-#[derive(Clone, Debug, Default)]
-pub struct ControlPlane {
-    /// The key pair every request must be signed with (SigV4); `None`: any signature,
-    /// allowed only on loopback unless `insecure_open`.
-    pub credentials: Option<Credentials>,
-    /// Serve an open control plane beyond loopback (`--insecure-open-control-plane`).
-    pub insecure_open: bool,
-}
-
-/// How the running gateway guards its control plane.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ControlPlaneMode {
-    /// Every request must carry a SigV4 signature made with the configured credentials.
-    Signed,
-    /// No credentials, on a loopback address: any signature is accepted.
-    OpenOnLoopback,
-    /// No credentials beyond loopback, because `--insecure-open-control-plane` said so.
-    OpenInsecure,
-}
-
-/// Everything `herald-local` is started with.
-#[derive(Clone)]
-pub struct Settings {
-    /// The stage in every path, e.g. `local`.
-    pub stage: String,
-    /// Socket limits.
-    pub limits: SocketLimits,
-    /// Send the handlers' pushes through the real SDK client to this gateway's own
-    /// `@connections` endpoint over HTTP, instead of in-process.
-    pub push_via_http: bool,
-    /// Function names the Invoke API runs `publish` for.
-    pub publish_functions: Vec<String>,
-    /// Store, JWT, per-user limit and fan-out configuration.
-    pub config: Config,
-    /// This instance's id among several on one Redis.
-    pub instance_id: String,
-    /// How often, with a shared store, this instance refreshes its connections' records.
-    pub heartbeat: Duration,
-    /// A store to use instead of the one `config` names (tests wrap one to observe it).
-    pub store: Option<Arc<dyn ConnectionStore>>,
-    /// Who may use the control plane.
-    pub control_plane: ControlPlane,
-    /// Asynchronous invocations that may wait to run; one more is answered 429.
-    pub async_queue: usize,
-    /// How the HTTP side bounds its connections (head timeout, shutdown drain).
-    pub http: HttpLimits,
-}
-
-impl Settings {
-    /// Settings with API Gateway's defaults on `config`.
-    pub fn new(config: Config) -> Self {
-        Self {
-            stage: DEFAULT_STAGE.into(),
-            limits: SocketLimits::default(),
-            push_via_http: false,
-            publish_functions: DEFAULT_PUBLISH_FUNCTIONS.map(String::from).to_vec(),
-            config,
-            instance_id: random_instance_id(),
-            heartbeat: DEFAULT_HEARTBEAT,
-            store: None,
-            control_plane: ControlPlane::default(),
-            async_queue: DEFAULT_QUEUED_INVOCATIONS,
-            http: HttpLimits::default(),
-        }
-    }
-}
-
-/// A fresh instance id: 12 random hex digits.
-pub fn random_instance_id() -> String {
-    let mut id = uuid::Uuid::new_v4().simple().to_string();
-    id.truncate(12);
-    id
-}
-
-/// Errors that stop the gateway from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A component could not be built from the settings.
-    #[error(transparent)]
-    Build(#[from] herald::compose::BuildError),
-    /// The configuration is unusable.
-    #[error(transparent)]
-    Config(#[from] herald::config::ConfigError),
-    /// The JWT key is unusable.
-    #[error(transparent)]
-    Auth(#[from] herald::auth::AuthError),
-    /// The cluster could not be joined.
-    #[error("cannot join the cluster: {0}")]
-    Cluster(#[source] herald::store::StoreError),
-    /// No control-plane credentials on an address beyond loopback.
-    #[error(
-        "herald-local listens on {0}, beyond loopback, without control-plane credentials: \
-         anyone who reaches the port could publish to every room and disconnect anyone. Set \
-         HERALD_ACCESS_KEY_ID and HERALD_SECRET_ACCESS_KEY (clients sign with them, as with \
-         AWS), or pass --insecure-open-control-plane"
-    )]
-    OpenControlPlane(SocketAddr),
-    /// The listener failed.
-    #[error("listener: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// The running gateway's shared state.
-pub(crate) struct App {
-    pub settings: Settings,
-    pub services: Services,
-    pub verifier: Verifier,
-    pub registry: Arc<Registry>,
-    /// Where posts for any connection go: this instance's sockets, or the cluster.
-    pub router: Arc<dyn Gateway>,
-    /// Where the handlers' pushes go: the router, or the SDK client over HTTP.
-    pub gateway: Arc<dyn Gateway>,
-    pub events: EventFactory,
-    /// Cancelled when the gateway shuts down.
-    pub shutdown: CancellationToken,
-    /// Every connection task, so shutdown can wait for their `$disconnect`s.
-    pub connections: TaskTracker,
-    /// Where connection tasks run (see `upgrade.rs`).
-    pub sockets: SocketRuntime,
-    /// Asynchronous invocations waiting to run.
-    pub async_invokes: async_invoke::AsyncInvokes,
-    /// Dev mode's token, which the demo page fills in for loopback visitors.
-    pub dev_token: Option<String>,
-}
-
-/// How the gateway authenticates: the configured key, or dev mode's generated secret.
-pub enum AuthMode {
-    /// A key from `HERALD_JWT_SECRET` / `HERALD_JWT_PUBLIC_KEY`.
-    Configured,
-    /// No key was configured: a random secret, and a token signed with it.
-    Dev {
-        /// A token for user `dev` that may subscribe and publish to every room.
-        token: String,
-    },
-}
-
-/// A gateway that has bound its port and is ready to serve.
-pub struct Ready {
-    /// The address it listens on.
-    pub addr: SocketAddr,
-    /// Configured keys, or dev mode.
-    pub auth: AuthMode,
-    /// How the control plane is guarded.
-    pub control_plane: ControlPlaneMode,
-    pub(crate) app: Arc<App>,
-    pub(crate) listener: TcpListener,
-}
-
-impl Ready {
-    /// Serves until `shutdown` completes, then closes every client with 1001, runs each
-    /// one's `$disconnect`, and returns: within the drain time (`HttpLimits::drain`),
-    /// whatever the clients do.
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), StartError> {
-        let app = self.app;
-        let router = http::router(app.clone());
-        let graceful = {
-            let app = app.clone();
-            async move {
-                shutdown.await;
-                tracing::info!(connections = app.registry.len(), "shutting down");
-                app.shutdown.cancel();
-            }
-        };
-        tokio::spawn(graceful);
-        // Connection tasks see the same token, close their sockets and run `$disconnect`;
-        // `serve` waits for them, and for HTTP connections, at most the drain time.
-        serve::serve(app, self.listener, router).await;
-        Ok(())
-    }
-}
-
-/// Prepares and serves in one call (see [`prepare`] and [`Ready::serve`]).
-pub async fn run(
-    listener: TcpListener,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    prepare(listener, settings).await?.serve(shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_limits_are_full_at_their_value() {
-        let limits = SocketLimits {
-            max_total: Some(3),
-            max_per_ip: Some(2),
-            ..SocketLimits::default()
-        };
-        assert!(!limits.full(2, 1));
-        assert!(limits.full(3, 0), "in all");
-        assert!(limits.full(0, 2), "from one address");
-        assert!(!SocketLimits::default().full(usize::MAX - 1, usize::MAX - 1));
-    }
-}
+pub use app::{
+    AuthMode, ControlPlane, ControlPlaneMode, DEFAULT_DRAIN, DEFAULT_HEAD_TIMEOUT,
+    DEFAULT_HEARTBEAT, DEFAULT_HOST, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
+    DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_STAGE, HEARTBEATS_PER_LIFETIME, HttpLimits, Settings,
+    SocketLimits, StartError, random_instance_id,
+};
+pub use connection::close_code;
+pub use connection::events::{EventFactory, iso8601, request_time, route_key};
+pub use connection::frame_rate::{DEFAULT_FRAME_BURST, DEFAULT_FRAMES_PER_SECOND, FrameRate};
+pub use connection::registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
+pub use control_plane::DEFAULT_QUEUED_INVOCATIONS;
+pub use control_plane::sigv4::{self, Credentials};
+pub use root::{Ready, bind, prepare, run};

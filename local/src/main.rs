@@ -17,7 +17,7 @@ use herald_local::{
 
 /// A local API Gateway for WebSockets running Herald's handlers.
 ///
-/// Store, JWT and per-user settings come from the environment as in the contract:
+/// Store, JWT and per-user settings come from the environment (the README's Configuration):
 /// HERALD_STORE, HERALD_REDIS_URL, HERALD_TABLE, HERALD_JWT_SECRET, HERALD_JWT_PUBLIC_KEY,
 /// HERALD_JWT_ISSUER, HERALD_JWT_AUDIENCE, HERALD_MAX_CONNECTIONS_PER_USER,
 /// HERALD_IDEMPOTENCY_WINDOW_SECS, HERALD_FANOUT_CONCURRENCY. With no JWT key it runs in

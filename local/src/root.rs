@@ -1,8 +1,10 @@
 //! `herald-local`'s composition root: every component built from one [`Settings`] value,
 //! before the port opens: auth (or dev mode), the store (through `herald::compose`, as the
 //! Lambda functions open theirs), on Redis this instance's place in the cluster, the push
-//! path, how the control plane is guarded, and the state the routes share.
+//! path, how the control plane is guarded, and the state the routes share; then the
+//! gateway that serves them ([`Ready::serve`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,16 +17,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::async_invoke::AsyncInvokes;
-use crate::cluster::{self, Cluster, ClusterSettings, Registration};
-use crate::events::EventFactory;
-use crate::registry::Registry;
-use crate::tracking::TrackingStore;
-use crate::upgrade::SocketRuntime;
-use crate::{
-    App, AuthMode, ControlPlane, ControlPlaneMode, HEARTBEATS_PER_LIFETIME, Ready, Settings,
-    StartError,
+use crate::app::{
+    App, AuthMode, ControlPlane, ControlPlaneMode, HEARTBEATS_PER_LIFETIME, Settings, StartError,
 };
+use crate::cluster::tracking::TrackingStore;
+use crate::cluster::{self, Cluster, ClusterSettings, Registration};
+use crate::connection::events::EventFactory;
+use crate::connection::registry::Registry;
+use crate::connection::runtime::SocketRuntime;
+use crate::control_plane::async_invoke::AsyncInvokes;
+use crate::{routes, serve};
 
 /// How long the dev token is valid.
 const DEV_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
@@ -201,7 +203,6 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     };
     let app = Arc::new(App {
         dev_token,
-        async_invokes,
         settings,
         services,
         verifier,
@@ -218,6 +219,7 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         auth,
         control_plane,
         app,
+        async_invokes,
         listener,
     })
 }
@@ -233,4 +235,52 @@ pub async fn bind(host: &str, port: u16, settings: Settings) -> Result<Ready, St
     let parts = assemble(settings).await?;
     let listener = TcpListener::bind((host, port)).await?;
     finish(parts, listener)
+}
+
+/// A gateway that has bound its port and is ready to serve.
+pub struct Ready {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Configured keys, or dev mode.
+    pub auth: AuthMode,
+    /// How the control plane is guarded.
+    pub control_plane: ControlPlaneMode,
+    pub(crate) app: Arc<App>,
+    pub(crate) async_invokes: AsyncInvokes,
+    pub(crate) listener: TcpListener,
+}
+
+impl Ready {
+    /// Serves until `shutdown` completes, then closes every client with 1001, runs each
+    /// one's `$disconnect`, and returns: within the drain time (`HttpLimits::drain`),
+    /// whatever the clients do.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let app = self.app;
+        let router = routes::router(app.clone(), self.async_invokes);
+        let graceful = {
+            let app = app.clone();
+            async move {
+                shutdown.await;
+                tracing::info!(connections = app.registry.len(), "shutting down");
+                app.shutdown.cancel();
+            }
+        };
+        tokio::spawn(graceful);
+        // Connection tasks see the same token, close their sockets and run `$disconnect`;
+        // `serve` waits for them, and for HTTP connections, at most the drain time.
+        serve::serve(app, self.listener, router).await;
+        Ok(())
+    }
+}
+
+/// Prepares and serves in one call (see [`prepare`] and [`Ready::serve`]).
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    prepare(listener, settings).await?.serve(shutdown).await
 }

@@ -18,37 +18,14 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::App;
+use crate::app::App;
 
-/// How long a client may take to send a request head, unless configured otherwise.
-pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for connections to finish, unless configured otherwise.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 /// How long accepting pauses after it failed (out of file descriptors, say), so that a
 /// failing `accept` does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// What a socket over a connection limit is told before it is closed.
 const OVER_LIMIT: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
 content-length: 31\r\nconnection: close\r\n\r\n{\"message\":\"Too Many Requests\"}";
-
-/// How the HTTP side bounds its connections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// A request head must be complete within this long of the connection's start (or of
-    /// the previous request's end), else the socket is closed.
-    pub head_timeout: Duration,
-    /// On shutdown, how long to wait for connections and `$disconnect`s before returning.
-    pub drain: Duration,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            head_timeout: DEFAULT_HEAD_TIMEOUT,
-            drain: DEFAULT_DRAIN,
-        }
-    }
-}
 
 /// The HTTP connections open now, in all and per source address.
 #[derive(Default)]

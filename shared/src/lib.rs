@@ -1,4 +1,4 @@
-//! Herald's core: everything the five Lambda functions and `herald-local` share.
+//! Herald's core: everything the seven Lambda functions and `herald-local` share.
 //!
 //! A Lambda binary and the local gateway run the very same handlers; they differ only in
 //! how events arrive and which [`ConnectionStore`](store::ConnectionStore) and
@@ -15,11 +15,10 @@
 //! | [`aws`] | `src/aws.rs` | SDK settings: the default chain, or fixed ones for loopback servers |
 //! | [`store`] | `src/store/` | `ConnectionStore`, its backends (`memory.rs`, `redis/`, `dynamo/`), rooms' and users' history (`history.rs`, and each backend's), `ForwardingStore`, the shared store test suite |
 //! | [`gateway`] | `src/gateway/` | `Gateway` (`@connections`), `ApiGatewayManagement`, a recording double |
-//! | [`reader`] | `src/reader.rs` | readers of channels (SSE, long polling): catching up from a cursor, following live |
-//! | [`sse`] | `src/sse.rs` | Server-Sent Events framing: events, resets, `retry:`, keep-alive |
+//! | [`reader`] | `src/reader/` | readers of channels (SSE, long polling) on both hosts: one admission (rooms, cursor, token, room limit), catching up from a cursor, following live, SSE framing |
 //! | [`fanout`] | `src/fanout.rs` | paged recipients, bounded concurrency, 410 cleanup, 429 backoff |
 //! | [`limits`] | `src/limits.rs` | the limits the handlers enforce, and their defaults |
-//! | [`handlers`] | `src/handlers/` | `authorize`, `connect`, `disconnect`, `message`, `publish` |
+//! | [`handlers`] | `src/handlers/` | one file per function: `authorize`, `connect`, `disconnect`, `message`, `publish`, `poll`, `stream` |
 //! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables, read once |
 //! | [`compose`] | `src/compose.rs` | the composition root: every component built from one `Config` |
 //! | [`telemetry`] | `src/telemetry.rs` | tracing set-up for Lambda and `herald-local` |
@@ -37,7 +36,6 @@ pub mod ids;
 pub mod limits;
 pub mod protocol;
 pub mod reader;
-pub mod sse;
 pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]

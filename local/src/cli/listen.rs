@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use herald::protocol::{ClientRequest, Position, Received, RoomName};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::CliError;
@@ -49,8 +49,11 @@ struct Channel {
 }
 
 impl Channel {
-    fn since(&self) -> Option<Value> {
-        Some(json!({"offset": self.resume?, "epoch": self.epoch.as_ref()?}))
+    fn since(&self) -> Option<Position> {
+        Some(Position {
+            offset: self.resume?,
+            epoch: self.epoch.clone()?,
+        })
     }
 
     /// Whether a notification at `offset` in `epoch` is new (then it is remembered).
@@ -71,13 +74,12 @@ impl Channel {
     }
 
     /// A subscribe's or recover's answer: where to resume if nothing arrives.
-    fn answered(&mut self, reply: &Value) {
-        let (Some(offset), Some(epoch)) = (reply["offset"].as_u64(), reply["epoch"].as_str())
-        else {
+    fn answered(&mut self, reply: &Received) {
+        let Some(Position { offset, epoch }) = reply.position() else {
             return;
         };
-        if self.epoch.as_deref() != Some(epoch) {
-            self.epoch = Some(epoch.to_owned());
+        if self.epoch.as_deref() != Some(&epoch) {
+            self.epoch = Some(epoch);
             self.seen.clear();
             self.resume = Some(offset);
         } else if self.resume.is_none() {
@@ -96,6 +98,11 @@ pub async fn listen(
     if options.rooms.is_empty() {
         return Err(CliError::Usage("name at least one room".into()));
     }
+    let rooms = options
+        .rooms
+        .iter()
+        .map(|room| RoomName::parse(room).map_err(|e| CliError::Usage(e.message)))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut channels: HashMap<String, Channel> = HashMap::new();
     let mut printed = 0usize;
     let mut backoff = FIRST_BACKOFF;
@@ -125,23 +132,24 @@ pub async fn listen(
             }
         };
         let mut requests = Vec::new();
-        for room in &options.rooms {
+        for room in &rooms {
             let key = format!("room:{room}");
-            let mut request = json!({"action": "subscribe", "room": room, "ref": key});
-            if let Some(since) = channels.get(&key).and_then(Channel::since) {
-                request["since"] = since;
-            }
-            requests.push(request);
+            let since = channels.get(&key).and_then(Channel::since);
+            let subscribe = ClientRequest::Subscribe {
+                room: room.clone(),
+                since,
+            };
+            requests.push(subscribe.to_frame(Some(&key)));
         }
         let inbox = channels
             .iter()
             .find(|(k, _)| k.starts_with("user:"))
             .and_then(|(k, c)| Some((k.clone(), c.since()?)));
         if let Some((key, since)) = inbox {
-            requests.push(json!({"action": "recover", "since": since, "ref": key}));
+            requests.push(ClientRequest::Recover { since }.to_frame(Some(&key)));
         }
         for request in requests {
-            if ws.send(Message::text(request.to_string())).await.is_err() {
+            if ws.send(Message::text(request)).await.is_err() {
                 break;
             }
         }
@@ -151,23 +159,22 @@ pub async fn listen(
             let frame = tokio::select! {
                 frame = ws.next() => frame,
                 _ = ping.tick() => {
-                    let _ = ws.send(Message::text(r#"{"action":"ping"}"#)).await;
+                    let _ = ws.send(Message::text(ClientRequest::Ping.to_frame(None))).await;
                     continue;
                 }
                 () = &mut stop => return Ok(()),
             };
             let Some(Ok(frame)) = frame else { break };
             let Message::Text(text) = frame else { continue };
-            let Ok(message) = serde_json::from_str::<Value>(&text) else {
+            let Ok(message) = Received::parse(&text) else {
                 continue;
             };
-            match message["type"].as_str() {
-                Some("notification") => {
-                    if let Some(key) = channel_key(&message) {
+            match message.kind.as_str() {
+                "notification" => {
+                    if let Some(key) = message.channel_key() {
                         let channel = channels.entry(key).or_default();
-                        let placed = message["offset"].as_u64().zip(message["epoch"].as_str());
-                        if let Some((offset, epoch)) = placed
-                            && !channel.take(offset, epoch)
+                        if let Some(Position { offset, epoch }) = message.position()
+                            && !channel.take(offset, &epoch)
                         {
                             continue;
                         }
@@ -179,15 +186,18 @@ pub async fn listen(
                         return Ok(());
                     }
                 }
-                Some("subscribed" | "recovered") => {
+                "subscribed" | "recovered" => {
                     backoff = FIRST_BACKOFF;
-                    let key = message["ref"].as_str().unwrap_or_default().to_owned();
-                    if message["recovered"] == json!(false) {
+                    let key = match &message.reference {
+                        Some(serde_json::Value::String(key)) => key.clone(),
+                        _ => String::new(),
+                    };
+                    if message.recovered == Some(false) {
                         eprintln!("{key}: the missed notifications are no longer kept");
                     }
                     channels.entry(key).or_default().answered(&message);
                 }
-                Some("error") => eprintln!("error: {text}"),
+                "error" => eprintln!("error: {text}"),
                 _ => {}
             }
         }
@@ -198,12 +208,4 @@ pub async fn listen(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-/// `room:NAME` or `user:NAME`, as cursors name channels.
-fn channel_key(notification: &Value) -> Option<String> {
-    if let Some(room) = notification["room"].as_str() {
-        return Some(format!("room:{room}"));
-    }
-    notification["user"].as_str().map(|u| format!("user:{u}"))
 }

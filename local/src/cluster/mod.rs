@@ -33,6 +33,7 @@ mod bus;
 mod envelope;
 mod heartbeat;
 mod registration;
+pub(crate) mod tracking;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +53,7 @@ use tracing::{debug, info, warn};
 pub use heartbeat::heartbeat;
 pub use registration::Registration;
 
-use crate::registry::Registry;
+use crate::connection::registry::Registry;
 use bus::Bus;
 use envelope::{Answer, Envelope, Op};
 
@@ -294,7 +295,7 @@ impl Cluster {
         payload: &Bytes,
         failures: &mut Failures,
     ) -> Vec<usize> {
-        let frame = crate::registry::frame(payload.clone());
+        let frame = crate::connection::registry::frame(payload.clone());
         let mut elsewhere = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             // Held here: queue into the socket just looked up, without a second lookup.

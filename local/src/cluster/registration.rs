@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::Cluster;
-use crate::registry::Registry;
+use crate::connection::registry::Registry;
 
 /// How often the restorer tries Redis again while it is down.
 pub const RECONNECT_POLL: Duration = Duration::from_millis(100);

@@ -11,7 +11,6 @@ mod disconnect;
 mod message;
 mod poll;
 mod publish;
-mod reading;
 mod stream;
 
 use std::sync::Arc;
@@ -32,7 +31,8 @@ use crate::ids::ConnectionId;
 use crate::limits::Limits;
 use crate::store::ConnectionStore;
 
-/// What the connect, disconnect, message and publish handlers share.
+/// What the handlers that touch the store share: connect, disconnect, message, publish, poll
+/// and stream (the authorizer needs only its verifier).
 #[derive(Clone)]
 pub struct Services {
     /// Connection state.

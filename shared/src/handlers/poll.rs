@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::Services;
-use super::reading::{Admitted, ReadRequest, Refused, admit};
 use crate::auth::Verifier;
 use crate::protocol::{Cursor, Stored};
+use crate::reader::admission::{Admitted, ReadRequest, Refusal, admit};
 use crate::reader::{CatchUp, PollAnswer, catch_up, parse_wait};
 
 /// How often a waiting poll reads history again: on DynamoDB, a Query per channel each time.
@@ -32,7 +32,7 @@ pub async fn poll(
     let query = &request.query_string_parameters;
     let wait = match parse_wait(query.first("wait")) {
         Ok(wait) => Duration::from_secs(wait),
-        Err(e) => return error(&Refused::new(400, &e.message, None)),
+        Err(e) => return error(&Refusal::from(e)),
     };
     // API Gateway's HTTP API joins repeated parameters with commas, and the event type
     // splits values at commas again: `rooms=a,b` arrives as two values.
@@ -47,7 +47,12 @@ pub async fn poll(
         token: query.first("token"),
         authorization,
     };
-    let Admitted { channels, since } = match admit(services, verifier, &read) {
+    let Admitted { channels, since } = match admit(
+        verifier,
+        services.limits.max_rooms_per_connection,
+        services.limits.history.is_some(),
+        &read,
+    ) {
         Ok(admitted) => admitted,
         Err(refused) => return error(&refused),
     };
@@ -66,7 +71,7 @@ pub async fn poll(
             Ok(CatchUp::Replay { entries, cursor }) => (entries, cursor),
             Err(e) => {
                 warn!(error = %e, "poll could not read history");
-                return error(&Refused::new(503, "the store failed; try again", None));
+                return error(&Refusal::new(503, "the store failed; try again"));
             }
         };
         let now = Instant::now();
@@ -91,8 +96,8 @@ fn answer(notifications: Vec<Stored>, cursor: &Cursor, reset: bool) -> ApiGatewa
 }
 
 /// A refusal as its JSON error.
-fn error(refused: &Refused) -> ApiGatewayV2httpResponse {
-    response(i64::from(refused.status), refused.body.to_string())
+fn error(refused: &Refusal) -> ApiGatewayV2httpResponse {
+    response(i64::from(refused.status), refused.body().to_string())
 }
 
 fn response(status: i64, body: String) -> ApiGatewayV2httpResponse {

@@ -22,10 +22,10 @@ use tracing::warn;
 
 use super::Services;
 use super::poll::POLL_INTERVAL;
-use super::reading::{Admitted, ReadRequest, Refused, admit};
 use crate::auth::Verifier;
+use crate::reader::admission::{Admitted, ReadRequest, Refusal, admit};
+use crate::reader::sse;
 use crate::reader::{Follow, catch_up};
-use crate::sse;
 use crate::store::Channel;
 
 /// How long before the function's timeout a stream ends, so that its last bytes and the
@@ -61,7 +61,12 @@ pub async fn stream(
         token: query.get("token").map(String::as_str),
         authorization: header(header::AUTHORIZATION.as_str()),
     };
-    let Admitted { channels, since } = match admit(&services, verifier, &read) {
+    let Admitted { channels, since } = match admit(
+        verifier,
+        services.limits.max_rooms_per_connection,
+        services.limits.history.is_some(),
+        &read,
+    ) {
         Ok(admitted) => admitted,
         Err(refused) => return refusal(&refused),
     };
@@ -76,7 +81,7 @@ pub async fn stream(
         Ok(first) => first,
         Err(e) => {
             warn!(error = %e, "stream could not read history");
-            return refusal(&Refused::new(503, "the store failed; try again", None));
+            return refusal(&Refusal::new(503, "the store failed; try again"));
         }
     };
     let mut opening = sse::retry();
@@ -110,11 +115,11 @@ pub fn time_left(deadline_ms: u64) -> Duration {
 }
 
 /// A refusal: its JSON in one chunk.
-fn refusal(refused: &Refused) -> Streamed {
+fn refusal(refused: &Refusal) -> Streamed {
     let mut headers = HeaderMap::new();
     let json = HeaderValue::from_static("application/json");
     headers.insert(header::CONTENT_TYPE, json);
-    let body = Bytes::from(refused.body.to_string());
+    let body = Bytes::from(refused.body().to_string());
     Streamed {
         status: StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST),
         headers,

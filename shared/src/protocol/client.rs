@@ -1,6 +1,6 @@
 //! Client → server: the frames a client sends over its socket, parsed strictly.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
@@ -8,14 +8,17 @@ use super::{
     RoomName,
 };
 
-/// One request a client sent over its socket.
-#[derive(Clone, Debug, PartialEq)]
+/// One request a client sent over its socket; serialized as a client sends it (the CLI and
+/// the load generator speak through it), parsed by [`parse_client_frame`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum ClientRequest {
     /// Join a room, optionally recovering what was missed after a position.
     Subscribe {
         /// The room.
         room: RoomName,
         /// The position of the last notification the client saw.
+        #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<Position>,
     },
     /// Replay what the caller's own inbox received after a position.
@@ -30,6 +33,7 @@ pub enum ClientRequest {
         /// The most notifications to answer.
         limit: usize,
         /// Only those after this position (the newest ones without it).
+        #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<Position>,
     },
     /// Leave a room.
@@ -48,6 +52,18 @@ pub enum ClientRequest {
         /// The payload, any JSON.
         data: Value,
     },
+}
+
+impl ClientRequest {
+    /// The text frame a client sends for this request, with `reference` as its `ref`.
+    pub fn to_frame(&self, reference: Option<&str>) -> String {
+        // A tagged enum of strings, numbers and `Value`s: serializing cannot fail.
+        let mut frame = serde_json::to_value(self).expect("a request always serializes");
+        if let (Some(reference), Value::Object(fields)) = (reference, &mut frame) {
+            fields.insert("ref".into(), Value::String(reference.into()));
+        }
+        frame.to_string()
+    }
 }
 
 /// A parsed client frame: the request and the `ref` to echo in the reply.
@@ -269,6 +285,48 @@ mod tests {
         parse_client_frame(text)
             .map(|m| m.request)
             .map_err(|r| r.error)
+    }
+
+    #[test]
+    fn every_request_a_client_serializes_parses_back_the_same() {
+        let room = RoomName::parse("orders").unwrap();
+        let since = Position {
+            offset: 7,
+            epoch: "E".into(),
+        };
+        let requests = [
+            ClientRequest::Subscribe {
+                room: room.clone(),
+                since: None,
+            },
+            ClientRequest::Subscribe {
+                room: room.clone(),
+                since: Some(since.clone()),
+            },
+            ClientRequest::Recover {
+                since: since.clone(),
+            },
+            ClientRequest::History {
+                room: room.clone(),
+                limit: 5,
+                since: Some(since),
+            },
+            ClientRequest::Unsubscribe { room: room.clone() },
+            ClientRequest::Ping,
+            ClientRequest::Whoami,
+            ClientRequest::Publish {
+                room,
+                data: serde_json::json!({"n": 1}),
+            },
+        ];
+        for request in requests {
+            let frame = request.to_frame(Some("r1"));
+            let parsed = parse_client_frame(&frame).unwrap();
+            assert_eq!(parsed.request, request, "{frame}");
+            assert_eq!(parsed.reference, Some(Value::String("r1".into())));
+            let bare = parse_client_frame(&request.to_frame(None)).unwrap();
+            assert_eq!((bare.request, bare.reference), (request, None));
+        }
     }
 
     #[test]

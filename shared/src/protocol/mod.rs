@@ -1,8 +1,9 @@
-//! The wire formats of the contract: what clients send over the socket, what Herald sends
-//! back, and the `publish` function's input and output.
+//! The wire formats of Herald's protocol (`docs/protocol.md` documents it for users): what
+//! clients send over the socket, what Herald sends back, and the `publish` function's input
+//! and output.
 //!
 //! Parsing is strict and total: any input, however malformed, becomes either a typed value
-//! or a [`ProtocolError`] carrying the contract's error code, never a panic. Unknown fields
+//! or a [`ProtocolError`] carrying the protocol's error code, never a panic. Unknown fields
 //! are refused so that a typo (`"rom"`) is reported instead of silently ignored.
 //!
 //! # Layout

@@ -1,7 +1,7 @@
 //! Server → client: replies to a client's requests, and notifications, serialized once.
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -132,6 +132,73 @@ impl From<ProtocolError> for ServerMessage {
         Self::Error {
             code: error.code,
             message: error.message,
+        }
+    }
+}
+
+/// What a client receives, read back: any reply or notification, as one flat value whose
+/// fields are those its `type` carries. Lenient where [`ServerMessage`] is exact, so that a
+/// client (the CLI, the load generator, a test) reads what a newer server sends too.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Received {
+    /// `notification`, `subscribed`, `recovered`, `history`, `unsubscribed`, `pong`,
+    /// `whoami`, `published` or `error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request's `ref`, on a reply to one that had it.
+    #[serde(rename = "ref")]
+    pub reference: Option<Value>,
+    /// The notification's id, or a publish's.
+    pub id: Option<String>,
+    /// The room a notification, reply or publish is about.
+    pub room: Option<String>,
+    /// The user a notification was published to.
+    pub user: Option<String>,
+    /// The position's offset.
+    pub offset: Option<u64>,
+    /// The position's epoch.
+    pub epoch: Option<String>,
+    /// Whether a recovery replays every missed notification.
+    pub recovered: Option<bool>,
+    /// A notification's payload.
+    pub data: Option<Value>,
+    /// When a notification was published, in ms since the epoch.
+    pub ts: Option<i64>,
+    /// A `history` reply's notifications, each as sent.
+    pub notifications: Option<Vec<Value>>,
+    /// Set when a `history` reply holds fewer than were asked for.
+    pub truncated: Option<bool>,
+    /// An `error`'s code.
+    pub code: Option<ErrorCode>,
+    /// An `error`'s message.
+    pub message: Option<String>,
+    /// `whoami`'s connection id.
+    #[serde(rename = "connectionId")]
+    pub connection_id: Option<String>,
+}
+
+impl Received {
+    /// Reads one text frame from the server.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The position it carries, when it has one.
+    pub fn position(&self) -> Option<Position> {
+        Some(Position {
+            offset: self.offset?,
+            epoch: self.epoch.clone()?,
+        })
+    }
+
+    /// The key of the channel a notification belongs to, as cursors name channels
+    /// (`room:NAME`, `user:ID`); `None` for a broadcast or a publish to connection ids.
+    pub fn channel_key(&self) -> Option<String> {
+        match (&self.room, &self.user) {
+            (Some(room), _) => Some(format!("room:{room}")),
+            (None, Some(user)) => Some(format!("user:{user}")),
+            (None, None) => None,
         }
     }
 }
@@ -267,6 +334,54 @@ mod tests {
             serde_json::from_str::<Value>(&error.to_json()).unwrap(),
             json!({"type":"error","code":"forbidden","message":"no"})
         );
+    }
+
+    #[test]
+    fn what_the_server_sends_reads_back_as_received() {
+        let room = RoomName::parse("orders").unwrap();
+        let at = Position {
+            offset: 18,
+            epoch: "E".into(),
+        };
+        let subscribed = Reply {
+            message: ServerMessage::Subscribed {
+                room: room.clone(),
+                recovered: Some(false),
+                position: Some(at.clone()),
+            },
+            reference: Some(json!("room:orders")),
+        };
+        let read = Received::parse(&subscribed.to_json()).unwrap();
+        assert_eq!(read.kind, "subscribed");
+        assert_eq!(read.reference, Some(json!("room:orders")));
+        assert_eq!(
+            (read.recovered, read.position()),
+            (Some(false), Some(at.clone()))
+        );
+        let error = Reply {
+            message: ProtocolError::new(ErrorCode::RateLimited, "slow down").into(),
+            reference: None,
+        };
+        let read = Received::parse(&error.to_json()).unwrap();
+        assert_eq!(read.code, Some(ErrorCode::RateLimited));
+        assert_eq!(read.message.as_deref(), Some("slow down"));
+        let data = json!({"n": 1});
+        let target = Target::Room(room);
+        let (head, tail) = Notification::new("id1", &target, &data, 5).split();
+        let text = format!(
+            "{},\"offset\":18,\"epoch\":\"E\"{}",
+            std::str::from_utf8(&head).unwrap(),
+            std::str::from_utf8(&tail).unwrap()
+        );
+        let note = Received::parse(&text).unwrap();
+        assert_eq!(note.kind, "notification");
+        assert_eq!(note.channel_key().as_deref(), Some("room:orders"));
+        assert_eq!(
+            (note.position(), note.data, note.ts),
+            (Some(at), Some(data), Some(5))
+        );
+        let broadcast = Received::parse(r#"{"type":"notification","id":"x","data":1,"ts":2}"#);
+        assert_eq!(broadcast.unwrap().channel_key(), None);
     }
 
     #[test]

@@ -1,0 +1,293 @@
+//! The scenarios, one function each; `run` picks the one the command line names.
+
+use serde_json::json;
+
+use crate::cli::{Cli, Scenario};
+use crate::load::{self, Fanout, Server, Transport};
+use crate::report::{NO_HISTORY_SUFFIX, history_ratio, print_fanout, ratio, write_json};
+use crate::runs::{
+    NO_HISTORY, SSE_P50_TARGET_MS, baseline_fanout, gateway_fanout, gateway_fanout_with,
+    multi_fanout, multi_fanout_with, redis_fanout,
+};
+use crate::{baseline, chart, flood, placement, procs};
+
+/// Runs the scenario `cli` names, with its placement.
+pub async fn run(cli: Cli) {
+    placement::set(placement::Placement {
+        server_cpus: cli.server_cpus.clone(),
+        read_buffer: cli.read_buffer,
+    });
+    crate::cli::raise_file_limit();
+    let json_path = cli.json.as_deref();
+    match cli.scenario {
+        Scenario::BaselineServer { port } => baseline_server(port).await,
+        Scenario::Fanout {
+            connections,
+            publishes,
+            size,
+            no_history_first,
+        } => fanout(connections, publishes, size, no_history_first, json_path).await,
+        Scenario::Multi {
+            connections,
+            publishes,
+            size,
+        } => multi(connections, publishes, size, json_path).await,
+        Scenario::Sse {
+            connections,
+            publishes,
+            size,
+            sse_first,
+        } => sse(connections, publishes, size, sse_first, json_path).await,
+        Scenario::Memory { connections } => memory(connections, json_path).await,
+        Scenario::Flood {
+            invocations,
+            size,
+            readers,
+            in_flight,
+        } => async_flood(invocations, size, readers, in_flight, json_path).await,
+        Scenario::Churn {
+            cycles,
+            concurrency,
+        } => churn(cycles, concurrency, json_path).await,
+        Scenario::Sweep {
+            connections,
+            publishes,
+            size,
+            chart: png,
+        } => sweep(connections, publishes, size, png, json_path).await,
+        Scenario::Chart { from, chart: png } => redraw_chart(from, png).await,
+        Scenario::Smoke => smoke(json_path).await,
+    }
+}
+
+/// The bare broadcast server, until killed.
+pub async fn baseline_server(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    println!(
+        "baseline listening on {}",
+        listener.local_addr().expect("address")
+    );
+    baseline::serve(listener).await;
+}
+
+/// One room's fan-out: the gateway with history, without, and the baseline.
+pub async fn fanout(
+    connections: usize,
+    publishes: usize,
+    size: usize,
+    no_history_first: bool,
+    json_path: Option<&str>,
+) {
+    let no_history = format!("gateway{NO_HISTORY_SUFFIX}");
+    let mut runs = Vec::new();
+    for without in [no_history_first, !no_history_first] {
+        runs.push(if without {
+            gateway_fanout_with(&[NO_HISTORY], &no_history, connections, publishes, size).await
+        } else {
+            gateway_fanout(connections, publishes, size).await
+        });
+    }
+    runs.push(baseline_fanout(connections, publishes, size).await);
+    print_fanout(&runs);
+    let ratio = ratio(&runs, "gateway", "baseline");
+    if let Some(r) = ratio {
+        println!(
+            "gateway / baseline deliveries per second: {:.0}%",
+            r * 100.0
+        );
+    }
+    let history = history_ratio(&runs, "gateway");
+    write_json(
+        json_path,
+        &json!({"fanout": runs, "ratio": ratio, "history_ratio": history}),
+    );
+}
+
+/// The fan-out across three instances on one Redis, with history and without.
+pub async fn multi(connections: usize, publishes: usize, size: usize, json_path: Option<&str>) {
+    let no_history = format!("multi-instance{NO_HISTORY_SUFFIX}");
+    let runs = vec![
+        multi_fanout(connections, publishes, size).await,
+        multi_fanout_with(&[NO_HISTORY], &no_history, connections, publishes, size).await,
+    ];
+    print_fanout(&runs);
+    let history = history_ratio(&runs, "multi-instance");
+    write_json(json_path, &json!({"multi": runs, "history_ratio": history}));
+}
+
+/// SSE clients beside WebSocket clients, each on a gateway of its own over one Redis.
+pub async fn sse(
+    connections: usize,
+    publishes: usize,
+    size: usize,
+    sse_first: bool,
+    json_path: Option<&str>,
+) {
+    let redis = herald::testing::Server::redis();
+    let url = redis.url();
+    let run = (connections, publishes, size);
+    let mut order = [(Transport::WebSocket, "websocket"), (Transport::Sse, "sse")];
+    if sse_first {
+        order.reverse();
+    }
+    let mut runs = Vec::new();
+    for (transport, name) in order {
+        runs.push(redis_fanout(transport, &url, name, run).await);
+    }
+    print_fanout(&runs);
+    let sse = runs.iter().find(|r| r.server == "sse");
+    let p50 = sse.map(|r| r.p50_ms);
+    if let Some(p50) = p50 {
+        let verdict = if p50 <= SSE_P50_TARGET_MS {
+            "within"
+        } else {
+            "OVER"
+        };
+        println!("sse p50 {p50:.2} ms: {verdict} the {SSE_P50_TARGET_MS} ms target");
+    }
+    let ratio = ratio(&runs, "sse", "websocket");
+    if let Some(r) = ratio {
+        println!("sse / websocket deliveries per second: {:.0}%", r * 100.0);
+    }
+    write_json(json_path, &json!({"sse": runs, "ratio": ratio}));
+}
+
+/// Resident memory idle and with idle connections, gateway and baseline.
+pub async fn memory(connections: usize, json_path: Option<&str>) {
+    let gateway = procs::gateway(&[]).await;
+    let g = load::memory(
+        &Server::Gateway(vec![gateway.addr]),
+        "gateway",
+        gateway.pid(),
+        connections,
+    )
+    .await;
+    drop(gateway);
+    let baseline = procs::baseline().await;
+    let b = load::memory(
+        &Server::Baseline(baseline.addr),
+        "baseline",
+        baseline.pid(),
+        connections,
+    )
+    .await;
+    println!(
+        "{:<10} {:>6} {:>10} {:>10} {:>14}",
+        "server", "conns", "idle KiB", "with KiB", "per conn B"
+    );
+    for m in [&g, &b] {
+        println!(
+            "{:<10} {:>6} {:>10} {:>10} {:>14.0}",
+            m.server, m.connections, m.idle_kib, m.loaded_kib, m.per_connection_bytes
+        );
+    }
+    write_json(json_path, &json!({"memory": [g, b]}));
+}
+
+/// Event invocations as fast as they are taken, while readers read.
+pub async fn async_flood(
+    invocations: usize,
+    size: usize,
+    readers: usize,
+    in_flight: usize,
+    json_path: Option<&str>,
+) {
+    let gateway = procs::gateway(&[]).await;
+    let f = flood::flood(
+        gateway.addr,
+        gateway.pid(),
+        invocations,
+        size,
+        readers,
+        in_flight,
+    )
+    .await;
+    println!(
+        "{} Event invocations of {} B, {} at a time, in {:.2} s: {} accepted, {} answered 429",
+        f.invocations, f.size, in_flight, f.send_secs, f.accepted, f.throttled
+    );
+    println!(
+        "{} readers: {} closed; each received {}..{} of {} (the final one included)",
+        f.readers,
+        f.closed,
+        f.received_min,
+        f.received_max,
+        f.accepted + 1
+    );
+    println!(
+        "gateway RSS: {:.1} MiB idle, {:.1} MiB at the peak",
+        f.idle_rss_kib as f64 / 1024.0,
+        f.peak_rss_kib as f64 / 1024.0
+    );
+    write_json(json_path, &json!({"flood": f}));
+}
+
+/// Connect and disconnect cycles per second, with auth.
+pub async fn churn(cycles: usize, concurrency: usize, json_path: Option<&str>) {
+    let gateway = procs::gateway(&[]).await;
+    let c = load::churn(gateway.addr, cycles, concurrency).await;
+    println!(
+        "{} connect+disconnect cycles with auth, {} at a time: {:.0} per second",
+        c.cycles, c.concurrency, c.per_sec
+    );
+    write_json(json_path, &json!({"churn": c}));
+}
+
+/// The fan-out at several connection counts, both servers, and its chart.
+pub async fn sweep(
+    connections: Vec<usize>,
+    publishes: usize,
+    size: usize,
+    png: String,
+    json_path: Option<&str>,
+) {
+    let mut runs = Vec::new();
+    for &c in &connections {
+        runs.push(gateway_fanout(c, publishes, size).await);
+        runs.push(baseline_fanout(c, publishes, size).await);
+    }
+    print_fanout(&runs);
+    chart::draw(&runs, &png).unwrap_or_else(|e| panic!("chart: {e}"));
+    println!("chart written to {png}");
+    write_json(json_path, &json!({"sweep": runs}));
+}
+
+/// Redraws a sweep's chart from its JSON.
+pub async fn redraw_chart(from: String, png: String) {
+    let text = std::fs::read_to_string(&from).unwrap_or_else(|e| panic!("{from}: {e}"));
+    let figures: serde_json::Value = serde_json::from_str(&text).expect("sweep JSON");
+    let runs: Vec<Fanout> =
+        serde_json::from_value(figures["sweep"].clone()).expect("a sweep's runs");
+    chart::draw(&runs, &png).unwrap_or_else(|e| panic!("chart: {e}"));
+    println!("chart written to {png}");
+}
+
+/// A short run of every fan-out kind; exits 1 unless nothing is lost or duplicated.
+pub async fn smoke(json_path: Option<&str>) {
+    let redis = herald::testing::Server::redis();
+    let runs = vec![
+        gateway_fanout(50, 20, 100).await,
+        baseline_fanout(50, 20, 100).await,
+        multi_fanout(60, 20, 100).await,
+        redis_fanout(Transport::Sse, &redis.url(), "sse", (50, 20, 100)).await,
+    ];
+    print_fanout(&runs);
+    let mut failed = false;
+    for r in &runs {
+        let expected = (r.connections * r.publishes) as u64;
+        if r.lost != 0 || r.duplicated != 0 || r.deliveries != expected {
+            eprintln!(
+                "{}: lost {} duplicated {} of {expected}",
+                r.server, r.lost, r.duplicated
+            );
+            failed = true;
+        }
+    }
+    write_json(json_path, &json!({"smoke": runs}));
+    if failed {
+        std::process::exit(1);
+    }
+    println!("smoke: {} passed, 0 failed", runs.len());
+}

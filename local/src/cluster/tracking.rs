@@ -1,0 +1,92 @@
+//! `TrackingStore`: the shared store, with each local socket's joins and leaves mirrored
+//! onto the socket itself, so they can be put back after Redis restarts empty; and with the
+//! lists of recipients (room members, a user's connections, everyone, who holds which
+//! socket) refused as `Unavailable` while the instance re-registers, so a publish never
+//! reads a short list and answers a silent `delivered: 0`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald::ids::ConnectionId;
+use herald::protocol::RoomName;
+use herald::store::{ConnectionStore, ForwardingStore, Page, StoreError};
+
+use crate::cluster::Registration;
+use crate::connection::registry::Registry;
+
+/// Forwards to `inner`; mirrors memberships of sockets held by `registry`; lists recipients
+/// only while `registration` trusts the store.
+pub struct TrackingStore {
+    inner: Arc<dyn ConnectionStore>,
+    registry: Arc<Registry>,
+    registration: Arc<Registration>,
+}
+
+impl TrackingStore {
+    /// Wraps `inner`.
+    pub fn new(
+        inner: Arc<dyn ConnectionStore>,
+        registry: Arc<Registry>,
+        registration: Arc<Registration>,
+    ) -> Self {
+        Self {
+            inner,
+            registry,
+            registration,
+        }
+    }
+
+    fn mirror(&self, id: &ConnectionId, room: &RoomName, joined: bool) {
+        if let Some(socket) = self.registry.socket(id) {
+            socket.mirror(room, joined);
+        }
+    }
+}
+
+#[async_trait]
+impl ForwardingStore for TrackingStore {
+    fn inner(&self) -> &dyn ConnectionStore {
+        &*self.inner
+    }
+
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+        self.inner.join(id, room).await?;
+        self.mirror(id, room, true);
+        Ok(())
+    }
+
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+        // Mirror first: a leave that fails in the store must not come back after a restart.
+        self.mirror(id, room, false);
+        self.inner.leave(id, room).await
+    }
+
+    async fn room_members(
+        &self,
+        room: &RoomName,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        self.registration.check()?;
+        self.inner.room_members(room, cursor, limit).await
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
+        self.registration.check()?;
+        self.inner.user_connections(user).await
+    }
+
+    async fn all_connections(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConnectionId>, StoreError> {
+        self.registration.check()?;
+        self.inner.all_connections(cursor, limit).await
+    }
+
+    async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
+        self.registration.check()?;
+        self.inner.instances(ids).await
+    }
+}

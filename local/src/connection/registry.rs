@@ -1,0 +1,483 @@
+//! The sockets this gateway holds, and the in-process [`Gateway`] that writes to them.
+//!
+//! Each connection has a bounded outbound queue ([`Outbox`]) drained by its writer task. A
+//! post only enqueues, so one slow client never slows a fan-out to the others. When a client's queue
+//! is full the client is too slow to keep up: it is closed with 1008 (policy violation,
+//! reason `slow consumer`) and counted, and the post answers 410 so the publisher's
+//! `delivered` count stays exact and the store forgets it.
+//!
+//! The writers run at a lower priority than the HTTP side (see `upgrade.rs`), so a flood of
+//! publishes can queue faster than they write. Fan-out therefore paces itself: before it
+//! queues a page, it looks at a few of the page's queues, and while most of them hold more
+//! than [`BACKLOG_HIGH_WATER`] notifications and are draining, it waits. Clients that keep
+//! up are never closed as slow consumers by a flood: the publisher is slowed to the rate
+//! the writers deliver at instead.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald::gateway::{ConnectionInfo, Failures, Gateway, PushError};
+use herald::ids::{ConnectionId, now_ms};
+use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::events::ConnectionMeta;
+pub use crate::connection::outbox::Frame;
+use crate::connection::outbox::{Outbox, Refused};
+use crate::connection::wire::{self, Opcode};
+
+/// Close code for a client whose outbound queue overflowed.
+pub const SLOW_CONSUMER_CODE: u16 = crate::connection::close_code::POLICY_VIOLATION;
+/// Close reason for a client whose outbound queue overflowed.
+pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue full";
+
+/// Notifications queued for a socket beyond which fan-out waits for its writer (capped at
+/// half the queue). Deep enough that a writer sends many notifications per write under
+/// load, shallow enough that they wait a fraction of a second.
+pub const BACKLOG_HIGH_WATER: usize = 64;
+/// How many of a page's queues fan-out looks at before queuing it.
+const PACE_SAMPLES: usize = 8;
+/// How long the sampled queues may stay as deep as they were before fan-out stops waiting:
+/// a client that stopped reading does not drain, and is left to overflow its queue and be
+/// closed as a slow consumer rather than hold up every publish.
+const PACE_STALL: Duration = Duration::from_millis(5);
+/// How often fan-out looks again while it waits.
+const PACE_TICK: Duration = Duration::from_millis(1);
+
+/// One live socket as the rest of the gateway sees it.
+pub struct Socket {
+    /// What the writer sends; first, on a cache line of its own, as a post touches nothing
+    /// else of the socket.
+    pub outbox: Outbox,
+    /// What the handshake established.
+    pub meta: ConnectionMeta,
+    /// Cancelled when the gateway decides to close the socket.
+    pub closing: CancellationToken,
+    close_reason: Mutex<Option<(u16, String)>>,
+    /// Written by the writer after every batch; on a cache line of its own, so a publish
+    /// pushing into the outbox on another core does not miss on it.
+    last_active: CacheLine<AtomicI64>,
+    disconnected: AtomicBool,
+    /// The rooms this socket joined, mirrored here so a restarted store can be refilled.
+    rooms: Mutex<BTreeSet<RoomName>>,
+}
+
+impl Socket {
+    /// A socket whose outbox holds up to `queue_len` notifications.
+    pub fn new(meta: ConnectionMeta, queue_len: usize) -> Arc<Self> {
+        Arc::new(Self {
+            outbox: Outbox::new(queue_len),
+            last_active: CacheLine(AtomicI64::new(meta.connected_at)),
+            meta,
+            closing: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            disconnected: AtomicBool::new(false),
+            rooms: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// Asks the socket to close with `code` and `reason`; the first request wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        {
+            let mut current = self.close_reason.lock().unwrap_or_else(|p| p.into_inner());
+            if current.is_none() {
+                *current = Some((code, reason.to_owned()));
+            }
+        }
+        self.outbox.close();
+        self.closing.cancel();
+    }
+
+    /// The close requested by the gateway, if any.
+    pub fn close_reason(&self) -> Option<(u16, String)> {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records activity for the Management API's `lastActiveAt`.
+    pub fn touch(&self) {
+        self.last_active.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The rooms this socket has joined.
+    pub fn rooms(&self) -> Vec<RoomName> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Records a join (`true`) or a leave (`false`).
+    pub fn mirror(&self, room: &RoomName, joined: bool) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if joined {
+            rooms.insert(room.clone());
+        } else {
+            rooms.remove(room);
+        }
+    }
+
+    /// Whether the socket still takes posts (no close has been asked for).
+    fn is_open(&self) -> bool {
+        self.outbox.is_open()
+    }
+
+    /// True exactly once: whoever gets `true` runs `$disconnect`.
+    pub fn claim_disconnect(&self) -> bool {
+        !self.disconnected.swap(true, Ordering::SeqCst)
+    }
+}
+
+/// A value alone on its cache line.
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+/// Live sockets by connection id.
+#[derive(Default)]
+pub struct Registry {
+    sockets: RwLock<Table>,
+    slow_consumers: AtomicU64,
+}
+
+impl Registry {
+    /// Adds a socket.
+    pub fn insert(&self, socket: Arc<Socket>) {
+        self.write().insert(socket.meta.id.clone(), socket);
+    }
+
+    /// Removes a socket.
+    pub fn remove(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
+        self.write().remove(id)
+    }
+
+    /// A socket by id.
+    pub fn socket(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
+        self.sockets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Every socket held now.
+    pub fn all(&self) -> Vec<Arc<Socket>> {
+        self.sockets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// How many sockets are held.
+    pub fn len(&self) -> usize {
+        self.sockets.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no socket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many from `ip` are held.
+    pub fn count_ip(&self, ip: &str) -> usize {
+        self.sockets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.meta.source_ip == ip)
+            .count()
+    }
+
+    /// Clients closed for being too slow, since start.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.sockets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self, id: &ConnectionId) -> Result<Arc<Socket>, PushError> {
+        match self.socket(id) {
+            Some(socket) if socket.is_open() => Ok(socket),
+            _ => Err(PushError::Gone),
+        }
+    }
+}
+
+type Table = HashMap<ConnectionId, Arc<Socket>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes connection ids for the socket table, which a publish reads once per recipient.
+///
+/// The ids in the table are random (this gateway generates them), so they need no keyed
+/// hash to resist collisions chosen by a client, as SipHash provides at several times the
+/// cost: mixing their bytes is enough.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The frame for a payload: text when it is UTF-8 (all of Herald's own messages), as API
+/// Gateway forwards posted bytes as they are otherwise.
+pub fn frame(payload: Bytes) -> Result<Frame, PushError> {
+    if payload.len() > MAX_NOTIFICATION_BYTES {
+        return Err(PushError::PayloadTooLarge);
+    }
+    let opcode = match std::str::from_utf8(&payload) {
+        Ok(_) => Opcode::Text,
+        Err(_) => Opcode::Binary,
+    };
+    Ok(Arc::new(wire::encode(opcode, &payload)))
+}
+
+impl Registry {
+    /// Queues `message` for `id` without waiting.
+    pub fn post_now(&self, id: &ConnectionId, message: &Frame) -> Result<(), PushError> {
+        self.socket(id).map_or(Err(PushError::Gone), |socket| {
+            self.post_to(&socket, message)
+        })
+    }
+
+    /// Queues `message` for each of `ids` under one read lock of the socket table; answers
+    /// the ones that failed.
+    pub fn post_all(&self, ids: &[ConnectionId], message: &Frame) -> Failures {
+        let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
+        let mut failures = Failures::new();
+        for (i, id) in ids.iter().enumerate() {
+            let posted = sockets
+                .get(id)
+                .map_or(Err(PushError::Gone), |socket| self.post_to(socket, message));
+            if let Err(error) = posted {
+                failures.push((i, error));
+            }
+        }
+        failures
+    }
+
+    /// Waits while most of the sampled queues of `ids` are past the high-water mark and
+    /// their writers are draining them (see the module header).
+    pub async fn pace(&self, ids: &[ConnectionId]) {
+        let mut last = self.sample_backlog(ids);
+        let mut stalled_since = None;
+        while last.is_some() {
+            tokio::time::sleep(PACE_TICK).await;
+            let now = self.sample_backlog(ids);
+            match (now, last) {
+                (Some(depth), Some(before)) if depth >= before => {
+                    let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= PACE_STALL {
+                        return;
+                    }
+                }
+                _ => stalled_since = None,
+            }
+            last = now;
+        }
+    }
+
+    /// The summed depth of up to [`PACE_SAMPLES`] queues spread over `ids`, when most of
+    /// them are past the high-water mark; `None` when they are not.
+    fn sample_backlog(&self, ids: &[ConnectionId]) -> Option<usize> {
+        let step = ids.len().div_ceil(PACE_SAMPLES).max(1);
+        let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
+        let (mut sampled, mut deep, mut depth) = (0, 0, 0);
+        for socket in ids.iter().step_by(step).filter_map(|id| sockets.get(id)) {
+            sampled += 1;
+            // A closed socket's queue is not waited for: it is only ever emptied, or dropped.
+            if let Some((queued, capacity)) = socket.outbox.backlog() {
+                depth += queued;
+                if queued > BACKLOG_HIGH_WATER.min(capacity / 2) {
+                    deep += 1;
+                }
+            }
+        }
+        (deep * 2 > sampled).then_some(depth)
+    }
+
+    /// Queues `message` for a socket already looked up: gone once a close has been asked
+    /// for, or when its queue is full (the slow consumer is then closed).
+    pub fn post_to(&self, socket: &Socket, message: &Frame) -> Result<(), PushError> {
+        // `lastActiveAt` is stamped by the writer when it sends, not here on the hot path.
+        match socket.outbox.push(message) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full) => {
+                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(connection_id = %socket.meta.id, "outbound queue full; closing the slow consumer");
+                socket.close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON);
+                Err(PushError::Gone)
+            }
+            Err(Refused::Closed) => Err(PushError::Gone),
+        }
+    }
+}
+
+/// The in-process `@connections`: posts go straight into the sockets' queues.
+#[async_trait]
+impl Gateway for Registry {
+    async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError> {
+        self.post_now(id, &frame(payload)?)
+    }
+
+    /// Posting here never waits, so a whole page is queued in one go: the publish is not
+    /// interleaved with the writers it wakes, and a writer that runs later finds several
+    /// notifications to send in one write.
+    fn prefers_batches(&self) -> bool {
+        true
+    }
+
+    async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
+        self.pace(ids).await;
+        match frame(payload) {
+            Ok(message) => self.post_all(ids, &message),
+            Err(e) => (0..ids.len()).map(|i| (i, e.clone())).collect(),
+        }
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<ConnectionInfo, PushError> {
+        let socket = self.live(id)?;
+        Ok(ConnectionInfo {
+            connected_at: socket.meta.connected_at,
+            last_active_at: socket.last_active.0.load(Ordering::Relaxed),
+            source_ip: Some(socket.meta.source_ip.clone()),
+            user_agent: socket.meta.user_agent.clone(),
+        })
+    }
+
+    async fn delete(&self, id: &ConnectionId) -> Result<(), PushError> {
+        let socket = self.live(id)?;
+        socket.close(
+            crate::connection::close_code::NORMAL,
+            "Connection closed by the server",
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A registry holding `n` sockets, each with `queued` notifications waiting.
+    fn registry_with(n: usize, queued: usize) -> (Arc<Registry>, Vec<ConnectionId>) {
+        let registry = Arc::new(Registry::default());
+        let frame = frame(Bytes::from_static(b"{}")).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let socket = Socket::new(
+                ConnectionMeta {
+                    id: ConnectionId::generate(),
+                    connected_at: 0,
+                    source_ip: "127.0.0.1".into(),
+                    user_agent: None,
+                    domain_name: "localhost".into(),
+                    context: serde_json::Map::new(),
+                },
+                1024,
+            );
+            for _ in 0..queued {
+                socket.outbox.push(&frame).unwrap();
+            }
+            ids.push(socket.meta.id.clone());
+            registry.insert(socket);
+        }
+        (registry, ids)
+    }
+
+    fn deep(registry: &Registry, ids: &[ConnectionId]) -> usize {
+        ids.iter()
+            .filter(|id| registry.socket(id).unwrap().outbox.len() > BACKLOG_HIGH_WATER)
+            .count()
+    }
+
+    // Paused time: the ticks of `pace` and of the writers below advance in step, however
+    // busy the machine running the test is.
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_waits_while_the_writers_drain_deep_queues() {
+        let (registry, ids) = registry_with(8, BACKLOG_HIGH_WATER + 40);
+        // Writers that send four notifications per socket every millisecond.
+        let draining = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    for socket in registry.all() {
+                        let mut taken = VecDeque::new();
+                        socket.outbox.take_now(&mut taken);
+                        for frame in taken.iter().skip(4) {
+                            socket.outbox.push(frame).unwrap();
+                        }
+                    }
+                }
+            }
+        });
+        assert_eq!(deep(&registry, &ids), 8);
+        tokio::time::timeout(Duration::from_secs(10), registry.pace(&ids))
+            .await
+            .expect("the queues drained below the mark");
+        draining.abort();
+        assert!(
+            deep(&registry, &ids) * 2 <= ids.len(),
+            "fan-out went on only once most queues were below the mark"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_does_not_wait_for_queues_that_do_not_drain() {
+        let (registry, ids) = registry_with(8, BACKLOG_HIGH_WATER + 40);
+        tokio::time::timeout(Duration::from_secs(5), registry.pace(&ids))
+            .await
+            .expect("stalled queues are left to overflow, not waited for");
+        assert_eq!(deep(&registry, &ids), 8);
+    }
+
+    #[test]
+    fn shallow_or_mostly_shallow_pages_are_not_held_up() {
+        let (registry, ids) = registry_with(8, BACKLOG_HIGH_WATER);
+        assert_eq!(registry.sample_backlog(&ids), None);
+        // Three deep queues of eight: a minority, so no wait.
+        let frame = frame(Bytes::from_static(b"{}")).unwrap();
+        for id in &ids[..3] {
+            registry.socket(id).unwrap().outbox.push(&frame).unwrap();
+        }
+        assert_eq!(registry.sample_backlog(&ids), None);
+        registry
+            .socket(&ids[3])
+            .unwrap()
+            .outbox
+            .push(&frame)
+            .unwrap();
+        registry
+            .socket(&ids[4])
+            .unwrap()
+            .outbox
+            .push(&frame)
+            .unwrap();
+        assert!(registry.sample_backlog(&ids).is_some(), "five of eight");
+    }
+}

@@ -1,0 +1,30 @@
+//! Every route of the gateway: the demo page, the WebSocket handshake, the fallback
+//! readers (with CORS), and the control plane for every other path.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tower::util::MapResponseLayer;
+
+use crate::app::App;
+use crate::control_plane::{self, async_invoke::AsyncInvokes};
+use crate::readers::{cors, poll, sse};
+use crate::{demo, ws};
+
+/// Every route of the gateway.
+pub(crate) fn router(app: Arc<App>, async_invokes: AsyncInvokes) -> Router {
+    let control_plane = control_plane::router(app.clone(), async_invokes);
+    let readers = Router::new()
+        .route("/{stage}/events", get(sse::events).options(cors::preflight))
+        .route("/{stage}/poll", get(poll::poll).options(cors::preflight))
+        .layer(MapResponseLayer::new(cors::allow_any_origin));
+    Router::new()
+        .route("/", get(demo::page))
+        .route(demo::CLIENT_PATH, get(demo::client))
+        .route(demo::STATS_PATH, get(demo::stats))
+        .route("/{stage}", get(ws::handshake::handshake))
+        .merge(readers)
+        .with_state(app)
+        .fallback_service(control_plane)
+}

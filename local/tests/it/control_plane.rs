@@ -1,0 +1,277 @@
+//! The control plane (`@connections`, the Lambda Invoke API) with credentials: the real AWS
+//! SDK clients signed with the right keys work unchanged; wrong keys, a stale clock and
+//! unsigned requests are refused with AWS's answers; and nothing that can publish or
+//! disconnect is served beyond loopback without credentials unless asked for.
+
+use crate::common;
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_apigatewaymanagement::config::{Credentials as SdkCredentials, Region};
+use aws_sdk_apigatewaymanagement::error::ProvideErrorMetadata;
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use aws_smithy_async::time::StaticTimeSource;
+use common::{Gateway, PATIENCE, settings};
+use herald_local::{ControlPlane, ControlPlaneMode, Credentials, Settings, StartError};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEY_ID: &str = "AKIDHERALDTEST";
+const SECRET: &str = "herald-control-plane-test-secret";
+
+fn signed_settings() -> Settings {
+    let mut settings = settings();
+    settings.control_plane.credentials = Some(Credentials {
+        access_key_id: KEY_ID.into(),
+        secret_access_key: SECRET.into(),
+    });
+    settings
+}
+
+/// A management client signing with these keys, at `now` (the real clock when `None`).
+fn management(
+    gw: &Gateway,
+    key: &str,
+    secret: &str,
+    now: Option<SystemTime>,
+) -> aws_sdk_apigatewaymanagement::Client {
+    let mut config = aws_sdk_apigatewaymanagement::Config::builder()
+        .behavior_version(aws_sdk_apigatewaymanagement::config::BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .credentials_provider(SdkCredentials::new(key, secret, None, None, "test"))
+        .endpoint_url(format!("http://{}/local", gw.addr));
+    if let Some(now) = now {
+        config = config.time_source(StaticTimeSource::new(now));
+    }
+    aws_sdk_apigatewaymanagement::Client::from_conf(config.build())
+}
+
+fn lambda(gw: &Gateway, key: &str, secret: &str) -> aws_sdk_lambda::Client {
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+        .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+            key, secret, None, None, "test",
+        ))
+        .endpoint_url(format!("http://{}", gw.addr))
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
+}
+
+/// Invokes `publish` with `payload`, signed with these keys.
+async fn publish(
+    gw: &Gateway,
+    key: &str,
+    secret: &str,
+    payload: serde_json::Value,
+) -> Result<
+    aws_sdk_lambda::operation::invoke::InvokeOutput,
+    aws_sdk_lambda::error::SdkError<aws_sdk_lambda::operation::invoke::InvokeError>,
+> {
+    lambda(gw, key, secret)
+        .invoke()
+        .function_name("publish")
+        .payload(aws_sdk_lambda::primitives::Blob::new(payload.to_string()))
+        .send()
+        .await
+}
+
+/// One raw HTTP/1.1 request; the status line and headers of the answer, lowercased.
+async fn raw(gw: &Gateway, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer).to_lowercase()
+}
+
+#[tokio::test]
+async fn sdk_clients_with_the_right_keys_work_unchanged() {
+    let gw = Gateway::start_with(signed_settings()).await;
+    let mut client = gw.connect("ann", &["orders"], &[]).await;
+    client.subscribe("orders").await;
+
+    let management = management(&gw, KEY_ID, SECRET, None);
+    management
+        .post_to_connection()
+        .connection_id(&client.id)
+        .data(Blob::new(b"{\"direct\":1}".to_vec()))
+        .send()
+        .await
+        .expect("a signed post is accepted");
+    assert_eq!(client.recv().await, json!({"direct": 1}));
+    let info = management
+        .get_connection()
+        .connection_id(&client.id)
+        .send()
+        .await
+        .expect("a signed get is accepted");
+    assert!(info.connected_at().is_some());
+
+    let answer = publish(
+        &gw,
+        KEY_ID,
+        SECRET,
+        json!({"room": "orders", "data": {"n": 2}}),
+    )
+    .await
+    .expect("a signed invoke is accepted");
+    assert_eq!(answer.function_error(), None);
+    assert_eq!(client.recv().await["data"], json!({"n": 2}));
+}
+
+#[tokio::test]
+async fn wrong_keys_and_stale_clocks_are_refused_as_aws_refuses_them() {
+    let gw = Gateway::start_with(signed_settings()).await;
+    let mut client = gw.connect("ann", &["orders"], &[]).await;
+    let post = |management: aws_sdk_apigatewaymanagement::Client, id: String| async move {
+        management
+            .post_to_connection()
+            .connection_id(id)
+            .data(Blob::new(b"forged".to_vec()))
+            .send()
+            .await
+            .expect_err("refused")
+    };
+    let wrong_secret = post(management(&gw, KEY_ID, "not-it", None), client.id.clone()).await;
+    assert_eq!(wrong_secret.code(), Some("InvalidSignatureException"));
+    let wrong_key = post(
+        management(&gw, "AKIDOTHER", SECRET, None),
+        client.id.clone(),
+    )
+    .await;
+    assert_eq!(wrong_key.code(), Some("UnrecognizedClientException"));
+    let stale = SystemTime::now() - Duration::from_secs(20 * 60);
+    let stale = post(
+        management(&gw, KEY_ID, SECRET, Some(stale)),
+        client.id.clone(),
+    )
+    .await;
+    assert_eq!(stale.code(), Some("InvalidSignatureException"));
+
+    let deleted = management(&gw, KEY_ID, "not-it", None)
+        .delete_connection()
+        .connection_id(&client.id)
+        .send()
+        .await
+        .expect_err("refused");
+    assert_eq!(deleted.code(), Some("InvalidSignatureException"));
+
+    let invoke = publish(&gw, KEY_ID, "not-it", json!({"room": "orders", "data": 1}))
+        .await
+        .expect_err("refused");
+    assert_eq!(invoke.code(), Some("InvalidSignatureException"));
+
+    // Nothing forged arrived, and the connection is still open.
+    client.expect_nothing(Duration::from_millis(300)).await;
+    assert_eq!(client.whoami().await, client.id);
+}
+
+#[tokio::test]
+async fn unsigned_requests_are_missing_a_token() {
+    let gw = Gateway::start_with(signed_settings()).await;
+    let client = gw.connect("ann", &[], &[]).await;
+    let body = r#"{"broadcast":true,"data":1}"#;
+    for request in [
+        format!(
+            "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: {}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            gw.addr,
+            body.len()
+        ),
+        format!(
+            "DELETE /local/@connections/{} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            client.id, gw.addr
+        ),
+        format!(
+            "GET /local/%40connections/{} HTTP/1.1\r\nhost: {}\r\nauthorization: AWS4-HMAC-SHA256 \
+             Credential={KEY_ID}/20260101/us-east-1/execute-api/aws4_request, \
+             SignedHeaders=host, Signature=00\r\nconnection: close\r\n\r\n",
+            client.id, gw.addr
+        ),
+    ] {
+        let answer = raw(&gw, &request).await;
+        assert!(answer.starts_with("http/1.1 403"), "{answer}");
+        assert!(answer.contains("x-amzn-errortype: "), "{answer}");
+    }
+    let unsigned = raw(
+        &gw,
+        &format!(
+            "GET /local/@connections/{} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            client.id, gw.addr
+        ),
+    )
+    .await;
+    assert!(
+        unsigned.contains("x-amzn-errortype: missingauthenticationtokenexception"),
+        "{unsigned}"
+    );
+    // The WebSocket side is not the control plane: it keeps its JWT handshake.
+    let mut again = gw.connect("bob", &[], &[]).await;
+    assert!(!again.whoami().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_http_push_path_signs_with_the_configured_keys() {
+    let mut settings = signed_settings();
+    settings.push_via_http = true;
+    let gw = Gateway::start_with(settings).await;
+    let mut client = gw.connect("ann", &["orders"], &[]).await;
+    client.subscribe("orders").await;
+    let payload = json!({"room": "orders", "data": "through http"});
+    let answer = publish(&gw, KEY_ID, SECRET, payload).await.unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(answer.payload().unwrap().as_ref()).unwrap();
+    assert_eq!(body["delivered"], 1, "{body}");
+    assert_eq!(client.recv().await["data"], "through http");
+}
+
+#[tokio::test]
+async fn without_credentials_only_loopback_is_served_unless_asked() {
+    let err = herald_local::bind("0.0.0.0", 0, settings())
+        .await
+        .err()
+        .expect("refused beyond loopback");
+    assert!(matches!(err, StartError::OpenControlPlane(_)), "{err}");
+
+    let mut insecure = settings();
+    insecure.control_plane = ControlPlane {
+        credentials: None,
+        insecure_open: true,
+    };
+    let ready = herald_local::bind("0.0.0.0", 0, insecure).await.unwrap();
+    assert_eq!(ready.control_plane, ControlPlaneMode::OpenInsecure);
+    drop(ready);
+
+    let ready = herald_local::bind("0.0.0.0", 0, signed_settings())
+        .await
+        .unwrap();
+    assert_eq!(ready.control_plane, ControlPlaneMode::Signed);
+    drop(ready);
+
+    let ready = herald_local::bind("127.0.0.1", 0, settings())
+        .await
+        .unwrap();
+    assert_eq!(ready.control_plane, ControlPlaneMode::OpenOnLoopback);
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_expose_an_open_control_plane() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
+        .args(["--host", "0.0.0.0", "--port", "0"])
+        .env("HERALD_JWT_SECRET", "s")
+        .env_remove("HERALD_ACCESS_KEY_ID")
+        .env_remove("HERALD_SECRET_ACCESS_KEY")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .expect("it exits at once")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HERALD_ACCESS_KEY_ID"), "{stderr}");
+}
