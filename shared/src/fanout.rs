@@ -325,6 +325,7 @@ mod tests {
     use super::*;
     use crate::gateway::{RecordingGateway, Scripted};
     use crate::protocol::RoomName;
+    use crate::store::Connections;
     use crate::store::MemoryStore;
     use crate::store::suite::connection;
 

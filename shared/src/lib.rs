@@ -13,7 +13,7 @@
 //! | [`protocol`] | `src/protocol/` | client frames, replies, notifications, the publish API, validation |
 //! | [`auth`] | `src/auth/` | JWT verification, room patterns, the identity in the authorizer context |
 //! | [`aws`] | `src/aws.rs` | SDK settings: the default chain, or fixed ones for loopback servers |
-//! | [`store`] | `src/store/` | `ConnectionStore`, its backends (`memory.rs`, `redis/`, `dynamo/`), rooms' and users' history (`history.rs`, and each backend's), `ForwardingStore`, the shared store test suite |
+//! | [`store`] | `src/store/` | the store's three traits, one per concern (`Connections`, `History`, `Counters`; together `ConnectionStore`), declared once each with `ForwardingStore` for decorators (`forwarding.rs`); its backends (`memory/`, `redis/`, `dynamo/`, each a file per concern); history's types (`history.rs`); the shared store test suite |
 //! | [`gateway`] | `src/gateway/` | `Gateway` (`@connections`), `ApiGatewayManagement`, a recording double |
 //! | [`reader`] | `src/reader/` | readers of channels (SSE, long polling) on both hosts: one admission (rooms, cursor, token, room limit), catching up from a cursor, following live, SSE framing |
 //! | [`fanout`] | `src/fanout.rs` | paged recipients, bounded concurrency, 410 cleanup, 429 backoff |

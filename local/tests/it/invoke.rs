@@ -264,7 +264,7 @@ impl herald::store::ForwardingStore for SlowRooms {
         limit: usize,
     ) -> Result<herald::store::Page<herald::ids::ConnectionId>, herald::store::StoreError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        herald::store::ConnectionStore::room_members(&self.0, room, cursor, limit).await
+        herald::store::Connections::room_members(&self.0, room, cursor, limit).await
     }
 }
 

@@ -190,6 +190,7 @@ impl Follow {
 mod tests {
     use super::*;
     use crate::protocol::RoomName;
+    use crate::store::History;
     use crate::store::{Draft, MemoryStore};
     use bytes::Bytes;
 

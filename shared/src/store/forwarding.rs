@@ -1,238 +1,106 @@
-//! `ForwardingStore`: a store that wraps another and changes only some of its operations.
+//! How each of the store's traits is declared: once, by [`store_trait!`], which writes the
+//! trait and how a decorator forwards it, so no list of operations is written twice.
 //!
 //! A decorator (`herald-local`'s `TrackingStore`, a test's counting store) implements
-//! [`ForwardingStore`], names its inner store, and overrides only the operations it changes;
-//! every other operation reaches the inner store unchanged. Each implementation is a
-//! [`ConnectionStore`] through the blanket implementation below, so the list of operations
-//! is forwarded in this one place.
+//! [`ForwardingStore`](super::ForwardingStore), names its inner store, and overrides only
+//! the connection operations it changes; every other operation, history and counters
+//! included, reaches the inner store unchanged.
 
-use std::time::Duration;
+/// Declares one concern's trait from its list of operations, each with its doc comment.
+///
+/// - `overridable`: the trait, plus `ForwardingStore`, whose default methods forward each
+///   operation to `inner()` (a decorator overrides some), and the trait for every
+///   `ForwardingStore` through those methods.
+/// - `forwarded`: the trait, and for every `ForwardingStore` each operation forwarded to
+///   `inner()` as it is.
+macro_rules! store_trait {
+    (
+        overridable
+        $(#[$trait_meta:meta])*
+        pub trait $name:ident {
+            $(
+                $(#[$meta:meta])*
+                async fn $method:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+            )*
+        }
+    ) => {
+        $(#[$trait_meta])*
+        #[async_trait::async_trait]
+        pub trait $name: Send + Sync + 'static {
+            $(
+                $(#[$meta])*
+                async fn $method(&self $(, $arg: $ty)*) -> $ret;
+            )*
+        }
 
-use async_trait::async_trait;
+        /// A store that wraps another ([`ForwardingStore::inner`]) and may change some of
+        #[doc = concat!("its [`", stringify!($name), "`] operations; each method means what")]
+        /// the trait's method of the same name means. Everything it does not override, and
+        /// every other concern, reaches the inner store unchanged.
+        #[async_trait::async_trait]
+        pub trait ForwardingStore: Send + Sync + 'static {
+            /// The store every operation not overridden goes to.
+            fn inner(&self) -> &dyn ConnectionStore;
 
-use super::{
-    Channel, Connection, ConnectionStore, Draft, HistoryRead, Page, Position, Range, Retention,
-    StoreError,
-};
-use crate::ids::ConnectionId;
-use crate::protocol::RoomName;
+            $(
+                $(#[$meta])*
+                async fn $method(&self $(, $arg: $ty)*) -> $ret {
+                    $name::$method(self.inner() $(, $arg)*).await
+                }
+            )*
+        }
 
-/// A store that forwards to [`ForwardingStore::inner`] what it does not override. Each
-/// method has the meaning of the [`ConnectionStore`] method of the same name.
-#[async_trait]
-#[allow(missing_docs)]
-pub trait ForwardingStore: Send + Sync + 'static {
-    /// The store every operation not overridden goes to.
-    fn inner(&self) -> &dyn ConnectionStore;
+        #[async_trait::async_trait]
+        impl<T: ForwardingStore> $name for T {
+            $(
+                async fn $method(&self $(, $arg: $ty)*) -> $ret {
+                    ForwardingStore::$method(self $(, $arg)*).await
+                }
+            )*
+        }
+    };
+    (
+        forwarded
+        $(#[$trait_meta:meta])*
+        pub trait $name:ident {
+            $(
+                $(#[$meta:meta])*
+                async fn $method:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+            )*
+        }
+    ) => {
+        $(#[$trait_meta])*
+        #[async_trait::async_trait]
+        pub trait $name: Send + Sync + 'static {
+            $(
+                $(#[$meta])*
+                async fn $method(&self $(, $arg: $ty)*) -> $ret;
+            )*
+        }
 
-    async fn add(&self, connection: &Connection) -> Result<(), StoreError> {
-        self.inner().add(connection).await
-    }
-
-    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        self.inner().get(id).await
-    }
-
-    async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError> {
-        self.inner().refresh(id, expires_at).await
-    }
-
-    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        self.inner().remove(id).await
-    }
-
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
-        self.inner().join(id, room).await
-    }
-
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
-        self.inner().leave(id, room).await
-    }
-
-    async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
-        self.inner().rooms_of(id).await
-    }
-
-    async fn room_members(
-        &self,
-        room: &RoomName,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<ConnectionId>, StoreError> {
-        self.inner().room_members(room, cursor, limit).await
-    }
-
-    async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
-        self.inner().user_connections(user).await
-    }
-
-    async fn count_user(&self, user: &str) -> Result<usize, StoreError> {
-        self.inner().count_user(user).await
-    }
-
-    async fn all_connections(
-        &self,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<ConnectionId>, StoreError> {
-        self.inner().all_connections(cursor, limit).await
-    }
-
-    async fn claim_idempotency_key(
-        &self,
-        key: &str,
-        id: &str,
-        window: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        self.inner().claim_idempotency_key(key, id, window).await
-    }
-
-    async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
-        self.inner().release_idempotency_key(key, id).await
-    }
-
-    async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
-        self.inner().instances(ids).await
-    }
-
-    async fn count_event(
-        &self,
-        key: &str,
-        window: Duration,
-        limit: u32,
-    ) -> Result<bool, StoreError> {
-        self.inner().count_event(key, window, limit).await
-    }
-
-    async fn append(
-        &self,
-        channel: &Channel,
-        draft: &Draft,
-        retention: &Retention,
-    ) -> Result<Position, StoreError> {
-        self.inner().append(channel, draft, retention).await
-    }
-
-    async fn read_history(
-        &self,
-        channel: &Channel,
-        range: Range,
-        limit: usize,
-        retention: &Retention,
-    ) -> Result<HistoryRead, StoreError> {
-        self.inner()
-            .read_history(channel, range, limit, retention)
-            .await
-    }
-}
-
-#[async_trait]
-impl<T: ForwardingStore> ConnectionStore for T {
-    async fn add(&self, connection: &Connection) -> Result<(), StoreError> {
-        ForwardingStore::add(self, connection).await
-    }
-
-    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        ForwardingStore::get(self, id).await
-    }
-
-    async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError> {
-        ForwardingStore::refresh(self, id, expires_at).await
-    }
-
-    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        ForwardingStore::remove(self, id).await
-    }
-
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
-        ForwardingStore::join(self, id, room).await
-    }
-
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
-        ForwardingStore::leave(self, id, room).await
-    }
-
-    async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
-        ForwardingStore::rooms_of(self, id).await
-    }
-
-    async fn room_members(
-        &self,
-        room: &RoomName,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<ConnectionId>, StoreError> {
-        ForwardingStore::room_members(self, room, cursor, limit).await
-    }
-
-    async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
-        ForwardingStore::user_connections(self, user).await
-    }
-
-    async fn count_user(&self, user: &str) -> Result<usize, StoreError> {
-        ForwardingStore::count_user(self, user).await
-    }
-
-    async fn all_connections(
-        &self,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<ConnectionId>, StoreError> {
-        ForwardingStore::all_connections(self, cursor, limit).await
-    }
-
-    async fn claim_idempotency_key(
-        &self,
-        key: &str,
-        id: &str,
-        window: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        ForwardingStore::claim_idempotency_key(self, key, id, window).await
-    }
-
-    async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
-        ForwardingStore::release_idempotency_key(self, key, id).await
-    }
-
-    async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
-        ForwardingStore::instances(self, ids).await
-    }
-
-    async fn count_event(
-        &self,
-        key: &str,
-        window: Duration,
-        limit: u32,
-    ) -> Result<bool, StoreError> {
-        ForwardingStore::count_event(self, key, window, limit).await
-    }
-
-    async fn append(
-        &self,
-        channel: &Channel,
-        draft: &Draft,
-        retention: &Retention,
-    ) -> Result<Position, StoreError> {
-        ForwardingStore::append(self, channel, draft, retention).await
-    }
-
-    async fn read_history(
-        &self,
-        channel: &Channel,
-        range: Range,
-        limit: usize,
-        retention: &Retention,
-    ) -> Result<HistoryRead, StoreError> {
-        ForwardingStore::read_history(self, channel, range, limit, retention).await
-    }
+        #[async_trait::async_trait]
+        impl<T: ForwardingStore> $name for T {
+            $(
+                async fn $method(&self $(, $arg: $ty)*) -> $ret {
+                    $name::$method(self.inner() $(, $arg)*).await
+                }
+            )*
+        }
+    };
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::*;
-    use crate::store::MemoryStore;
+    use async_trait::async_trait;
+
+    use super::super::{
+        Channel, ConnectionStore, Connections, Draft, ForwardingStore, History, MemoryStore, Range,
+        Retention, StoreError,
+    };
+    use crate::ids::ConnectionId;
+    use crate::protocol::RoomName;
     use crate::store::suite::connection;
 
     /// Counts joins and changes nothing else.
@@ -276,5 +144,27 @@ mod tests {
             Some("ann".into())
         );
         assert_eq!(counting.joins.load(Ordering::Relaxed), 1);
+        // History and counters reach the inner store too.
+        let keep = Retention::new(10, std::time::Duration::from_secs(60)).unwrap();
+        let channel = Channel::Room(room);
+        let draft = Draft {
+            head: bytes::Bytes::from_static(b"{\"type\":\"notification\",\"id\":\"n\""),
+            tail: bytes::Bytes::from_static(b",\"data\":1}"),
+        };
+        let at = store.append(&channel, &draft, &keep).await.unwrap();
+        let read = History::read_history(&counting.inner, &channel, Range::Latest, 10, &keep);
+        assert_eq!(read.await.unwrap().position.offset, at.offset);
+        assert!(
+            store
+                .count_event("k", std::time::Duration::from_secs(1), 1)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .count_event("k", std::time::Duration::from_secs(1), 1)
+                .await
+                .unwrap()
+        );
     }
 }

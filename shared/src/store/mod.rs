@@ -1,9 +1,12 @@
 //! Connection state: who is connected, which rooms they joined, idempotency keys, and the
 //! history of every room and user inbox ([`history`]).
 //!
-//! [`ConnectionStore`] is the one interface the handlers use; [`MemoryStore`] implements it
-//! in-process, and the Redis and DynamoDB stores implement the same trait for the hosts
-//! that share state between processes. The trait is shaped for those backends:
+//! [`ConnectionStore`] is what the handlers hold: three traits, one per concern —
+//! [`Connections`] (connections and their rooms), [`History`] (rooms' and users' history),
+//! [`Counters`] (idempotency keys and rate counters). [`MemoryStore`] implements them
+//! in-process, and the Redis and DynamoDB stores implement the same traits for the hosts
+//! that share state between processes, each concern in a file of its own. The traits are
+//! shaped for those backends:
 //! - large sets (a room's members, everyone) are read in pages with an opaque cursor, since
 //!   DynamoDB answers at most 1 MB per query and Redis must never send one giant reply;
 //! - every record carries an expiry, because a crashed host never sends `$disconnect` and
@@ -13,8 +16,9 @@
 //! [`suite`] (feature `test-support`) is the behaviour every implementation must show, as
 //! one test suite each backend runs against a real server.
 
-mod dynamo;
+#[macro_use]
 mod forwarding;
+mod dynamo;
 pub mod history;
 mod memory;
 mod redis;
@@ -24,10 +28,7 @@ pub mod suite;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-
 pub use dynamo::{ALL_SHARDS, DynamoSettings, DynamoStore, TABLE, TableSchema};
-pub use forwarding::ForwardingStore;
 pub use history::{Channel, Draft, Entry, HistoryRead, Position, Range, Retention};
 pub use memory::MemoryStore;
 pub use redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisSettings, RedisStore};
@@ -109,108 +110,140 @@ impl StoreError {
     }
 }
 
-/// The state Herald keeps about connections, rooms and publishes.
-#[async_trait]
-pub trait ConnectionStore: Send + Sync + 'static {
-    /// Records a connection, replacing any record with the same id.
-    async fn add(&self, connection: &Connection) -> Result<(), StoreError>;
+store_trait! {
+    overridable
+    /// Connections and the rooms they joined: who is where, read in pages.
+    pub trait Connections {
+        /// Records a connection, replacing any record with the same id.
+        async fn add(&self, connection: &Connection) -> Result<(), StoreError>;
 
-    /// The live record of a connection, or `None` if it is unknown or expired.
-    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
+        /// The live record of a connection, or `None` if it is unknown or expired.
+        async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
 
-    /// Moves a live connection's expiry to `expires_at`; `false` if it is unknown or expired.
-    async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError>;
+        /// Moves a live connection's expiry to `expires_at`; `false` if it is unknown or
+        /// expired.
+        async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError>;
 
-    /// Forgets a connection and all its room memberships, returning the record it had.
-    /// Removing an unknown connection is not an error: `$disconnect` may run twice.
-    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
+        /// Forgets a connection and all its room memberships, returning the record it had.
+        /// Removing an unknown connection is not an error: `$disconnect` may run twice.
+        async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
 
-    /// Adds a live connection to a room (idempotent); [`StoreError::NotFound`] if the
-    /// connection is unknown or expired.
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError>;
+        /// Adds a live connection to a room (idempotent); [`StoreError::NotFound`] if the
+        /// connection is unknown or expired.
+        async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError>;
 
-    /// Removes a connection from a room; `true` if it was a member.
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError>;
+        /// Removes a connection from a room; `true` if it was a member.
+        async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError>;
 
-    /// The rooms a connection has joined.
-    async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError>;
+        /// The rooms a connection has joined.
+        async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError>;
 
-    /// A page of a room's live members, starting after `cursor`.
-    async fn room_members(
-        &self,
-        room: &RoomName,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<ConnectionId>, StoreError>;
+        /// A page of a room's live members, starting after `cursor`.
+        async fn room_members(
+            &self,
+            room: &RoomName,
+            cursor: Option<&str>,
+            limit: usize,
+        ) -> Result<Page<ConnectionId>, StoreError>;
 
-    /// A user's live connections (bounded by the per-user limit, so never paged).
-    async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError>;
+        /// A user's live connections (bounded by the per-user limit, so never paged).
+        async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError>;
 
-    /// How many live connections a user has.
-    async fn count_user(&self, user: &str) -> Result<usize, StoreError>;
+        /// How many live connections a user has.
+        async fn count_user(&self, user: &str) -> Result<usize, StoreError>;
 
-    /// A page of every live connection, starting after `cursor`.
-    async fn all_connections(
-        &self,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<ConnectionId>, StoreError>;
+        /// A page of every live connection, starting after `cursor`.
+        async fn all_connections(
+            &self,
+            cursor: Option<&str>,
+            limit: usize,
+        ) -> Result<Page<ConnectionId>, StoreError>;
 
-    /// Claims a publish idempotency key for `window`. Returns `None` when this call claimed
-    /// it (the publish goes ahead with `id`), or the id of the publish that claimed it first.
-    async fn claim_idempotency_key(
-        &self,
-        key: &str,
-        id: &str,
-        window: Duration,
-    ) -> Result<Option<String>, StoreError>;
-
-    /// Gives back a key this publish claimed but could not complete, so a retry can run.
-    /// Does nothing when the key is held by another id.
-    async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError>;
-
-    /// Counts one event under `key` in the current window of `window` (windows are aligned
-    /// to the epoch, so every host agrees where one ends) and answers whether it is within
-    /// `limit`. One atomic step in each backend, shared by every host on the store: the
-    /// per-user rate of socket publishes.
-    async fn count_event(
-        &self,
-        key: &str,
-        window: Duration,
-        limit: u32,
-    ) -> Result<bool, StoreError>;
-
-    /// Appends a notification to `channel`'s history: takes the channel's next offset,
-    /// keeps `draft` assembled at that position, drops what `retention` no longer keeps,
-    /// and answers the position. One atomic step in each backend, so concurrent appends
-    /// take distinct offsets with no gaps.
-    async fn append(
-        &self,
-        channel: &Channel,
-        draft: &Draft,
-        retention: &Retention,
-    ) -> Result<Position, StoreError>;
-
-    /// Up to `limit` kept entries of `channel` in `range`, oldest first, with the channel's
-    /// position. A channel never published to is given a counter at 0 and an epoch here, so
-    /// a client that subscribed before the first publish can recover from that position.
-    async fn read_history(
-        &self,
-        channel: &Channel,
-        range: Range,
-        limit: usize,
-        retention: &Retention,
-    ) -> Result<HistoryRead, StoreError>;
-
-    /// The instance named by each connection's record (`None` for unknown ones and for
-    /// records without one), in order. Backends that can, answer in one round trip.
-    async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
-        let mut found = Vec::with_capacity(ids.len());
-        for id in ids {
-            found.push(self.get(id).await?.and_then(|c| c.instance));
-        }
-        Ok(found)
+        /// The instance named by each connection's record (`None` for unknown ones and for
+        /// records without one), in order. Backends that can, answer in one round trip.
+        async fn instances(
+            &self,
+            ids: &[ConnectionId],
+        ) -> Result<Vec<Option<String>>, StoreError>;
     }
+}
+
+store_trait! {
+    forwarded
+    /// Every room's and user's history: offsets, epochs, kept notifications.
+    pub trait History {
+        /// Appends a notification to `channel`'s history: takes the channel's next offset,
+        /// keeps `draft` assembled at that position, drops what `retention` no longer
+        /// keeps, and answers the position. One atomic step in each backend, so concurrent
+        /// appends take distinct offsets with no gaps.
+        async fn append(
+            &self,
+            channel: &Channel,
+            draft: &Draft,
+            retention: &Retention,
+        ) -> Result<Position, StoreError>;
+
+        /// Up to `limit` kept entries of `channel` in `range`, oldest first, with the
+        /// channel's position. A channel never published to is given a counter at 0 and an
+        /// epoch here, so a client that subscribed before the first publish can recover
+        /// from that position.
+        async fn read_history(
+            &self,
+            channel: &Channel,
+            range: Range,
+            limit: usize,
+            retention: &Retention,
+        ) -> Result<HistoryRead, StoreError>;
+    }
+}
+
+store_trait! {
+    forwarded
+    /// Publish idempotency keys and event counters: what every host sharing the store must
+    /// agree on in one atomic step.
+    pub trait Counters {
+        /// Claims a publish idempotency key for `window`. Returns `None` when this call
+        /// claimed it (the publish goes ahead with `id`), or the id of the publish that
+        /// claimed it first.
+        async fn claim_idempotency_key(
+            &self,
+            key: &str,
+            id: &str,
+            window: Duration,
+        ) -> Result<Option<String>, StoreError>;
+
+        /// Gives back a key this publish claimed but could not complete, so a retry can
+        /// run. Does nothing when the key is held by another id.
+        async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError>;
+
+        /// Counts one event under `key` in the current window of `window` (windows are
+        /// aligned to the epoch, so every host agrees where one ends) and answers whether
+        /// it is within `limit`. One atomic step in each backend, shared by every host on
+        /// the store: the per-user rate of socket publishes.
+        async fn count_event(
+            &self,
+            key: &str,
+            window: Duration,
+            limit: u32,
+        ) -> Result<bool, StoreError>;
+    }
+}
+
+/// Everything Herald keeps, as the handlers hold it: one backend's three concerns.
+pub trait ConnectionStore: Connections + History + Counters {}
+
+impl<T: Connections + History + Counters + ?Sized> ConnectionStore for T {}
+
+/// [`Connections::instances`] for a backend that reads them one record at a time.
+pub(crate) async fn instances_one_by_one(
+    store: &(impl Connections + ?Sized),
+    ids: &[ConnectionId],
+) -> Result<Vec<Option<String>>, StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        found.push(store.get(id).await?.and_then(|c| c.instance));
+    }
+    Ok(found)
 }
 
 /// Which store to open, with that backend's own settings.

@@ -341,6 +341,6 @@ impl herald::store::ForwardingStore for CountingStore {
             .unwrap()
             .entry(id.as_str().to_owned())
             .or_default() += 1;
-        herald::store::ConnectionStore::remove(&self.inner, id).await
+        herald::store::Connections::remove(&self.inner, id).await
     }
 }

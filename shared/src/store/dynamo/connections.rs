@@ -1,7 +1,5 @@
-//! [`ConnectionStore`] on DynamoDB: connections, memberships and idempotency keys, each
-//! operation in as few requests as its guarantees allow.
-
-use std::time::Duration;
+//! Connections and memberships on DynamoDB, each operation in as few requests as its
+//! guarantees allow.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -15,10 +13,7 @@ use super::schema::TABLE;
 use super::{ALL_SHARDS, DynamoStore};
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
-use crate::store::{
-    Channel, Connection, ConnectionStore, Draft, HistoryRead, Page, Position, Range, Retention,
-    StoreError,
-};
+use crate::store::{Connection, Connections, Page, StoreError};
 
 /// The condition that a connection's record exists and has not expired.
 fn live_condition() -> String {
@@ -87,7 +82,7 @@ impl DynamoStore {
 }
 
 #[async_trait]
-impl ConnectionStore for DynamoStore {
+impl Connections for DynamoStore {
     async fn add(&self, c: &Connection) -> Result<(), StoreError> {
         let partition = keys::connection_partition(&c.id);
         let mut record = Key::connection(&c.id).with_expiry(c.expires_at);
@@ -256,93 +251,7 @@ impl ConnectionStore for DynamoStore {
             .await
     }
 
-    async fn claim_idempotency_key(
-        &self,
-        key: &str,
-        id: &str,
-        window: Duration,
-    ) -> Result<Option<String>, StoreError> {
-        let now = now_ms();
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let item_key = Key::idempotency(key);
-        let mut item = item_key.with_expiry(now.saturating_add(window_ms));
-        item.insert(attr::ID.to_owned(), s(id));
-        if self.put_unless_live(item, now).await? {
-            return Ok(None);
-        }
-        let held = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(item_key.item()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?;
-        Ok(held
-            .item()
-            .and_then(|i| i.get(attr::ID))
-            .and_then(|v| v.as_s().ok())
-            .cloned())
-    }
-
-    async fn count_event(
-        &self,
-        key: &str,
-        window: Duration,
-        limit: u32,
-    ) -> Result<bool, StoreError> {
-        let (index, ends) = crate::store::current_window(now_ms(), window);
-        let [_, (_, ttl)] = keys::expiry(ends);
-        // One conditional update: counted only while under the limit, so a refused event
-        // costs no write and the count never passes the limit.
-        let counted = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Key::events(key, index).item()))
-            .update_expression("ADD #count :one SET #ttl = :ttl")
-            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
-            .expression_attribute_names("#count", attr::COUNT)
-            .expression_attribute_names("#ttl", TABLE.ttl_attribute)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(i64::from(limit)))
-            .expression_attribute_values(":ttl", ttl)
-            .send()
-            .await;
-        Ok(unless_condition_failed(counted)?.is_some())
-    }
-
-    async fn append(
-        &self,
-        channel: &Channel,
-        draft: &Draft,
-        retention: &Retention,
-    ) -> Result<Position, StoreError> {
-        self.append_entry(channel, draft, retention).await
-    }
-
-    async fn read_history(
-        &self,
-        channel: &Channel,
-        range: Range,
-        limit: usize,
-        retention: &Retention,
-    ) -> Result<HistoryRead, StoreError> {
-        self.read_entries(channel, range, limit, retention).await
-    }
-
-    async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError> {
-        let deleted = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(Key::idempotency(key).item()))
-            .condition_expression(format!("{} = :id", attr::ID))
-            .expression_attribute_values(":id", s(id))
-            .send()
-            .await;
-        // Held by another publish: not ours to give back.
-        unless_condition_failed(deleted).map(drop)
+    async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
+        crate::store::instances_one_by_one(self, ids).await
     }
 }

@@ -14,6 +14,7 @@
 //! answers "not recovered"), and an entry still being written reaches a subscriber live,
 //! since its fan-out starts after its put and the subscriber joined before reading.
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use bytes::Bytes;
@@ -23,8 +24,8 @@ use super::errors::{BACKEND, store_error, unless_condition_failed};
 use super::keys::{self, Item, Key, attr, n, s};
 use super::schema::TABLE;
 use crate::ids::now_ms;
-use crate::store::StoreError;
 use crate::store::history::{self, Channel, Draft, Entry, HistoryRead, Position, Range, Retention};
+use crate::store::{History, StoreError};
 
 /// Attempts at moving a position when other publishers keep restarting it at once.
 const POSITION_ATTEMPTS: u32 = 4;
@@ -144,8 +145,11 @@ impl DynamoStore {
         }
         Err(contended())
     }
+}
 
-    pub(super) async fn append_entry(
+#[async_trait]
+impl History for DynamoStore {
+    async fn append(
         &self,
         channel: &Channel,
         draft: &Draft,
@@ -168,7 +172,7 @@ impl DynamoStore {
         Ok(position)
     }
 
-    pub(super) async fn read_entries(
+    async fn read_history(
         &self,
         channel: &Channel,
         range: Range,

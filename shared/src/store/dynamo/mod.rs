@@ -60,6 +60,7 @@
 //! | `dynamo/history.rs` | rooms' and users' history: positions and entries |
 
 mod connections;
+mod counters;
 mod errors;
 mod history;
 mod keys;

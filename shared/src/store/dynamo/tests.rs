@@ -7,7 +7,7 @@ use super::*;
 use crate::aws::local_sdk_config;
 use crate::ids::now_ms;
 use crate::protocol::RoomName;
-use crate::store::ConnectionStore;
+use crate::store::Connections;
 use crate::testing::{Guarded, Server};
 
 async fn store_with_shards(room_shards: u32) -> Guarded<DynamoStore> {

@@ -12,12 +12,13 @@
 //! age. When the hash is lost (`FLUSHALL`, a restart without persistence) the next append
 //! or read creates it again at 0 under a new epoch.
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use redis::Script;
 
 use super::RedisStore;
-use crate::store::StoreError;
 use crate::store::history::{self, Channel, Draft, Entry, HistoryRead, Position, Range, Retention};
+use crate::store::{History, StoreError};
 
 /// Scripts of this file, loaded once.
 struct Scripts {
@@ -80,12 +81,15 @@ fn scripts() -> &'static Scripts {
 }
 
 impl RedisStore {
-    fn history_keys(&self, channel: &Channel) -> (String, String) {
+    pub(super) fn history_keys(&self, channel: &Channel) -> (String, String) {
         let stream = format!("{}hist:{{{}}}", self.prefix, channel.key());
         (format!("{stream}:pos"), stream)
     }
+}
 
-    pub(super) async fn append_entry(
+#[async_trait]
+impl History for RedisStore {
+    async fn append(
         &self,
         channel: &Channel,
         draft: &Draft,
@@ -111,7 +115,7 @@ impl RedisStore {
         })
     }
 
-    pub(super) async fn read_entries(
+    async fn read_history(
         &self,
         channel: &Channel,
         range: Range,

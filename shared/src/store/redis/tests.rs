@@ -1,6 +1,9 @@
 //! The Redis store against a real Redis server.
 
 use super::*;
+
+use crate::ids::now_ms;
+use crate::store::Connections;
 use crate::testing::{Guarded, Server};
 
 async fn store() -> Guarded<RedisStore> {

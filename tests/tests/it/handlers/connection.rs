@@ -1,6 +1,7 @@
 //! The `connect` and `disconnect` handlers on the recorded `$connect` and `$disconnect` events.
 
 use super::*;
+use herald::store::Connections;
 
 #[tokio::test]
 async fn connect_stores_the_connection_with_its_identity() {

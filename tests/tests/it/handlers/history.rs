@@ -1,6 +1,7 @@
 //! History through the handlers: offsets in publish answers, `since`, `recover` and `history`.
 
 use super::*;
+use herald::store::Connections;
 
 #[tokio::test]
 async fn a_history_reply_fits_one_frame_and_says_when_it_was_cut() {

@@ -1,6 +1,7 @@
 //! The `message` handler: every client action on the recorded `$default` and `subscribe` events.
 
 use super::*;
+use herald::store::Connections;
 
 #[tokio::test]
 async fn subscribe_fixture_joins_the_room_and_replies_with_the_ref() {

@@ -24,7 +24,7 @@ use herald::gateway::{RecordingGateway, Scripted};
 use herald::handlers::{self, PublishError, Services};
 use herald::ids::ConnectionId;
 use herald::protocol::RoomName;
-use herald::store::{ConnectionStore, MemoryStore};
+use herald::store::MemoryStore;
 use serde_json::{Value, json};
 
 const AUTHORIZER: &str = include_str!("../../../fixtures/authorizer-request.json");

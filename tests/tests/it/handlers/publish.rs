@@ -1,6 +1,7 @@
 //! The `publish` handler, invoked directly and from recorded SQS events.
 
 use super::*;
+use herald::store::Connections;
 
 async fn subscribed(w: &World, id: &str, user: &str, room: &str) {
     assert_eq!(w.connect(id, user).await, 200);
