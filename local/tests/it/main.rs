@@ -18,6 +18,7 @@ mod invoke;
 mod limits;
 mod management_api;
 mod poll;
+mod protocol_doc;
 mod sse;
 mod stalled_clients;
 mod upgrade;

@@ -91,6 +91,17 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, as `docs/protocol.md` lists them.
+    pub const ALL: [Self; 7] = [
+        Self::BadRequest,
+        Self::UnknownAction,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::LimitExceeded,
+        Self::TooLarge,
+        Self::Internal,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -225,6 +236,10 @@ mod tests {
             (ErrorCode::TooLarge, "too_large"),
             (ErrorCode::Internal, "internal"),
         ];
+        assert_eq!(
+            ErrorCode::ALL.to_vec(),
+            codes.map(|(code, _)| code).to_vec()
+        );
         for (code, name) in codes {
             assert_eq!(code.as_str(), name);
             assert_eq!(serde_json::to_value(code).unwrap(), name);
