@@ -78,6 +78,24 @@ pub struct Credentials {
     pub secret_access_key: String,
 }
 
+impl Credentials {
+    /// A key pair from its two parts, as flags and variables give them; `None` unless both
+    /// are there and neither is empty or blank (an empty variable is no credential, never
+    /// a key pair anyone can sign with).
+    pub fn from_parts(access_key_id: Option<String>, secret: Option<String>) -> Option<Self> {
+        let credentials = Self {
+            access_key_id: access_key_id?,
+            secret_access_key: secret?,
+        };
+        credentials.is_usable().then_some(credentials)
+    }
+
+    /// Whether both parts have something besides white space.
+    pub fn is_usable(&self) -> bool {
+        !self.access_key_id.trim().is_empty() && !self.secret_access_key.trim().is_empty()
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The secret never reaches a log.
@@ -231,6 +249,13 @@ pub enum StartError {
          AWS), or pass --insecure-open-control-plane"
     )]
     OpenControlPlane(SocketAddr),
+    /// An HS256 secret too short to serve beyond loopback.
+    #[error(
+        "HERALD_JWT_SECRET is {0} bytes: beyond loopback it must be at least {min} bytes \
+         (e.g. `openssl rand -base64 48`), or anyone could guess it and mint tokens",
+        min = crate::root::MIN_HS256_SECRET_BYTES
+    )]
+    WeakJwtSecret(usize),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),

@@ -4,13 +4,15 @@
 //!
 //! In dev mode a visitor from loopback finds the dev token filled in; anyone else pastes a
 //! token. The chart's connection count (`STATS_PATH`) is answered to loopback visitors
-//! only: it is the gateway's, not the visitor's.
+//! only: it is the gateway's, not the visitor's. "From loopback" means the peer's address
+//! and the `Host` the browser asked for: a page on another name that resolves to 127.0.0.1
+//! (DNS rebinding) is served neither the token nor the figures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -57,8 +59,10 @@ const CONFIG_SLOT: &str = "/*HERALD_CONFIG*/";
 pub(crate) async fn page(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    let token = app.dev_token.as_ref().filter(|_| peer.ip().is_loopback());
+    let local = from_loopback(peer, &headers);
+    let token = app.dev_token.as_ref().filter(|_| local);
     let config = json!({ "stage": app.settings.stage, "token": token });
     // JSON inside a <script>: no `<` may close it early.
     let config = config.to_string().replace('<', "\\u003c");
@@ -78,8 +82,9 @@ pub(crate) async fn client(Path(file): Path<String>) -> Response {
 pub(crate) async fn stats(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    if !peer.ip().is_loopback() {
+    if !from_loopback(peer, &headers) {
         let refusal = json!({"message": "the gateway's figures are for loopback visitors"});
         return json_response(StatusCode::FORBIDDEN, &refusal);
     }
@@ -93,4 +98,56 @@ fn typed(body: String, content_type: &'static str) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// Whether a request comes from loopback and names a loopback host (`localhost`,
+/// `127.0.0.1`, `[::1]`, with any port).
+pub(crate) fn from_loopback(peer: SocketAddr, headers: &HeaderMap) -> bool {
+    peer.ip().is_loopback()
+        && headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(is_loopback_host)
+}
+
+/// Whether an HTTP `Host` (host and optional port) names this machine's loopback.
+fn is_loopback_host(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for local in [
+            "localhost",
+            "LOCALHOST:3001",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]:3001",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(local), "{local}");
+        }
+        for remote in [
+            "evil.example",
+            "evil.example:3001",
+            "localhost.evil.example",
+            "10.0.0.1:3001",
+            "[::2]:1",
+            "",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(remote), "{remote}");
+        }
+    }
 }

@@ -55,4 +55,4 @@ pub use connection::frame_rate::{DEFAULT_FRAME_BURST, DEFAULT_FRAMES_PER_SECOND,
 pub use connection::registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
 pub use control_plane::DEFAULT_QUEUED_INVOCATIONS;
 pub use control_plane::sigv4::{self, Credentials};
-pub use root::{Ready, bind, prepare, run};
+pub use root::{MIN_HS256_SECRET_BYTES, Ready, bind, prepare, run};

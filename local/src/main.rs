@@ -244,7 +244,8 @@ async fn command(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 None => cli::Target::Local {
                     endpoint: endpoint
                         .unwrap_or_else(|| format!("http://{DEFAULT_HOST}:{DEFAULT_PORT}")),
-                    keys: access_key_id.zip(secret_access_key),
+                    keys: Credentials::from_parts(access_key_id, secret_access_key)
+                        .map(|keys| (keys.access_key_id, keys.secret_access_key)),
                 },
             };
             let options = cli::PublishOptions {
@@ -329,12 +330,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         heartbeat: Duration::from_millis(flags.heartbeat_ms),
         store: None,
         control_plane: ControlPlane {
-            credentials: flags.access_key_id.zip(flags.secret_access_key).map(
-                |(access_key_id, secret_access_key)| Credentials {
-                    access_key_id,
-                    secret_access_key,
-                },
-            ),
+            credentials: Credentials::from_parts(flags.access_key_id, flags.secret_access_key),
             insecure_open: flags.insecure_open_control_plane,
         },
         async_queue: flags.async_queue,

@@ -32,6 +32,9 @@ use crate::{routes, serve};
 const DEV_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
 /// The user the dev token names.
 const DEV_USER: &str = "dev";
+/// The shortest HS256 secret served beyond loopback: HMAC-SHA256's key should be as long as
+/// its output (RFC 7518 §3.2).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// The API id in every event.
 const API_ID: &str = "herald-local";
 
@@ -146,12 +149,39 @@ fn control_plane_mode(
     control_plane: &ControlPlane,
     addr: SocketAddr,
 ) -> Result<ControlPlaneMode, StartError> {
-    match (&control_plane.credentials, addr.ip().is_loopback()) {
+    // Blank credentials (set from empty variables) are none: signing with an empty key
+    // must never pass for a guarded control plane.
+    let credentials = control_plane.credentials.as_ref().filter(|c| c.is_usable());
+    match (credentials, addr.ip().is_loopback()) {
         (Some(_), _) => Ok(ControlPlaneMode::Signed),
         (None, true) => Ok(ControlPlaneMode::OpenOnLoopback),
         (None, false) if control_plane.insecure_open => Ok(ControlPlaneMode::OpenInsecure),
         (None, false) => Err(StartError::OpenControlPlane(addr)),
     }
+}
+
+/// Whether the configured HS256 secret is too short to be safe on `addr`: refused beyond
+/// loopback, loudly warned about on it (tests and laptops use short ones).
+fn check_secret(settings: &Settings, addr: SocketAddr) -> Result<(), StartError> {
+    let Some(AuthConfig {
+        key: JwtKey::Secret(secret),
+        ..
+    }) = &settings.config.auth
+    else {
+        return Ok(());
+    };
+    if secret.len() >= MIN_HS256_SECRET_BYTES {
+        return Ok(());
+    }
+    if addr.ip().is_loopback() {
+        tracing::warn!(
+            bytes = secret.len(),
+            "HERALD_JWT_SECRET is shorter than {MIN_HS256_SECRET_BYTES} bytes: anyone who \
+             guesses it can mint tokens. Fine on loopback for a test; never beyond it"
+        );
+        return Ok(());
+    }
+    Err(StartError::WeakJwtSecret(secret.len()))
 }
 
 fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
@@ -166,6 +196,7 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         heartbeat,
     } = parts;
     let control_plane = control_plane_mode(&settings.control_plane, addr)?;
+    check_secret(&settings, addr)?;
     let gateway: Arc<dyn Gateway> = if settings.push_via_http {
         // Through the real SDK client, signed as any other caller must sign.
         let endpoint = format!("http://{addr}/{}", settings.stage);

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::CliError;
 
+/// The longest lifetime `token` signs: ten years.
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
+
 /// What the token says.
 #[derive(Clone, Debug)]
 pub struct TokenRequest {
@@ -31,8 +34,20 @@ pub fn mint(secret: Option<&str>, request: &TokenRequest) -> Result<String, CliE
     }
     let ttl = i64::try_from(request.ttl.as_secs())
         .ok()
-        .filter(|t| *t > 0)
-        .ok_or_else(|| CliError::Usage("--exp-secs must be at least 1".into()))?;
+        .filter(|t| (1..=MAX_TOKEN_LIFETIME_SECS).contains(t))
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--exp-secs must be 1 to {MAX_TOKEN_LIFETIME_SECS} (ten years)"
+            ))
+        })?;
+    if secret.len() < crate::root::MIN_HS256_SECRET_BYTES {
+        eprintln!(
+            "warning: HERALD_JWT_SECRET is {} bytes; a gateway beyond loopback refuses \
+             secrets under {} bytes",
+            secret.len(),
+            crate::root::MIN_HS256_SECRET_BYTES
+        );
+    }
     let rooms: Vec<&str> = request.rooms.iter().map(String::as_str).collect();
     let publish: Vec<&str> = request.publish.iter().map(String::as_str).collect();
     Ok(herald::auth::sign_hs256(

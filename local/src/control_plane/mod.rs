@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use herald::gateway::PushError;
 use herald::ids::ConnectionId;
@@ -119,9 +119,40 @@ async fn dispatch(
     let Some(route) = Route::of(segments) else {
         return message_response(StatusCode::NOT_FOUND, "Not Found");
     };
+    // Everything the head alone can refuse is refused before a byte of the body is read:
+    // a browser's request, a request that cannot be signed, a declared size over the limit.
+    if headers.contains_key(header::ORIGIN) {
+        return aws_error(
+            StatusCode::FORBIDDEN,
+            "AccessDeniedException",
+            "the control plane does not serve browsers: a web page must not publish or \
+             disconnect through it (call it from your backend)",
+        );
+    }
+    if app.settings.control_plane.credentials.is_some()
+        && let Err(refusal) = sigv4::check_head(&headers)
+    {
+        tracing::info!(path = uri.path(), error = %refusal, "control-plane request refused");
+        return aws_error(StatusCode::FORBIDDEN, refusal.kind(), &refusal.to_string());
+    }
     let (limit, too_large) = route.body_limit(app);
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
         return too_large;
+    }
+    // A body must arrive within the same time a head must.
+    let deadline = app.settings.http.head_timeout;
+    let body = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return too_large,
+        Err(_) => {
+            return message_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            );
+        }
     };
     if let Err(refusal) = authenticate(app, &method, &uri, &headers, &body) {
         tracing::info!(path = uri.path(), error = %refusal, "control-plane request refused");

@@ -121,15 +121,38 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, Refusal> {
             "has a malformed Credential: KEY/DATE/REGION/SERVICE/aws4_request",
         ));
     };
+    let signed_headers: Vec<&str> = signed.split(';').collect();
+    // As AWS requires: a signature that does not cover the host could be replayed
+    // against another endpoint.
+    if !signed_headers.contains(&"host") {
+        return Err(Refusal::Incomplete(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into(),
+        ));
+    }
     Ok(Authorization {
         access_key_id,
         scope,
         date,
         region,
         service,
-        signed_headers: signed.split(';').collect(),
+        signed_headers,
         signature,
     })
+}
+
+/// What the head alone shows: an `Authorization` header of SigV4's form (covering the host)
+/// and an `X-Amz-Date`. A request without them is refused before its body is read.
+pub fn check_head(headers: &HeaderMap) -> Result<(), Refusal> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    parse_authorization(header("authorization").ok_or(Refusal::Missing)?)?;
+    header("x-amz-date")
+        .ok_or_else(|| Refusal::Incomplete("the X-Amz-Date header is missing".into()))?;
+    Ok(())
 }
 
 /// Checks `request`'s signature against `credentials`, at `now`.

@@ -75,9 +75,9 @@ pub(crate) async fn open(
     let identity = Identity::from_context(&context)
         .map_err(|e| Refused::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
     let cursor = cursor.or(request.query("cursor"));
-    let parsed =
-        admission::parse(request.query("rooms").unwrap_or(""), cursor).map_err(Refused::from)?;
     let max = app.services.limits.max_rooms_per_connection;
+    let rooms = request.query("rooms").unwrap_or("");
+    let parsed = admission::parse(rooms, cursor, max).map_err(Refused::from)?;
     admission::allow(&parsed, &identity, max).map_err(Refused::from)?;
     let Parsed { rooms, since } = parsed;
     let socket = connect(app, &request, meta)

@@ -102,6 +102,34 @@ async fn token_mints_what_the_gateway_accepts_and_publish_answers_like_the_funct
 }
 
 #[tokio::test]
+async fn a_token_lifetime_is_bounded_and_a_short_secret_is_warned_about() {
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    for bad in ["0", "9223372036854775807", "315360001"] {
+        let out = run(
+            &["token", "--exp-secs", bad],
+            &[("HERALD_JWT_SECRET", secret)],
+        )
+        .await;
+        assert!(!out.status.success(), "--exp-secs {bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--exp-secs must be 1 to"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let env = [("HERALD_JWT_SECRET", secret)];
+    let longest = run(&["token", "--exp-secs", "315360000"], &env).await;
+    assert!(longest.status.success());
+    assert!(
+        longest.stderr.is_empty(),
+        "a long secret is not warned about"
+    );
+    let short = run(&["token"], &[("HERALD_JWT_SECRET", "short")]).await;
+    assert!(short.status.success(), "it still signs, for loopback tests");
+    assert!(String::from_utf8_lossy(&short.stderr).contains("warning"));
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_a_message_and_a_failing_status() {
     let no_secret = run(&["token"], &[]).await;
     assert!(!no_secret.status.success());

@@ -259,6 +259,94 @@ async fn without_credentials_only_loopback_is_served_unless_asked() {
 }
 
 #[tokio::test]
+async fn a_short_jwt_secret_is_refused_beyond_loopback_only() {
+    let with_secret = |secret: &[u8]| {
+        let mut s = signed_settings();
+        s.config.auth = Some(herald::auth::AuthConfig {
+            key: herald::auth::JwtKey::Secret(secret.to_vec()),
+            issuer: None,
+            audience: None,
+        });
+        s
+    };
+    let short = vec![b's'; herald_local::MIN_HS256_SECRET_BYTES - 1];
+    let err = herald_local::bind("0.0.0.0", 0, with_secret(&short))
+        .await
+        .err()
+        .expect("a guessable secret is not served beyond loopback");
+    assert!(
+        matches!(err, StartError::WeakJwtSecret(n) if n == short.len()),
+        "{err}"
+    );
+    assert!(
+        herald_local::bind("127.0.0.1", 0, with_secret(&short))
+            .await
+            .is_ok()
+    );
+    let enough = vec![b's'; herald_local::MIN_HS256_SECRET_BYTES];
+    assert!(
+        herald_local::bind("0.0.0.0", 0, with_secret(&enough))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn blank_credentials_are_no_credentials() {
+    for (id, secret) in [("", ""), ("AKIDEXAMPLE", " "), ("\t", "secret")] {
+        let mut blank = settings();
+        blank.control_plane = ControlPlane {
+            credentials: Some(Credentials {
+                access_key_id: id.into(),
+                secret_access_key: secret.into(),
+            }),
+            insecure_open: false,
+        };
+        let err = herald_local::bind("0.0.0.0", 0, blank.clone())
+            .await
+            .err()
+            .expect("refused beyond loopback");
+        assert!(
+            matches!(err, StartError::OpenControlPlane(_)),
+            "{id:?}: {err}"
+        );
+        let ready = herald_local::bind("127.0.0.1", 0, blank).await.unwrap();
+        assert_eq!(
+            ready.control_plane,
+            ControlPlaneMode::OpenOnLoopback,
+            "{id:?}"
+        );
+    }
+    assert_eq!(
+        Credentials::from_parts(Some("".into()), Some("".into())),
+        None
+    );
+    assert_eq!(Credentials::from_parts(Some("k".into()), None), None);
+    assert!(Credentials::from_parts(Some("k".into()), Some("s".into())).is_some());
+}
+
+#[tokio::test]
+async fn the_binary_takes_empty_credential_variables_for_none() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
+        .args(["--host", "0.0.0.0", "--port", "0"])
+        .env("HERALD_JWT_SECRET", "s")
+        .env("HERALD_ACCESS_KEY_ID", "")
+        .env("HERALD_SECRET_ACCESS_KEY", "")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .expect("it exits at once")
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "it must not start signed with empty keys"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HERALD_ACCESS_KEY_ID"), "{stderr}");
+}
+
+#[tokio::test]
 async fn the_binary_refuses_to_expose_an_open_control_plane() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
         .args(["--host", "0.0.0.0", "--port", "0"])
@@ -274,4 +362,101 @@ async fn the_binary_refuses_to_expose_an_open_control_plane() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("HERALD_ACCESS_KEY_ID"), "{stderr}");
+}
+
+/// Sends `head` (and nothing more), then reads the answer for at most `within`: the status
+/// line and headers, lowercased; `None` if nothing came in time.
+async fn answer_to_head(gw: &Gateway, head: &str, within: Duration) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(within, stream.read(&mut answer))
+        .await
+        .ok()?
+        .unwrap();
+    Some(String::from_utf8_lossy(&answer[..n]).to_lowercase())
+}
+
+#[tokio::test]
+async fn an_unsigned_request_is_refused_from_its_head_without_waiting_for_its_body() {
+    let gw = Gateway::start_with(signed_settings()).await;
+    let head = format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: {}\r\n\
+         content-length: 6291456\r\n\r\n0123456789",
+        gw.addr
+    );
+    let answer = answer_to_head(&gw, &head, Duration::from_secs(2))
+        .await
+        .expect("answered from the head, not after a 6 MB body that never comes");
+    assert!(answer.starts_with("http/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("x-amzn-errortype: missingauthenticationtokenexception"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_declared_size_over_the_limit_and_a_stalled_body_are_answered_at_once_or_in_time() {
+    let mut s = settings();
+    s.http.head_timeout = Duration::from_millis(500);
+    let gw = Gateway::start_with(s).await;
+    let over = format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: {}\r\n\
+         content-length: 7000000\r\n\r\n",
+        gw.addr
+    );
+    let answer = answer_to_head(&gw, &over, Duration::from_secs(2)).await;
+    let answer = answer.expect("a declared size over the limit is refused at once");
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    let stalled = format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: {}\r\n\
+         content-length: 100\r\n\r\n{{\"room\":",
+        gw.addr
+    );
+    let started = std::time::Instant::now();
+    let answer = answer_to_head(&gw, &stalled, Duration::from_secs(3)).await;
+    let answer = answer.expect("a stalled body is cut at the deadline");
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before the deadline"
+    );
+}
+
+#[tokio::test]
+async fn a_browser_page_cannot_publish_through_the_open_control_plane() {
+    let gw = Gateway::start().await;
+    let mut client = gw.connect("ann", &["news"], &[]).await;
+    client.subscribe("news").await;
+    let body = r#"{"room":"news","data":"from a web page"}"#;
+    // What a page's `fetch(..., {method: "POST", mode: "no-cors"})` sends: a simple request
+    // with no preflight.
+    let request = format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: {}\r\n\
+         origin: http://evil.example\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        gw.addr,
+        body.len()
+    );
+    let answer = raw(&gw, &request).await;
+    assert!(answer.starts_with("http/1.1 403"), "{answer}");
+    assert!(answer.contains("accessdeniedexception"), "{answer}");
+    let published = publish_plain(&gw, r#"{"room":"news","data":"from a backend"}"#).await;
+    assert!(published.starts_with("http/1.1 200"), "{published}");
+    assert_eq!(
+        client.recv().await["data"],
+        "from a backend",
+        "the page's never came"
+    );
+}
+
+/// A publish through the open control plane, as a backend's plain HTTP client sends it.
+async fn publish_plain(gw: &Gateway, body: &str) -> String {
+    let request = format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: {}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        gw.addr,
+        body.len()
+    );
+    raw(gw, &request).await
 }

@@ -11,6 +11,7 @@ mod client_protocol;
 mod cluster;
 mod compose;
 mod control_plane;
+mod demo;
 mod dynamodb;
 mod handshake;
 mod history;

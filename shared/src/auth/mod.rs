@@ -330,9 +330,12 @@ pub fn sign_hs256(
     publish: &[&str],
     ttl_secs: i64,
 ) -> Result<String, AuthError> {
+    let exp = (crate::ids::now_ms() / 1000)
+        .checked_add(ttl_secs)
+        .ok_or_else(|| AuthError::Config(format!("a lifetime of {ttl_secs} s is too long")))?;
     let claims = serde_json::json!({
         "sub": user,
-        "exp": crate::ids::now_ms() / 1000 + ttl_secs,
+        "exp": exp,
         "rooms": rooms,
         "publish": publish,
     });

@@ -191,12 +191,16 @@ pub fn parse_client_frame(text: &str) -> Result<ClientMessage, RejectedFrame> {
         .map_err(|error| reject(reference, error))
 }
 
+/// A `ref` is echoed exactly as sent, so it must be a value that JSON reads back as the
+/// same text: a string of at most [`MAX_ID_LEN`] bytes or an integer that fits 64 bits (a
+/// larger number would come back rounded, as a float).
 fn check_ref(value: &Value) -> Result<Value, ProtocolError> {
     match value {
         Value::String(s) if s.len() <= MAX_ID_LEN => Ok(value.clone()),
-        Value::Number(_) => Ok(value.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(value.clone()),
         _ => Err(ProtocolError::bad_request(format!(
-            "ref must be a number or a string of at most {MAX_ID_LEN} characters"
+            "ref must be a string of at most {MAX_ID_LEN} characters or an integer of at \
+             most 64 bits"
         ))),
     }
 }
@@ -419,6 +423,26 @@ mod tests {
         let rejected = parse_client_frame(&frame(&"r".repeat(MAX_ID_LEN + 1))).unwrap_err();
         assert_eq!(rejected.error.code, ErrorCode::BadRequest);
         assert_eq!(rejected.reference, None, "an unusable ref is not echoed");
+    }
+
+    #[test]
+    fn a_ref_number_is_an_integer_echoed_exactly_or_refused() {
+        for exact in ["7", "-9223372036854775808", "18446744073709551615"] {
+            let text = format!(r#"{{"action":"ping","ref":{exact}}}"#);
+            let kept = parse_client_frame(&text).unwrap();
+            assert_eq!(kept.reference.unwrap().to_string(), exact);
+        }
+        for rounded in [
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "1.5",
+            "1e3",
+        ] {
+            let text = format!(r#"{{"action":"ping","ref":{rounded}}}"#);
+            let rejected = parse_client_frame(&text).unwrap_err();
+            assert_eq!(rejected.error.code, ErrorCode::BadRequest, "{rounded}");
+            assert_eq!(rejected.reference, None, "{rounded}: never echoed changed");
+        }
     }
 
     #[test]

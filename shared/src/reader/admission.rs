@@ -92,8 +92,22 @@ pub struct Admitted {
     pub since: Option<Cursor>,
 }
 
-/// Checks the input alone: the rooms list and the cursor (an empty cursor is none).
-pub fn parse(rooms: &str, cursor: Option<&str>) -> Result<Parsed, Refusal> {
+/// Checks the input alone: the rooms list (no longer than `max_rooms` names, counted before
+/// any is parsed) and the cursor (an empty cursor is none).
+pub fn parse(
+    rooms: &str,
+    cursor: Option<&str>,
+    max_rooms: Option<usize>,
+) -> Result<Parsed, Refusal> {
+    let listed = rooms.split(',').filter(|n| !n.is_empty()).count();
+    let most = max_rooms.unwrap_or(MAX_LISTED_ROOMS).min(MAX_LISTED_ROOMS);
+    if listed > most {
+        return Err(RoomRefusal::TooMany {
+            max: most,
+            asked: listed,
+        }
+        .into());
+    }
     let rooms = parse_rooms(rooms)?;
     let since = cursor
         .filter(|c| !c.is_empty())
@@ -115,7 +129,7 @@ pub fn admit(
     history_on: bool,
     request: &ReadRequest<'_>,
 ) -> Result<Admitted, Refusal> {
-    let parsed = parse(request.rooms, request.cursor)?;
+    let parsed = parse(request.rooms, request.cursor, max_rooms)?;
     let unauthorized = || Refusal::new(401, "Unauthorized");
     let token =
         token_from_request(request.token, request.authorization).ok_or_else(unauthorized)?;
@@ -133,12 +147,17 @@ pub fn admit(
     })
 }
 
-/// The rooms of a reader's `rooms=a,b`: each a valid name, none twice.
+/// The most names a `rooms=` list may hold even with no room limit configured: the list
+/// is read name by name, so its length is bounded before that work starts.
+pub const MAX_LISTED_ROOMS: usize = 4096;
+
+/// The rooms of a reader's `rooms=a,b`: each a valid name, none twice, in the order given.
 pub fn parse_rooms(list: &str) -> Result<Vec<RoomName>, ProtocolError> {
     let mut rooms: Vec<RoomName> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for name in list.split(',').filter(|n| !n.is_empty()) {
         let room = RoomName::parse(name).map_err(|e| e.within("rooms"))?;
-        if !rooms.contains(&room) {
+        if seen.insert(room.clone()) {
             rooms.push(room);
         }
     }
@@ -282,16 +301,49 @@ mod tests {
         );
         let over = over.unwrap_err();
         assert_eq!((over.status, over.room), (400, None));
-        // Duplicates are one room.
-        assert!(
-            admit(
-                &verifier(),
-                Some(2),
-                true,
-                &request("a,b,a", None, Some(&token))
-            )
-            .is_ok()
+        // The cap is on the list as sent, before duplicates are dropped: a long list of one
+        // name costs the same to read as a long list of many.
+        let repeated = admit(
+            &verifier(),
+            Some(2),
+            true,
+            &request("a,b,a", None, Some(&token)),
         );
+        assert_eq!(repeated.unwrap_err().status, 400);
+        let once = admit(
+            &verifier(),
+            Some(2),
+            true,
+            &request("a,a", None, Some(&token)),
+        );
+        assert_eq!(once.unwrap().channels.len(), 2, "one room and the inbox");
+    }
+
+    #[test]
+    fn a_long_list_is_refused_by_its_length_before_any_name_is_read() {
+        // Names that would each be refused: the length is what answers.
+        let at = ["bad name!"; 3].join(",");
+        let refused = parse(&at, None, Some(2)).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.message.contains("at most 2 rooms")),
+            (400, true)
+        );
+        let huge = vec!["bad name!"; MAX_LISTED_ROOMS + 1].join(",");
+        let refused = parse(&huge, None, None).unwrap_err();
+        assert!(
+            refused
+                .message
+                .contains(&format!("at most {MAX_LISTED_ROOMS} rooms"))
+        );
+        let listed = vec!["r"; MAX_LISTED_ROOMS].join(",");
+        assert_eq!(
+            parse(&listed, None, None).unwrap().rooms.len(),
+            1,
+            "at the bound, once"
+        );
+        // At the limit the names are read (and this one is refused for itself).
+        let named = parse("ok,bad name!", None, Some(2)).unwrap_err();
+        assert!(named.message.contains("rooms"), "{}", named.message);
     }
 
     #[test]
@@ -321,7 +373,7 @@ mod tests {
             ]
         );
         assert_eq!(admitted.since, Some(Cursor::default()));
-        let empty = parse("a", Some("")).unwrap();
+        let empty = parse("a", Some(""), None).unwrap();
         assert_eq!(empty.since, None, "an empty cursor is none");
     }
 }

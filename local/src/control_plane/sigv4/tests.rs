@@ -309,6 +309,23 @@ fn unsigned_and_malformed_requests_are_told_apart() {
 }
 
 #[test]
+fn a_signature_that_does_not_cover_the_host_is_incomplete() {
+    let case = &CASES[0];
+    let mut headers = headers_of(case, case.signature);
+    let authorization = headers["authorization"].to_str().unwrap().to_owned();
+    assert!(
+        authorization.contains("SignedHeaders=host;x-amz-date"),
+        "{authorization}"
+    );
+    let without_host =
+        authorization.replace("SignedHeaders=host;x-amz-date", "SignedHeaders=x-amz-date");
+    headers.insert("authorization", without_host.parse().unwrap());
+    let refusal = check(case, &headers, "", signed_at()).unwrap_err();
+    assert_eq!(refusal.kind(), "IncompleteSignatureException");
+    assert!(refusal.to_string().contains("'Host'"), "{refusal}");
+}
+
+#[test]
 fn a_signed_header_that_is_missing_does_not_verify() {
     let case = &CASES[4];
     let mut headers = headers_of(case, case.signature);

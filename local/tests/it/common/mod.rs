@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The HS256 secret every test gateway verifies with.
-pub const SECRET: &[u8] = b"herald-local-test-secret";
+pub const SECRET: &[u8] = b"herald-local-test-secret-of-at-least-32-bytes";
 /// How long a test waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -93,7 +93,11 @@ impl Gateway {
 
     pub async fn start_with(settings: Settings) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ready = herald_local::prepare(listener, settings).await.unwrap();
+        Self::serve(herald_local::prepare(listener, settings).await.unwrap())
+    }
+
+    /// Serves a prepared gateway until dropped.
+    pub fn serve(ready: herald_local::Ready) -> Self {
         let addr = ready.addr;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
