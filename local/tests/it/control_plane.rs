@@ -78,14 +78,7 @@ async fn publish(
 
 /// One raw HTTP/1.1 request; the status line and headers of the answer, lowercased.
 async fn raw(gw: &Gateway, request: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer")
-        .unwrap();
-    String::from_utf8_lossy(&answer).to_lowercase()
+    common::raw_http(gw.addr, request).await.to_lowercase()
 }
 
 #[tokio::test]

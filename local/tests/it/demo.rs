@@ -2,21 +2,12 @@
 //! visitor who asked for a loopback host, never to a page served under another name that
 //! resolves to 127.0.0.1 (DNS rebinding).
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::common::{self, Gateway, PATIENCE};
+use crate::common::{self, Gateway};
 
 /// `GET path` with `Host: host`; the whole answer.
 async fn get(gw: &Gateway, path: &str, host: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer")
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    common::raw_http(gw.addr, &request).await
 }
 
 async fn dev_gateway() -> (Gateway, String) {

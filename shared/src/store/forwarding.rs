@@ -24,13 +24,12 @@ macro_rules! store_trait {
             )*
         }
     ) => {
-        $(#[$trait_meta])*
-        #[async_trait::async_trait]
-        pub trait $name: Send + Sync + 'static {
-            $(
-                $(#[$meta])*
-                async fn $method(&self $(, $arg: $ty)*) -> $ret;
-            )*
+        store_trait! {
+            declare
+            $(#[$trait_meta])*
+            pub trait $name {
+                $( $(#[$meta])* async fn $method(&self $(, $arg: $ty)*) -> $ret; )*
+            }
         }
 
         /// A store that wraps another ([`ForwardingStore::inner`]) and may change some of
@@ -69,13 +68,12 @@ macro_rules! store_trait {
             )*
         }
     ) => {
-        $(#[$trait_meta])*
-        #[async_trait::async_trait]
-        pub trait $name: Send + Sync + 'static {
-            $(
-                $(#[$meta])*
-                async fn $method(&self $(, $arg: $ty)*) -> $ret;
-            )*
+        store_trait! {
+            declare
+            $(#[$trait_meta])*
+            pub trait $name {
+                $( $(#[$meta])* async fn $method(&self $(, $arg: $ty)*) -> $ret; )*
+            }
         }
 
         #[async_trait::async_trait]
@@ -84,6 +82,23 @@ macro_rules! store_trait {
                 async fn $method(&self $(, $arg: $ty)*) -> $ret {
                     $name::$method(self.inner() $(, $arg)*).await
                 }
+            )*
+        }
+    };
+    // The trait itself, as both kinds declare it.
+    (
+        declare
+        $(#[$trait_meta:meta])*
+        pub trait $name:ident {
+            $( $(#[$meta:meta])* async fn $method:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*
+        }
+    ) => {
+        $(#[$trait_meta])*
+        #[async_trait::async_trait]
+        pub trait $name: Send + Sync + 'static {
+            $(
+                $(#[$meta])*
+                async fn $method(&self $(, $arg: $ty)*) -> $ret;
             )*
         }
     };

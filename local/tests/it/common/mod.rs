@@ -348,3 +348,16 @@ impl herald::store::ForwardingStore for CountingStore {
         herald::store::Connections::remove(&self.inner, id).await
     }
 }
+
+/// One raw HTTP/1.1 request to `addr` (it should say `connection: close`); the whole answer.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
