@@ -3,10 +3,15 @@
 //! as synchronous ones, so a flood of them can neither outrun the clients nor grow memory
 //! without bound. A full queue answers 429 `TooManyRequestsException`, as Lambda does when
 //! it cannot take an invocation.
+//!
+//! What waits is the payload's bytes as they arrived, checked to be JSON but parsed only
+//! when its turn comes: a parsed payload can be many times its text (each element of
+//! `[0,0,…]` is a whole `Value`), so the byte bound holds for what the queue really keeps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use herald::gateway::Gateway;
 use herald::handlers::Services;
 use serde_json::Value;
@@ -21,10 +26,9 @@ pub(crate) const QUEUED_BYTES: usize = 64 * 1024 * 1024;
 /// Lambda's largest asynchronous invocation payload (1 MiB).
 pub(crate) const MAX_ASYNC_PAYLOAD_BYTES: usize = 1024 * 1024;
 
-/// An invocation waiting, with its size for the byte bound.
+/// An invocation waiting: its payload's JSON text.
 struct Queued {
-    payload: Value,
-    bytes: usize,
+    payload: Bytes,
 }
 
 /// The queue's sending side.
@@ -66,10 +70,18 @@ impl AsyncInvokes {
                     () = stop.cancelled() => break,
                     next = waiting.recv() => next,
                 };
-                let Some(Queued { payload, bytes }) = next else {
+                let Some(Queued { payload }) = next else {
                     break;
                 };
-                held.fetch_sub(bytes, Ordering::Relaxed);
+                held.fetch_sub(payload.len(), Ordering::Relaxed);
+                let payload: Value = match serde_json::from_slice(&payload) {
+                    Ok(payload) => payload,
+                    Err(e) => {
+                        // Checked when it was queued; kept for the type's sake.
+                        tracing::warn!(error = %e, "asynchronous payload is not JSON");
+                        continue;
+                    }
+                };
                 if let Err(e) = herald::handlers::publish(&services, &*gateway, payload).await {
                     tracing::warn!(error = %e, "asynchronous publish failed");
                 }
@@ -84,8 +96,9 @@ impl AsyncInvokes {
         invokes
     }
 
-    /// Queues one invocation of `bytes` bytes.
-    pub(crate) fn submit(&self, payload: Value, bytes: usize) -> Result<(), Refused> {
+    /// Queues one invocation whose payload is this JSON text (the caller checked it is).
+    pub(crate) fn submit(&self, payload: Bytes) -> Result<(), Refused> {
+        let bytes = payload.len();
         if bytes > MAX_ASYNC_PAYLOAD_BYTES {
             return Err(Refused::TooLarge);
         }
@@ -94,7 +107,7 @@ impl AsyncInvokes {
             self.bytes.fetch_sub(bytes, Ordering::Relaxed);
             return Err(Refused::Full);
         }
-        self.queue.try_send(Queued { payload, bytes }).map_err(|_| {
+        self.queue.try_send(Queued { payload }).map_err(|_| {
             self.bytes.fetch_sub(bytes, Ordering::Relaxed);
             Refused::Full
         })
@@ -105,29 +118,36 @@ impl AsyncInvokes {
 mod tests {
     use super::*;
 
+    /// A JSON text of exactly `n` bytes (a number of `n` digits).
+    fn json_of(n: usize) -> Bytes {
+        Bytes::from("7".repeat(n))
+    }
+
     #[test]
     fn the_queue_is_bounded_by_count_and_by_bytes() {
         let (invokes, mut waiting) = AsyncInvokes::new(DEFAULT_QUEUED_INVOCATIONS);
         assert_eq!(
-            invokes.submit(Value::Null, MAX_ASYNC_PAYLOAD_BYTES + 1),
+            invokes.submit(json_of(MAX_ASYNC_PAYLOAD_BYTES + 1)),
             Err(Refused::TooLarge)
         );
         let full = QUEUED_BYTES / MAX_ASYNC_PAYLOAD_BYTES;
         for _ in 0..full {
-            assert_eq!(invokes.submit(Value::Null, MAX_ASYNC_PAYLOAD_BYTES), Ok(()));
+            assert_eq!(invokes.submit(json_of(MAX_ASYNC_PAYLOAD_BYTES)), Ok(()));
         }
-        assert_eq!(invokes.submit(Value::Null, 1), Err(Refused::Full), "bytes");
+        assert_eq!(invokes.submit(json_of(1)), Err(Refused::Full), "bytes");
         // Taking one out makes room for exactly one more of its size.
         let taken = waiting.try_recv().unwrap();
-        invokes.bytes.fetch_sub(taken.bytes, Ordering::Relaxed);
-        assert_eq!(invokes.submit(Value::Null, MAX_ASYNC_PAYLOAD_BYTES), Ok(()));
-        assert_eq!(invokes.submit(Value::Null, 1), Err(Refused::Full));
+        invokes
+            .bytes
+            .fetch_sub(taken.payload.len(), Ordering::Relaxed);
+        assert_eq!(invokes.submit(json_of(MAX_ASYNC_PAYLOAD_BYTES)), Ok(()));
+        assert_eq!(invokes.submit(json_of(1)), Err(Refused::Full));
 
         let (invokes, _waiting) = AsyncInvokes::new(DEFAULT_QUEUED_INVOCATIONS);
         for _ in 0..DEFAULT_QUEUED_INVOCATIONS {
-            assert_eq!(invokes.submit(Value::Null, 1), Ok(()));
+            assert_eq!(invokes.submit(json_of(1)), Ok(()));
         }
-        assert_eq!(invokes.submit(Value::Null, 1), Err(Refused::Full), "count");
+        assert_eq!(invokes.submit(json_of(1)), Err(Refused::Full), "count");
         assert_eq!(
             invokes.bytes.load(Ordering::Relaxed),
             DEFAULT_QUEUED_INVOCATIONS,

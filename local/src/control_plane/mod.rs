@@ -251,27 +251,27 @@ async fn invoke(plane: &Plane, name: &str, headers: &HeaderMap, body: Bytes) -> 
             ),
         );
     }
-    let payload: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    // An empty body is `{}`, as Lambda takes it. The text is checked to be JSON here; it is
+    // parsed into a value only when it runs (an asynchronous one waits as text).
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
     } else {
-        match serde_json::from_slice(&body) {
-            Ok(payload) => payload,
-            Err(e) => {
-                return aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidRequestContentException",
-                    &format!("Could not parse request body into json: {e}"),
-                );
-            }
-        }
+        body
     };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            &format!("Could not parse request body into json: {e}"),
+        );
+    }
     let invocation = headers
         .get("x-amz-invocation-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("RequestResponse");
     match invocation {
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
-        "Event" => match plane.async_invokes.submit(payload, body.len()) {
+        "Event" => match plane.async_invokes.submit(body) {
             Ok(()) => StatusCode::ACCEPTED.into_response(),
             Err(Refused::Full) => aws_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -284,6 +284,16 @@ async fn invoke(plane: &Plane, name: &str, headers: &HeaderMap, body: Bytes) -> 
             }
         },
         "RequestResponse" => {
+            let payload: Value = match serde_json::from_slice(&body) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    return aws_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequestContentException",
+                        &e.to_string(),
+                    );
+                }
+            };
             let result = herald::handlers::publish(&app.services, &*app.gateway, payload).await;
             let mut response = match result {
                 Ok(answer) => json_response(StatusCode::OK, &answer),

@@ -18,6 +18,7 @@ mod history;
 mod invoke;
 mod limits;
 mod management_api;
+mod memory;
 mod poll;
 mod protocol_doc;
 mod sse;
