@@ -19,6 +19,7 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::app::App;
+use crate::http::ConnectionAbort;
 
 /// How long accepting pauses after it failed (out of file descriptors, say), so that a
 /// failing `accept` does not spin.
@@ -50,15 +51,16 @@ impl Counter {
     }
 
     /// Counts a connection from `ip`, unless it would take the gateway past a limit.
-    /// WebSockets already upgraded count too: they are in the registry.
+    /// WebSockets already upgraded count too: they are in the registry, and no longer here.
+    /// A reader (SSE, a long poll) is its HTTP connection, counted here once.
     fn admit(self: &Arc<Self>, app: &App, ip: IpAddr) -> Option<Slot> {
         let mut open = self.open();
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
-        let sockets_from_ip = app.registry.count_ip(&ip.to_string());
+        let (websockets, websockets_from_ip) = app.registry.websockets(&ip.to_string());
         if app
             .settings
             .limits
-            .full(open.total + app.registry.len(), from_ip + sockets_from_ip)
+            .full(open.total + websockets, from_ip + websockets_from_ip)
         {
             return None;
         }
@@ -111,10 +113,14 @@ pub(crate) async fn serve(app: Arc<App>, listener: TcpListener, router: Router) 
             refuse(&stream, peer);
             continue;
         };
-        // The router as hyper calls it, with the peer's address for `ConnectInfo`.
+        // The router as hyper calls it, with the peer's address for `ConnectInfo` and a way
+        // to drop this connection.
         let router = router.clone();
+        let abort = ConnectionAbort::default();
+        let aborted = abort.0.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(abort.clone());
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
         let connection = builder
@@ -126,6 +132,10 @@ pub(crate) async fn serve(app: Arc<App>, listener: TcpListener, router: Router) 
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
+                () = aborted.cancelled() => {
+                    debug!(%peer, "http connection dropped: its reader was closed");
+                    return;
+                }
                 () = stop.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await

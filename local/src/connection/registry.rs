@@ -49,6 +49,15 @@ const PACE_STALL: Duration = Duration::from_millis(5);
 /// How often fan-out looks again while it waits.
 const PACE_TICK: Duration = Duration::from_millis(1);
 
+/// How a socket reaches its client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket: once upgraded, its connection has left the HTTP side.
+    WebSocket,
+    /// An SSE stream or a long poll: its HTTP connection stays open, and is counted there.
+    Reader,
+}
+
 /// One live socket as the rest of the gateway sees it.
 pub struct Socket {
     /// What the writer sends; first, on a cache line of its own, as a post touches nothing
@@ -65,11 +74,22 @@ pub struct Socket {
     disconnected: AtomicBool,
     /// The rooms this socket joined, mirrored here so a restarted store can be refilled.
     rooms: Mutex<BTreeSet<RoomName>>,
+    /// How it reaches its client.
+    pub transport: Transport,
 }
 
 impl Socket {
-    /// A socket whose outbox holds up to `queue_len` notifications.
+    /// A WebSocket whose outbox holds up to `queue_len` notifications.
     pub fn new(meta: ConnectionMeta, queue_len: usize) -> Arc<Self> {
+        Self::with_transport(meta, queue_len, Transport::WebSocket)
+    }
+
+    /// A socket of `transport` whose outbox holds up to `queue_len` notifications.
+    pub fn with_transport(
+        meta: ConnectionMeta,
+        queue_len: usize,
+        transport: Transport,
+    ) -> Arc<Self> {
         Arc::new(Self {
             outbox: Outbox::new(queue_len),
             last_active: CacheLine(AtomicI64::new(meta.connected_at)),
@@ -78,6 +98,7 @@ impl Socket {
             close_reason: Mutex::new(None),
             disconnected: AtomicBool::new(false),
             rooms: Mutex::new(BTreeSet::new()),
+            transport,
         })
     }
 
@@ -196,6 +217,18 @@ impl Registry {
             .values()
             .filter(|s| s.meta.source_ip == ip)
             .count()
+    }
+
+    /// How many WebSockets are held, in all and from `ip`: the sockets the HTTP side no
+    /// longer counts (a reader's HTTP connection is counted there already).
+    pub fn websockets(&self, ip: &str) -> (usize, usize) {
+        let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
+        let websockets = sockets
+            .values()
+            .filter(|s| s.transport == Transport::WebSocket);
+        websockets.fold((0, 0), |(all, from_ip), s| {
+            (all + 1, from_ip + usize::from(s.meta.source_ip == ip))
+        })
     }
 
     /// Clients closed for being too slow, since start.

@@ -22,7 +22,7 @@ use tracing::warn;
 
 use crate::app::App;
 use crate::connection::close_code;
-use crate::connection::registry::Socket;
+use crate::connection::registry::{Socket, Transport};
 use crate::http::answer::json_response;
 use crate::session::finish;
 use crate::session::{self, admit_and_authorize, connect};
@@ -80,7 +80,7 @@ pub(crate) async fn open(
     let parsed = admission::parse(rooms, cursor, max).map_err(Refused::from)?;
     admission::allow(&parsed, &identity, max).map_err(Refused::from)?;
     let Parsed { rooms, since } = parsed;
-    let socket = connect(app, &request, meta)
+    let socket = connect(app, &request, meta, Transport::Reader)
         .await
         .map_err(Refused::Handshake)?;
     let ended = Ended {

@@ -12,20 +12,23 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald::reader::Follow;
 use herald::reader::sse;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::app::App;
 use crate::connection::close_code;
 use crate::connection::registry::{Frame, Socket};
 use crate::connection::wire::Opcode;
+use crate::http::ConnectionAbort;
 use crate::readers::{Ended, Reader, open};
 
 /// `GET /{stage}/events`: the stream.
@@ -34,6 +37,7 @@ pub(crate) async fn events(
     Path(stage): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    abort: Option<Extension<ConnectionAbort>>,
     headers: HeaderMap,
 ) -> Response {
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
@@ -56,6 +60,10 @@ pub(crate) async fn events(
         since,
         first,
     } = reader;
+    let done = CancellationToken::new();
+    if let Some(Extension(abort)) = abort {
+        tokio::spawn(tear_down(socket.clone(), abort, done.clone()));
+    }
     let mut opening = sse::retry();
     let follow = sse::catch_up_events(&mut opening, first, since);
     let deadline = Instant::now() + app.settings.limits.max_duration;
@@ -66,6 +74,7 @@ pub(crate) async fn events(
         opening: Some(Bytes::from(opening)),
         deadline,
         _ended: ended,
+        _done: done.drop_guard(),
     };
     let body = Body::from_stream(futures::stream::unfold(stream, Stream::next));
     let mut response = body.into_response();
@@ -88,6 +97,27 @@ struct Stream {
     opening: Option<Bytes>,
     deadline: Instant,
     _ended: Ended,
+    /// Ends the tear-down watch with the stream.
+    _done: DropGuard,
+}
+
+/// How long a closed stream has to end by itself (its last chunk, `retry:`) before its
+/// connection is dropped under it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Once the gateway closes the socket (a slow consumer, `DELETE @connections`, shutdown),
+/// drops the stream's HTTP connection unless the stream ends within [`CLOSE_GRACE`]: a
+/// client that stopped reading never lets the stream be polled again, and would otherwise
+/// hold its connection, its socket and its place under every limit.
+async fn tear_down(socket: Arc<Socket>, abort: ConnectionAbort, done: CancellationToken) {
+    tokio::select! {
+        () = socket.closing.cancelled() => {}
+        () = done.cancelled() => return,
+    }
+    tokio::select! {
+        () = tokio::time::sleep(CLOSE_GRACE) => abort.0.cancel(),
+        () = done.cancelled() => {}
+    }
 }
 
 impl Stream {

@@ -23,7 +23,7 @@ use tracing::{debug, info};
 
 use crate::app::App;
 use crate::connection::events::ConnectionMeta;
-use crate::connection::registry::Socket;
+use crate::connection::registry::{Socket, Transport};
 use crate::http::answer::message_response;
 use crate::http::query::decode_query;
 
@@ -150,8 +150,10 @@ pub(crate) async fn connect(
     app: &App,
     request: &Request,
     meta: ConnectionMeta,
+    transport: Transport,
 ) -> Result<Arc<Socket>, Refusal> {
-    let socket = Socket::new(meta, app.settings.limits.outbound_queue);
+    let queue = app.settings.limits.outbound_queue;
+    let socket = Socket::with_transport(meta, queue, transport);
     app.registry.insert(socket.clone());
     let event = app
         .events

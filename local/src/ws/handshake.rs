@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::upgrade::Upgrade;
 use crate::app::App;
+use crate::connection::registry::Transport;
 use crate::session::{admit_and_authorize, connect};
 
 /// The read buffer per connection. tungstenite reads into a 128 KiB buffer by default,
@@ -33,7 +34,7 @@ pub(crate) async fn handshake(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
-    let socket = match connect(&app, &request, meta).await {
+    let socket = match connect(&app, &request, meta, Transport::WebSocket).await {
         Ok(socket) => socket,
         Err(refusal) => return refusal.into_response(),
     };

@@ -342,3 +342,88 @@ async fn a_stream_resumes_on_another_instance() {
         .unwrap();
     assert_eq!(sse.next().await.data["offset"], 4);
 }
+
+/// The gateway's live sockets, as the demo's stats count them.
+async fn live_sockets(gw: &Gateway) -> u64 {
+    let request = format!(
+        "GET /_herald/stats HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        gw.addr
+    );
+    let answer = common::raw_http(gw.addr, &request).await;
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str::<Value>(body).unwrap()["connections"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_counts_once_toward_the_connection_limit() {
+    let mut s = settings_with(&[]);
+    s.limits.max_total = Some(4);
+    let gw = Gateway::start_with(s).await;
+    let token = gw.token("ann", &["*"], &[]);
+    let mut streams = Vec::new();
+    for n in 0..4 {
+        let (status, stream, head) = open(gw.addr, &format!("rooms=r{n}&token={token}"), &[]).await;
+        assert_eq!(status, 200, "stream {n} of a limit of 4: {head}");
+        streams.push(stream);
+    }
+    let (status, _, _) = open(gw.addr, &format!("rooms=r9&token={token}"), &[]).await;
+    assert_eq!(status, 429, "the fifth is over the limit");
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_stopped_reading_is_torn_down_and_released() {
+    let mut s = settings_with(&[]);
+    s.limits.outbound_queue = 4;
+    let gw = Gateway::start_with(s).await;
+    let token = gw.token("ann", &["big"], &[]);
+    // A client with a small receive buffer that reads its head and then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /local/events?rooms=big&token={token} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        gw.addr
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0; 64];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(live_sockets(&gw).await, 1);
+    // Large notifications until the stream's queue overflows: a slow consumer.
+    let data = "x".repeat(64 * 1024);
+    let mut gone = 0;
+    for _ in 0..400 {
+        let answer = gw
+            .invoke(json!({"room": "big", "data": data}))
+            .await
+            .unwrap();
+        gone += answer["gone"].as_u64().unwrap();
+        if gone > 0 {
+            break;
+        }
+    }
+    assert_eq!(gone, 1, "the stalled stream was dropped as a slow consumer");
+    // Its connection is dropped under it, and its socket released.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while live_sockets(&gw).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream still holds its socket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The peer sees the connection end once it reads what was already on the wire.
+    let mut sink = vec![0; 1 << 16];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was closed");
+}
