@@ -16,7 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::events::EventFactory;
 use crate::connection::frame_rate::FrameRate;
-use crate::connection::registry::Registry;
+use crate::connection::registry::{
+    Bounds, DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES, Registry,
+};
 use crate::connection::runtime::SocketRuntime;
 
 /// The address `herald-local` listens on: loopback only, unless told otherwise.
@@ -31,8 +33,6 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 32 * 1024;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// API Gateway's maximum connection duration (2 hours).
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(7200);
-/// Messages queued for one client before it counts as a slow consumer.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// The stage when none is given.
 pub const DEFAULT_STAGE: &str = "local";
 /// The function names the Invoke API runs `publish` for, when none are given.
@@ -116,8 +116,9 @@ pub struct SocketLimits {
     pub idle_timeout: Duration,
     /// No connection lives longer (AWS: 2 hours).
     pub max_duration: Duration,
-    /// Messages queued for one client before it counts as a slow consumer.
-    pub outbound_queue: usize,
+    /// What may wait for one client: past it, a notification closes the client as a slow
+    /// consumer and a reply waits for room.
+    pub outbound_queue: Bounds,
     /// Connections from one source IP; `None` for no limit.
     pub max_per_ip: Option<usize>,
     /// Connections in all; `None` for no limit.
@@ -142,7 +143,10 @@ impl Default for SocketLimits {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_duration: DEFAULT_MAX_DURATION,
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue: Bounds {
+                frames: DEFAULT_OUTBOUND_QUEUE,
+                bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            },
             max_per_ip: None,
             max_total: None,
             frame_rate: Some(FrameRate::default()),

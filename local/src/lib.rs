@@ -45,14 +45,17 @@ mod ws;
 pub use app::{
     AuthMode, ControlPlane, ControlPlaneMode, DEFAULT_DRAIN, DEFAULT_HEAD_TIMEOUT,
     DEFAULT_HEARTBEAT, DEFAULT_HOST, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION,
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT,
-    DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_STAGE, HEARTBEATS_PER_LIFETIME, HttpLimits, Settings,
-    SocketLimits, StartError, random_instance_id,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, DEFAULT_PUBLISH_FUNCTIONS,
+    DEFAULT_STAGE, HEARTBEATS_PER_LIFETIME, HttpLimits, Settings, SocketLimits, StartError,
+    random_instance_id,
 };
 pub use connection::close_code;
 pub use connection::events::{EventFactory, iso8601, request_time, route_key};
 pub use connection::frame_rate::{DEFAULT_FRAME_BURST, DEFAULT_FRAMES_PER_SECOND, FrameRate};
-pub use connection::registry::{Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON};
+pub use connection::registry::{
+    Bounds as OutboundBounds, DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES,
+    MAX_OUTBOUND_QUEUE_BYTES, Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON,
+};
 pub use control_plane::DEFAULT_QUEUED_INVOCATIONS;
 pub use control_plane::sigv4::{self, Credentials};
 pub use root::{MIN_HS256_SECRET_BYTES, Ready, bind, prepare, run};

@@ -11,8 +11,9 @@ use herald_local::{
     AuthMode, ControlPlane, ControlPlaneMode, Credentials, DEFAULT_DRAIN, DEFAULT_FRAME_BURST,
     DEFAULT_FRAMES_PER_SECOND, DEFAULT_HEAD_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_OUTBOUND_QUEUE, DEFAULT_PORT, DEFAULT_PUBLISH_FUNCTIONS, DEFAULT_QUEUED_INVOCATIONS,
-    DEFAULT_STAGE, FrameRate, HttpLimits, Settings, SocketLimits, cli,
+    DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES, DEFAULT_PORT, DEFAULT_PUBLISH_FUNCTIONS,
+    DEFAULT_QUEUED_INVOCATIONS, DEFAULT_STAGE, FrameRate, HttpLimits, MAX_OUTBOUND_QUEUE_BYTES,
+    OutboundBounds, Settings, SocketLimits, cli,
 };
 
 /// A local API Gateway for WebSockets running Herald's handlers.
@@ -55,6 +56,15 @@ struct Flags {
     /// Messages queued per client before it is closed as a slow consumer (1008).
     #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE)]
     outbound_queue: usize,
+    /// Bytes queued per client: past them a notification closes it as a slow consumer
+    /// (1008) and a reply waits for room.
+    #[arg(
+        long,
+        env = "HERALD_OUTBOUND_QUEUE_BYTES",
+        default_value_t = DEFAULT_OUTBOUND_QUEUE_BYTES as u64,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_OUTBOUND_QUEUE_BYTES),
+    )]
+    outbound_queue_bytes: u64,
     /// Connections per user (0: no limit); overrides HERALD_MAX_CONNECTIONS_PER_USER,
     /// which the configuration reads.
     #[arg(long, help = format!(
@@ -312,7 +322,11 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             max_frame_bytes: flags.max_frame_bytes,
             idle_timeout: Duration::from_secs(flags.idle_timeout_secs),
             max_duration: Duration::from_secs(flags.max_connection_secs),
-            outbound_queue: flags.outbound_queue,
+            outbound_queue: OutboundBounds {
+                frames: flags.outbound_queue,
+                // In range by the flag's parser, so it fits.
+                bytes: usize::try_from(flags.outbound_queue_bytes).unwrap_or(usize::MAX),
+            },
             max_per_ip: non_zero(flags.max_connections_per_ip),
             max_total: non_zero(flags.max_connections),
             frame_rate: (flags.frames_per_second > 0).then(|| FrameRate {

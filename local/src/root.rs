@@ -83,7 +83,7 @@ fn auth(settings: &mut Settings) -> Result<(AuthConfig, AuthMode), StartError> {
 async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
     let (auth_config, auth) = auth(&mut settings)?;
     let verifier = Verifier::new(&auth_config)?;
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(settings.limits.outbound_queue));
     // Several instances share Redis only when it is the store they were configured with
     // (a store handed in by a test stays this instance's own).
     let (store, redis) = match settings.store.clone() {

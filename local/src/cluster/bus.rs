@@ -85,6 +85,11 @@ impl Bus {
         pong.map(drop)
     }
 
+    /// The publisher's connection, for a caller that reads a key on its own.
+    pub(super) fn publisher(&self) -> ConnectionManager {
+        self.publisher.clone()
+    }
+
     /// Sets `key`, to expire after `ttl`.
     pub(super) async fn mark(&self, key: &str, ttl: Duration) -> redis::RedisResult<()> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);

@@ -18,6 +18,9 @@ pub(super) enum Envelope {
     Reply { req: u64, answer: Answer },
     /// An instance has started (sent on the shared channel).
     Hello { from: String },
+    /// An instance found its marker gone: the store lost records, perhaps every instance's
+    /// (sent on the shared channel).
+    Lost { from: String },
 }
 
 /// What one instance asks of another.

@@ -26,9 +26,7 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
         match cluster.is_marked().await {
             Ok(true) => {}
             Ok(false) => {
-                cluster
-                    .registration
-                    .lost("this instance's marker is gone from Redis");
+                cluster.registration.lost_marker();
                 continue;
             }
             Err(e) => {

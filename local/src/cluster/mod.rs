@@ -158,6 +158,9 @@ impl Cluster {
             }
         });
         cluster.mark_registered().await?;
+        cluster
+            .registration
+            .watch(cluster.bus.publisher(), cluster.marker_key());
         cluster.refresh_peers().await;
         let hello = Envelope::Hello {
             from: cluster.instance.clone(),
@@ -198,6 +201,12 @@ impl Cluster {
             Envelope::Hello { from } => {
                 if from != self.instance {
                     self.peers().insert(from);
+                }
+            }
+            Envelope::Lost { from } => {
+                if from != self.instance {
+                    self.registration
+                        .lost("another instance found the store had lost records");
                 }
             }
             Envelope::Reply { req, answer } => {
@@ -362,6 +371,10 @@ impl Cluster {
 #[async_trait]
 impl Gateway for Cluster {
     async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError> {
+        if self.registry.socket(id).is_some() {
+            // Held here (a reply always is): it waits for room as a reply does.
+            return Gateway::post(&*self.registry, id, payload).await;
+        }
         self.post_many(std::slice::from_ref(id), payload)
             .await
             .pop()

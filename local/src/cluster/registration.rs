@@ -4,9 +4,12 @@
 //! Redis that restarts comes back empty (and records can go other ways: a flush, expiry
 //! during a long partition). Until every instance has put its sockets back, the lists miss
 //! recipients, and a publish that read them would answer a silent `delivered: 0`. So from
-//! the moment the subscription's connection drops, or the heartbeat finds this instance's
-//! marker gone, the instance is *restoring*: the reads that list recipients fail as
-//! `Unavailable`, as they do while Redis is down ([`Registration::check`]). The restorer
+//! the moment the subscription's connection drops, or this instance's marker is found gone
+//! (by the heartbeat, or after any read of recipients: [`Registration::confirm`]), the
+//! instance is *restoring*: the reads that list recipients fail as `Unavailable`, as they
+//! do while Redis is down ([`Registration::check`]). A flush drops no connection, so the
+//! instance that finds its marker gone tells the others (`Envelope::Lost`), and they
+//! restore too. The restorer
 //! ([`Cluster::restore`]) reconnects at once, re-registers every socket and its rooms, sets
 //! this instance's marker, and waits for the marker of each peer it knew of; then the lists
 //! are trusted again.
@@ -15,13 +18,15 @@
 //! sockets went with it); none is waited for past one record lifetime, after which its
 //! records would have expired anyway.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use herald::error;
 use herald::ids::now_ms;
 use herald::store::{Connection, ConnectionStore, StoreError};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -45,6 +50,17 @@ pub struct Registration {
     /// Counts losses: a restore ends the restoring state only if no loss came after it began.
     generation: Mutex<u64>,
     wake: Notify,
+    /// Whether the latest loss was found here in the store, which the other instances do
+    /// not see by themselves: the restorer tells them.
+    announce: AtomicBool,
+    /// This instance's marker, looked up after every read of recipients.
+    marker: OnceLock<Marker>,
+}
+
+/// Where this instance's marker is.
+struct Marker {
+    redis: ConnectionManager,
+    key: String,
 }
 
 impl Registration {
@@ -60,6 +76,40 @@ impl Registration {
         drop(generation);
         info!(why, "re-registering this instance's connections");
         self.wake.notify_one();
+    }
+
+    /// The store has lost this instance's marker, and so (a flush) perhaps every
+    /// instance's records: distrust it, and have the restorer tell the others.
+    pub fn lost_marker(&self) {
+        self.announce.store(true, Ordering::Release);
+        self.lost("this instance's marker is gone from Redis");
+    }
+
+    /// Whether the restore about to begin must tell the other instances of the loss.
+    pub(super) fn take_announcement(&self) -> bool {
+        self.announce.swap(false, Ordering::AcqRel)
+    }
+
+    /// Looks for this instance's marker, at `key` through `redis`, after each read of
+    /// recipients from now on.
+    pub(super) fn watch(&self, redis: ConnectionManager, key: String) {
+        // Set once, when the cluster starts; a second call has nothing new to say.
+        let _ = self.marker.set(Marker { redis, key });
+    }
+
+    /// After a read of recipients: `Unavailable` if the store may have lost records by the
+    /// time it answered. The marker is looked up after the read, so a flush before the read
+    /// is always seen; one that comes after it is the next read's.
+    pub async fn confirm(&self) -> Result<(), StoreError> {
+        self.check()?;
+        let Some(marker) = self.marker.get() else {
+            return Ok(());
+        };
+        let marked: bool = marker.redis.clone().exists(&marker.key).await?;
+        if !marked {
+            self.lost_marker();
+        }
+        self.check()
     }
 
     /// Whether a restore is under way.
@@ -141,6 +191,9 @@ impl Cluster {
     /// Re-registers this instance after a loss, then waits for its peers; see the module.
     pub(super) async fn restore(&self) {
         let generation = *self.registration.generation();
+        if self.registration.take_announcement() {
+            self.announce_loss().await;
+        }
         let restored = loop {
             if self.bus.ping().await.is_ok() {
                 let registered =
@@ -160,6 +213,24 @@ impl Cluster {
         if self.registration.restored(generation) {
             info!("every known instance is registered; publishing trusts the store again");
         }
+    }
+
+    /// Tells every other instance that the store lost records, until Redis takes it.
+    async fn announce_loss(&self) {
+        let lost = super::Envelope::Lost {
+            from: self.instance.clone(),
+        };
+        let body = serde_json::to_vec(&lost).expect("envelopes serialize");
+        let shared = super::shared_channel(&self.prefix);
+        while let Err(e) = self.bus.publish(&shared, &body).await {
+            debug!(error = %e, "cannot tell the other instances of the loss yet");
+            tokio::time::sleep(RECONNECT_POLL).await;
+        }
+    }
+
+    /// Where this instance's marker is.
+    pub(super) fn marker_key(&self) -> String {
+        marker(&self.prefix, &self.instance)
     }
 
     /// Sets this instance's marker, for one record lifetime (the heartbeat renews it).

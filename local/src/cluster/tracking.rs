@@ -1,8 +1,9 @@
 //! `TrackingStore`: the shared store, with each local socket's joins and leaves mirrored
 //! onto the socket itself, so they can be put back after Redis restarts empty; and with the
 //! lists of recipients (room members, a user's connections, everyone, who holds which
-//! socket) refused as `Unavailable` while the instance re-registers, so a publish never
-//! reads a short list and answers a silent `delivered: 0`.
+//! socket) refused as `Unavailable` while the instance re-registers, or when the store is
+//! found to have lost this instance's records by the time it answered (a flush), so a
+//! publish never reads a short list and answers a silent `delivered: 0`.
 
 use std::sync::Arc;
 
@@ -68,12 +69,16 @@ impl ForwardingStore for TrackingStore {
         limit: usize,
     ) -> Result<Page<ConnectionId>, StoreError> {
         self.registration.check()?;
-        self.inner.room_members(room, cursor, limit).await
+        let listed = self.inner.room_members(room, cursor, limit).await?;
+        self.registration.confirm().await?;
+        Ok(listed)
     }
 
     async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
         self.registration.check()?;
-        self.inner.user_connections(user).await
+        let listed = self.inner.user_connections(user).await?;
+        self.registration.confirm().await?;
+        Ok(listed)
     }
 
     async fn all_connections(
@@ -82,11 +87,15 @@ impl ForwardingStore for TrackingStore {
         limit: usize,
     ) -> Result<Page<ConnectionId>, StoreError> {
         self.registration.check()?;
-        self.inner.all_connections(cursor, limit).await
+        let listed = self.inner.all_connections(cursor, limit).await?;
+        self.registration.confirm().await?;
+        Ok(listed)
     }
 
     async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
         self.registration.check()?;
-        self.inner.instances(ids).await
+        let listed = self.inner.instances(ids).await?;
+        self.registration.confirm().await?;
+        Ok(listed)
     }
 }

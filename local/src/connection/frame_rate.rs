@@ -77,6 +77,31 @@ impl Limiter {
 
     /// The verdict on a frame that arrived at `now`.
     pub(crate) fn frame(&mut self, now: Instant) -> Verdict {
+        if self.count(now) {
+            return Verdict::Close;
+        }
+        if self.bucket.take(now) {
+            Verdict::Pass
+        } else if self.answered {
+            Verdict::Drop
+        } else {
+            self.answered = true;
+            Verdict::Refuse
+        }
+    }
+
+    /// Counts a fragment that arrived at `now`, which cannot be refused on its own: it spends
+    /// the rate, so that the message it belongs to (judged by [`Limiter::frame`] when it
+    /// ends) is refused when its fragments went over. True when the connection must close.
+    pub(crate) fn fragment(&mut self, now: Instant) -> bool {
+        let close = self.count(now);
+        self.bucket.take(now);
+        close
+    }
+
+    /// Counts a frame in its window; true once the client has abused the rate for the abuse
+    /// period.
+    fn count(&mut self, now: Instant) -> bool {
         let (start, seen) = &mut self.window;
         if now.saturating_duration_since(*start) >= WINDOW {
             let abusive = *seen > self.rate.per_second.saturating_mul(ABUSE_FACTOR);
@@ -91,20 +116,8 @@ impl Limiter {
             self.answered = false;
         }
         *seen += 1;
-        if self
-            .abusing_since
+        self.abusing_since
             .is_some_and(|since| now.saturating_duration_since(since) >= self.rate.abuse_period)
-        {
-            return Verdict::Close;
-        }
-        if self.bucket.take(now) {
-            Verdict::Pass
-        } else if self.answered {
-            Verdict::Drop
-        } else {
-            self.answered = true;
-            Verdict::Refuse
-        }
     }
 }
 
@@ -144,6 +157,31 @@ mod tests {
             verdicts.iter().filter(|v| **v == Verdict::Refuse).count(),
             1
         );
+    }
+
+    #[test]
+    fn fragments_spend_the_rate_and_leave_the_answer_to_their_message() {
+        let start = Instant::now();
+        let mut l = limiter(50, 3, DEFAULT_ABUSE_PERIOD, start);
+        for _ in 0..4 {
+            assert!(
+                !l.fragment(start),
+                "one past the burst is spent, not refused"
+            );
+        }
+        assert_eq!(l.frame(start), Verdict::Refuse, "the message is answered");
+        assert_eq!(l.frame(start), Verdict::Drop);
+    }
+
+    #[test]
+    fn fragments_far_over_the_rate_for_the_abuse_period_close() {
+        let start = Instant::now();
+        let mut l = limiter(5, 5, Duration::from_secs(2), start);
+        let closed = (0..400u64)
+            .map(|n| start + Duration::from_millis(n * 10))
+            .position(|at| l.fragment(at));
+        // 100 fragments a second: abusive from the first window, closed two seconds on.
+        assert_eq!(closed, Some(200));
     }
 
     #[test]

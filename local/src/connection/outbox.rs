@@ -10,9 +10,14 @@
 //! so that many senders do not contend, which is not this queue's case: one publisher at a
 //! time pushes, and one writer takes.)
 //!
-//! The queue is bounded: a push beyond `capacity` is refused, and the caller closes the
-//! client as a slow consumer. It allocates nothing until the first push, so an idle
-//! connection costs only the line itself.
+//! The queue is bounded twice, by [`Bounds`]: in frames, and in bytes, so that a client
+//! asking for large replies and never reading cannot hold more than its byte budget here.
+//! A push past either bound is refused, and the caller decides: fan-out closes the client
+//! as a slow consumer, a reply waits for room (`registry.rs`). The bounds are the
+//! gateway's, passed with each push, so the line holds only what changes. The count of
+//! bytes covers what waits here; a batch the writer has taken and not yet written is its
+//! own, so a connection holds at most twice its byte budget. It allocates nothing until the
+//! first push, so an idle connection costs only the line itself.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -30,12 +35,23 @@ pub type Frame = Arc<Encoded>;
 /// Slots each of the outbox's two buffers keeps while the connection is idle.
 const IDLE_SLOTS: usize = 16;
 
+/// How much an outbox may hold. Held by the gateway, one for every socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Frames queued at most (at least one).
+    pub frames: usize,
+    /// Bytes on the wire queued at most; a single frame larger than this is still taken
+    /// into an empty queue, so that no frame the gateway accepts is undeliverable.
+    pub bytes: usize,
+}
+
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// The outbox was closed: the socket is going away.
     Closed,
-    /// The outbox holds `capacity` notifications already.
+    /// The outbox holds as many frames as its bounds allow, or this one would take it past
+    /// its byte budget.
     Full,
 }
 
@@ -51,19 +67,26 @@ struct State {
     frames: VecDeque<Frame>,
     /// The writer, when it waits for frames.
     writer: Option<Waker>,
-    /// Kept under the lock, on its line, rather than beside it on the next.
-    capacity: u32,
+    /// Bytes of `frames` on the wire: kept under the lock, on its line (32 bits, so that
+    /// the line still holds it; the budget is checked in full width).
+    bytes: u32,
     closed: bool,
 }
 
+impl Default for Outbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Outbox {
-    /// An empty, open outbox that holds at most `capacity` frames (at least one).
-    pub fn new(capacity: usize) -> Self {
+    /// An empty, open outbox.
+    pub fn new() -> Self {
         Self {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 writer: None,
-                capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
+                bytes: 0,
                 closed: false,
             }),
         }
@@ -74,27 +97,30 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `frame` (a reference count) and wakes the writer if it waits.
-    pub fn push(&self, frame: &Frame) -> Result<(), Refused> {
-        self.enqueue(frame.clone())
+    /// Queues `frame` (a reference count) within `bounds` and wakes the writer if it waits.
+    pub fn push(&self, frame: &Frame, bounds: Bounds) -> Result<(), Refused> {
+        self.enqueue(frame.clone(), bounds)
     }
 
     /// Queues a frame the protocol itself sends (a pong), outside the notifications' rules:
     /// never refused as a slow consumer, dropped once closed or full.
-    pub fn push_control(&self, frame: Frame) {
+    pub fn push_control(&self, frame: Frame, bounds: Bounds) {
         // Refused means dropped here: the caller has no client to close.
-        let _ = self.enqueue(frame);
+        let _ = self.enqueue(frame, bounds);
     }
 
-    fn enqueue(&self, frame: Frame) -> Result<(), Refused> {
+    fn enqueue(&self, frame: Frame, bounds: Bounds) -> Result<(), Refused> {
         let writer = {
             let mut state = self.lock();
             if state.closed {
                 return Err(Refused::Closed);
             }
-            if state.frames.len() >= state.capacity as usize {
+            let bytes = state.bytes as usize + frame.len();
+            let over_budget = bytes > bounds.bytes && !state.frames.is_empty();
+            if state.frames.len() >= bounds.frames.max(1) || over_budget {
                 return Err(Refused::Full);
             }
+            state.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
             state.frames.push_back(frame);
             state.writer.take()
         };
@@ -133,10 +159,10 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// How many frames wait and how many it may hold, while it is open.
+    /// How many frames wait, and their bytes, while it is open.
     pub fn backlog(&self) -> Option<(usize, usize)> {
         let state = self.lock();
-        (!state.closed).then(|| (state.frames.len(), state.capacity as usize))
+        (!state.closed).then_some((state.frames.len(), state.bytes as usize))
     }
 
     /// Moves every queued frame into `batch` (which must be empty; its allocation is
@@ -148,6 +174,7 @@ impl Outbox {
             let mut state = self.lock();
             if !state.frames.is_empty() {
                 std::mem::swap(&mut state.frames, batch);
+                state.bytes = 0;
                 return Poll::Ready(batch.len());
             }
             if state.closed {
@@ -171,6 +198,7 @@ impl Outbox {
     pub fn take_now(&self, batch: &mut VecDeque<Frame>) -> usize {
         let mut state = self.lock();
         batch.append(&mut state.frames);
+        state.bytes = 0;
         batch.len()
     }
 }
@@ -189,6 +217,53 @@ mod tests {
         ))
     }
 
+    /// Bounds of `n` frames and no byte budget to speak of.
+    fn frames(n: usize) -> Bounds {
+        Bounds {
+            frames: n,
+            bytes: usize::MAX,
+        }
+    }
+
+    #[test]
+    fn bytes_are_bounded_at_the_budget_and_counted_until_taken() {
+        // "abc" is a 5-byte frame: a 2-byte header and its payload.
+        let bounds = Bounds {
+            frames: 16,
+            bytes: 10,
+        };
+        let outbox = Outbox::new();
+        assert_eq!(outbox.push(&text("abc"), bounds), Ok(()));
+        assert_eq!(
+            outbox.push(&text("abc"), bounds),
+            Ok(()),
+            "10 bytes: at the budget"
+        );
+        assert_eq!(
+            outbox.push(&text("a"), bounds),
+            Err(Refused::Full),
+            "13: past it"
+        );
+        assert_eq!(outbox.backlog(), Some((2, 10)));
+        let mut batch = VecDeque::new();
+        outbox.take_now(&mut batch);
+        assert_eq!(
+            outbox.backlog(),
+            Some((0, 0)),
+            "taken bytes are the writer's"
+        );
+        let bounds = Bounds {
+            frames: 16,
+            bytes: 4,
+        };
+        assert_eq!(
+            outbox.push(&text("abc"), bounds),
+            Ok(()),
+            "a frame larger than the budget still goes into an empty queue"
+        );
+        assert_eq!(outbox.push(&text(""), bounds), Err(Refused::Full));
+    }
+
     #[test]
     fn a_push_touches_one_cache_line() {
         assert_eq!(size_of::<Outbox>(), 64);
@@ -197,10 +272,11 @@ mod tests {
 
     #[test]
     fn pushes_are_bounded_and_refused_once_closed() {
-        let outbox = Outbox::new(2);
-        assert_eq!(outbox.push(&text("a")), Ok(()));
-        assert_eq!(outbox.push(&text("b")), Ok(()));
-        assert_eq!(outbox.push(&text("c")), Err(Refused::Full));
+        let outbox = Outbox::new();
+        let bounds = frames(2);
+        assert_eq!(outbox.push(&text("a"), bounds), Ok(()));
+        assert_eq!(outbox.push(&text("b"), bounds), Ok(()));
+        assert_eq!(outbox.push(&text("c"), bounds), Err(Refused::Full));
         assert_eq!(outbox.len(), 2);
         let mut batch = VecDeque::new();
         assert_eq!(outbox.take_now(&mut batch), 2);
@@ -208,27 +284,29 @@ mod tests {
         assert!(outbox.is_empty());
         outbox.close();
         assert!(!outbox.is_open());
-        assert_eq!(outbox.push(&text("d")), Err(Refused::Closed));
+        assert_eq!(outbox.push(&text("d"), bounds), Err(Refused::Closed));
     }
 
     #[test]
     fn control_frames_queue_in_order_and_are_dropped_rather_than_refused() {
-        let outbox = Outbox::new(2);
-        outbox.push(&text("a")).unwrap();
-        outbox.push_control(text("pong"));
-        assert_eq!(outbox.push(&text("b")), Err(Refused::Full));
-        outbox.push_control(text("dropped: full"));
+        let outbox = Outbox::new();
+        let bounds = frames(2);
+        outbox.push(&text("a"), bounds).unwrap();
+        outbox.push_control(text("pong"), bounds);
+        assert_eq!(outbox.push(&text("b"), bounds), Err(Refused::Full));
+        outbox.push_control(text("dropped: full"), bounds);
         let mut batch = VecDeque::new();
         outbox.take_now(&mut batch);
         assert_eq!(batch, [text("a"), text("pong")]);
         outbox.close();
-        outbox.push_control(text("dropped: closed"));
+        outbox.push_control(text("dropped: closed"), bounds);
         assert!(outbox.is_empty());
     }
 
     #[tokio::test]
     async fn the_writer_waits_for_a_push_and_takes_everything_queued() {
-        let outbox = Arc::new(Outbox::new(16));
+        let outbox = Arc::new(Outbox::new());
+        let bounds = frames(16);
         let writer = tokio::spawn({
             let outbox = outbox.clone();
             async move {
@@ -239,7 +317,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "nothing was queued yet");
-        outbox.push(&text("one")).unwrap();
+        outbox.push(&text("one"), bounds).unwrap();
         let (n, batch) = tokio::time::timeout(Duration::from_secs(5), writer)
             .await
             .expect("the push woke the writer")
@@ -250,11 +328,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_going_idle_gives_back_what_a_burst_grew() {
-        let outbox = Outbox::new(1024);
+        let outbox = Outbox::new();
+        let bounds = frames(1024);
         let mut batch = VecDeque::new();
         for _ in 0..2 {
             for _ in 0..500 {
-                outbox.push(&text("x")).unwrap();
+                outbox.push(&text("x"), bounds).unwrap();
             }
             assert_eq!(outbox.take(&mut batch).await, 500);
             batch.clear();
@@ -268,15 +347,16 @@ mod tests {
 
     #[tokio::test]
     async fn closing_wakes_the_writer_which_still_gets_what_was_queued() {
-        let outbox = Outbox::new(16);
-        outbox.push(&text("last")).unwrap();
+        let outbox = Outbox::new();
+        let bounds = frames(16);
+        outbox.push(&text("last"), bounds).unwrap();
         outbox.close();
         let mut batch = VecDeque::new();
         assert_eq!(outbox.take(&mut batch).await, 1);
         batch.clear();
         assert_eq!(outbox.take(&mut batch).await, 0, "closed and empty");
 
-        let outbox = Arc::new(Outbox::new(16));
+        let outbox = Arc::new(Outbox::new());
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.take(&mut VecDeque::new()).await }

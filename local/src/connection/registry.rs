@@ -27,6 +27,7 @@ use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::events::ConnectionMeta;
+pub use crate::connection::outbox::Bounds;
 pub use crate::connection::outbox::Frame;
 use crate::connection::outbox::{Outbox, Refused};
 use crate::connection::wire::{self, Opcode};
@@ -35,6 +36,16 @@ use crate::connection::wire::{self, Opcode};
 pub const SLOW_CONSUMER_CODE: u16 = crate::connection::close_code::POLICY_VIOLATION;
 /// Close reason for a client whose outbound queue overflowed.
 pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue full";
+
+/// Frames queued for one client before it counts as a slow consumer.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Bytes queued for one client before it counts as a slow consumer (or, for a reply, before
+/// the reply waits for room): four of the largest notifications, so that a user's hundred
+/// connections hold tens of megabytes, not gigabytes (the README adds it up).
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 512 * 1024;
+/// The largest byte budget that may be set: the outbox counts its bytes in 32 bits, with
+/// room for one frame past the budget.
+pub const MAX_OUTBOUND_QUEUE_BYTES: u64 = 1 << 30;
 
 /// Notifications queued for a socket beyond which fan-out waits for its writer (capped at
 /// half the queue). Deep enough that a writer sends many notifications per write under
@@ -48,6 +59,15 @@ const PACE_SAMPLES: usize = 8;
 const PACE_STALL: Duration = Duration::from_millis(5);
 /// How often fan-out looks again while it waits.
 const PACE_TICK: Duration = Duration::from_millis(1);
+
+/// How long a reply (a post to one connection) waits for room in a full queue before its
+/// client counts as a slow consumer: long enough for a slow link to drain a few of the
+/// largest notifications, short enough that a client that stopped reading is let go.
+pub const REPLY_PATIENCE: Duration = Duration::from_secs(10);
+/// How often a waiting reply looks again at first; it backs off to [`REPLY_TICK_MAX`].
+const REPLY_TICK: Duration = Duration::from_millis(1);
+/// How often a waiting reply looks again at most.
+const REPLY_TICK_MAX: Duration = Duration::from_millis(50);
 
 /// How a socket reaches its client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,19 +99,15 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// A WebSocket whose outbox holds up to `queue_len` notifications.
-    pub fn new(meta: ConnectionMeta, queue_len: usize) -> Arc<Self> {
-        Self::with_transport(meta, queue_len, Transport::WebSocket)
+    /// A WebSocket.
+    pub fn new(meta: ConnectionMeta) -> Arc<Self> {
+        Self::with_transport(meta, Transport::WebSocket)
     }
 
-    /// A socket of `transport` whose outbox holds up to `queue_len` notifications.
-    pub fn with_transport(
-        meta: ConnectionMeta,
-        queue_len: usize,
-        transport: Transport,
-    ) -> Arc<Self> {
+    /// A socket of `transport`.
+    pub fn with_transport(meta: ConnectionMeta, transport: Transport) -> Arc<Self> {
         Arc::new(Self {
-            outbox: Outbox::new(queue_len),
+            outbox: Outbox::new(),
             last_active: CacheLine(AtomicI64::new(meta.connected_at)),
             meta,
             closing: CancellationToken::new(),
@@ -163,13 +179,39 @@ impl Socket {
 struct CacheLine<T>(T);
 
 /// Live sockets by connection id.
-#[derive(Default)]
 pub struct Registry {
     sockets: RwLock<Table>,
     slow_consumers: AtomicU64,
+    /// What each socket's outbox may hold.
+    bounds: Bounds,
+}
+
+impl Default for Registry {
+    /// A registry whose outboxes hold [`DEFAULT_OUTBOUND_QUEUE`] frames and
+    /// [`DEFAULT_OUTBOUND_QUEUE_BYTES`].
+    fn default() -> Self {
+        Self::new(Bounds {
+            frames: DEFAULT_OUTBOUND_QUEUE,
+            bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+        })
+    }
 }
 
 impl Registry {
+    /// An empty registry whose sockets' outboxes hold at most `bounds`.
+    pub fn new(bounds: Bounds) -> Self {
+        Self {
+            sockets: RwLock::default(),
+            slow_consumers: AtomicU64::new(0),
+            bounds,
+        }
+    }
+
+    /// What each socket's outbox may hold.
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
     /// Adds a socket.
     pub fn insert(&self, socket: Arc<Socket>) {
         self.write().insert(socket.meta.id.clone(), socket);
@@ -287,13 +329,6 @@ pub fn frame(payload: Bytes) -> Result<Frame, PushError> {
 }
 
 impl Registry {
-    /// Queues `message` for `id` without waiting.
-    pub fn post_now(&self, id: &ConnectionId, message: &Frame) -> Result<(), PushError> {
-        self.socket(id).map_or(Err(PushError::Gone), |socket| {
-            self.post_to(&socket, message)
-        })
-    }
-
     /// Queues `message` for each of `ids` under one read lock of the socket table; answers
     /// the ones that failed.
     pub fn post_all(&self, ids: &[ConnectionId], message: &Frame) -> Failures {
@@ -331,8 +366,9 @@ impl Registry {
         }
     }
 
-    /// The summed depth of up to [`PACE_SAMPLES`] queues spread over `ids`, when most of
-    /// them are past the high-water mark; `None` when they are not.
+    /// The summed depth in bytes of up to [`PACE_SAMPLES`] queues spread over `ids`, when
+    /// most of them are past the high-water mark (in frames, or half the byte budget);
+    /// `None` when they are not.
     fn sample_backlog(&self, ids: &[ConnectionId]) -> Option<usize> {
         let step = ids.len().div_ceil(PACE_SAMPLES).max(1);
         let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
@@ -340,9 +376,11 @@ impl Registry {
         for socket in ids.iter().step_by(step).filter_map(|id| sockets.get(id)) {
             sampled += 1;
             // A closed socket's queue is not waited for: it is only ever emptied, or dropped.
-            if let Some((queued, capacity)) = socket.outbox.backlog() {
-                depth += queued;
-                if queued > BACKLOG_HIGH_WATER.min(capacity / 2) {
+            if let Some((queued, bytes)) = socket.outbox.backlog() {
+                depth += bytes;
+                if queued > BACKLOG_HIGH_WATER.min(self.bounds.frames / 2)
+                    || bytes > self.bounds.bytes / 2
+                {
                     deep += 1;
                 }
             }
@@ -354,24 +392,53 @@ impl Registry {
     /// for, or when its queue is full (the slow consumer is then closed).
     pub fn post_to(&self, socket: &Socket, message: &Frame) -> Result<(), PushError> {
         // `lastActiveAt` is stamped by the writer when it sends, not here on the hot path.
-        match socket.outbox.push(message) {
+        match socket.outbox.push(message, self.bounds) {
             Ok(()) => Ok(()),
-            Err(Refused::Full) => {
-                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(connection_id = %socket.meta.id, "outbound queue full; closing the slow consumer");
-                socket.close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON);
-                Err(PushError::Gone)
-            }
+            Err(Refused::Full) => Err(self.overflowed(socket)),
             Err(Refused::Closed) => Err(PushError::Gone),
         }
+    }
+
+    /// Queues a reply for one socket, waiting up to [`REPLY_PATIENCE`] while its queue is
+    /// full: the client's own requests are answered at the pace it reads (its next request
+    /// is not read meanwhile), so what it asks for never piles up past its budget. A client
+    /// that lets the wait run out is closed as a slow consumer.
+    pub async fn post_waiting(&self, socket: &Socket, message: &Frame) -> Result<(), PushError> {
+        let deadline = tokio::time::Instant::now() + REPLY_PATIENCE;
+        let mut tick = REPLY_TICK;
+        loop {
+            match socket.outbox.push(message, self.bounds) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed) => return Err(PushError::Gone),
+                Err(Refused::Full) if tokio::time::Instant::now() < deadline => {
+                    tokio::select! {
+                        () = tokio::time::sleep(tick) => {}
+                        () = socket.closing.cancelled() => return Err(PushError::Gone),
+                    }
+                    tick = (tick * 2).min(REPLY_TICK_MAX);
+                }
+                Err(Refused::Full) => return Err(self.overflowed(socket)),
+            }
+        }
+    }
+
+    /// Closes a client whose queue overflowed; the post is answered as gone.
+    fn overflowed(&self, socket: &Socket) -> PushError {
+        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(connection_id = %socket.meta.id, "outbound queue full; closing the slow consumer");
+        socket.close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON);
+        PushError::Gone
     }
 }
 
 /// The in-process `@connections`: posts go straight into the sockets' queues.
 #[async_trait]
 impl Gateway for Registry {
+    /// A post to one connection is a reply or a direct message: it waits for room.
     async fn post(&self, id: &ConnectionId, payload: Bytes) -> Result<(), PushError> {
-        self.post_now(id, &frame(payload)?)
+        let message = frame(payload)?;
+        let socket = self.socket(id).ok_or(PushError::Gone)?;
+        self.post_waiting(&socket, &message).await
     }
 
     /// Posting here never waits, so a whole page is queued in one go: the publish is not
@@ -422,19 +489,16 @@ mod tests {
         let frame = frame(Bytes::from_static(b"{}")).unwrap();
         let mut ids = Vec::new();
         for _ in 0..n {
-            let socket = Socket::new(
-                ConnectionMeta {
-                    id: ConnectionId::generate(),
-                    connected_at: 0,
-                    source_ip: "127.0.0.1".into(),
-                    user_agent: None,
-                    domain_name: "localhost".into(),
-                    context: serde_json::Map::new(),
-                },
-                1024,
-            );
+            let socket = Socket::new(ConnectionMeta {
+                id: ConnectionId::generate(),
+                connected_at: 0,
+                source_ip: "127.0.0.1".into(),
+                user_agent: None,
+                domain_name: "localhost".into(),
+                context: serde_json::Map::new(),
+            });
             for _ in 0..queued {
-                socket.outbox.push(&frame).unwrap();
+                socket.outbox.push(&frame, registry.bounds()).unwrap();
             }
             ids.push(socket.meta.id.clone());
             registry.insert(socket);
@@ -463,7 +527,7 @@ mod tests {
                         let mut taken = VecDeque::new();
                         socket.outbox.take_now(&mut taken);
                         for frame in taken.iter().skip(4) {
-                            socket.outbox.push(frame).unwrap();
+                            socket.outbox.push(frame, registry.bounds()).unwrap();
                         }
                     }
                 }
@@ -489,6 +553,72 @@ mod tests {
         assert_eq!(deep(&registry, &ids), 8);
     }
 
+    /// A registry of one socket whose queue holds `bytes` and is full.
+    fn one_full_socket(bytes: usize) -> (Arc<Registry>, Arc<Socket>, Frame) {
+        let registry = Arc::new(Registry::new(Bounds {
+            frames: 1024,
+            bytes,
+        }));
+        let socket = Socket::new(ConnectionMeta {
+            id: ConnectionId::generate(),
+            connected_at: 0,
+            source_ip: "127.0.0.1".into(),
+            user_agent: None,
+            domain_name: "localhost".into(),
+            context: serde_json::Map::new(),
+        });
+        registry.insert(socket.clone());
+        let frame = frame(Bytes::from(vec![b'x'; bytes - 4])).unwrap();
+        assert_eq!(frame.len(), bytes, "a 4-byte header");
+        registry.post_to(&socket, &frame).unwrap();
+        (registry, socket, frame)
+    }
+
+    #[test]
+    fn a_notification_past_the_byte_budget_closes_the_slow_consumer() {
+        let (registry, socket, _) = one_full_socket(1000);
+        let one = frame(Bytes::from_static(b"1")).unwrap();
+        assert!(matches!(
+            registry.post_to(&socket, &one),
+            Err(PushError::Gone)
+        ));
+        assert_eq!(registry.slow_consumers(), 1);
+        assert_eq!(
+            socket.close_reason(),
+            Some((SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON.into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_waits_for_room_and_goes_in_once_the_writer_takes() {
+        let (registry, socket, frame) = one_full_socket(1000);
+        let id = socket.meta.id.clone();
+        let reply = tokio::spawn({
+            let registry = registry.clone();
+            let payload = Bytes::from(frame.payload().to_vec());
+            async move { Gateway::post(&*registry, &id, payload).await }
+        });
+        tokio::time::sleep(REPLY_PATIENCE / 2).await;
+        assert!(!reply.is_finished(), "no room yet: the reply waits");
+        let mut batch = VecDeque::new();
+        assert_eq!(socket.outbox.take_now(&mut batch), 1);
+        reply.await.unwrap().expect("queued once there was room");
+        assert_eq!(socket.outbox.backlog(), Some((1, 1000)));
+        assert_eq!(registry.slow_consumers(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_finds_no_room_in_time_closes_the_slow_consumer() {
+        let (registry, socket, frame) = one_full_socket(1000);
+        let started = tokio::time::Instant::now();
+        let answer = registry.post_waiting(&socket, &frame).await;
+        assert!(matches!(answer, Err(PushError::Gone)));
+        assert!(started.elapsed() >= REPLY_PATIENCE);
+        assert!(started.elapsed() < REPLY_PATIENCE + REPLY_TICK_MAX * 2);
+        assert_eq!(registry.slow_consumers(), 1);
+        assert!(!socket.outbox.is_open());
+    }
+
     #[test]
     fn shallow_or_mostly_shallow_pages_are_not_held_up() {
         let (registry, ids) = registry_with(8, BACKLOG_HIGH_WATER);
@@ -496,20 +626,25 @@ mod tests {
         // Three deep queues of eight: a minority, so no wait.
         let frame = frame(Bytes::from_static(b"{}")).unwrap();
         for id in &ids[..3] {
-            registry.socket(id).unwrap().outbox.push(&frame).unwrap();
+            registry
+                .socket(id)
+                .unwrap()
+                .outbox
+                .push(&frame, registry.bounds())
+                .unwrap();
         }
         assert_eq!(registry.sample_backlog(&ids), None);
         registry
             .socket(&ids[3])
             .unwrap()
             .outbox
-            .push(&frame)
+            .push(&frame, registry.bounds())
             .unwrap();
         registry
             .socket(&ids[4])
             .unwrap()
             .outbox
-            .push(&frame)
+            .push(&frame, registry.bounds())
             .unwrap();
         assert!(registry.sample_backlog(&ids).is_some(), "five of eight");
     }

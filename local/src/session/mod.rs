@@ -152,8 +152,7 @@ pub(crate) async fn connect(
     meta: ConnectionMeta,
     transport: Transport,
 ) -> Result<Arc<Socket>, Refusal> {
-    let queue = app.settings.limits.outbound_queue;
-    let socket = Socket::with_transport(meta, queue, transport);
+    let socket = Socket::with_transport(meta, transport);
     app.registry.insert(socket.clone());
     let event = app
         .events

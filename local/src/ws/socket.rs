@@ -33,9 +33,10 @@ use tracing::{debug, warn};
 use crate::app::App;
 use crate::connection::close_code;
 use crate::connection::frame_rate::{Limiter, Verdict};
-use crate::connection::registry::{Frame, SLOW_CONSUMER_CODE, Socket};
+use crate::connection::registry::{Bounds, Frame, SLOW_CONSUMER_CODE, Socket};
 use crate::connection::wire::{self, Encoded, Opcode};
 use crate::session::finish;
+use crate::ws::headers::Headers;
 use crate::ws::upgrade::Upgraded;
 
 type Ws = WebSocketStream<Incoming>;
@@ -50,10 +51,20 @@ pub(crate) async fn run(
     match upgraded.into_socket().await {
         Ok((stream, early)) => {
             let (read_half, write_half) = stream.into_split();
-            let incoming = Incoming {
+            let mut incoming = Incoming {
                 read: read_half,
                 socket: socket.clone(),
+                bounds: app.registry.bounds(),
+                headers: Headers::default(),
+                limiter: app
+                    .settings
+                    .limits
+                    .frame_rate
+                    .clone()
+                    .map(|rate| Limiter::new(rate, std::time::Instant::now())),
             };
+            // Bytes read with the handshake go to tungstenite directly: follow them too.
+            incoming.count_continuations(&early);
             // With nothing read early this is `from_raw_socket`: the same buffer, empty.
             let ws =
                 WebSocketStream::from_partially_read(incoming, early, Role::Server, Some(config))
@@ -91,10 +102,31 @@ async fn serve(app: Arc<App>, socket: Arc<Socket>, ws: Ws, out: OwnedWriteHalf) 
 
 /// The connection as tungstenite sees it: it reads from the socket, and what it writes on
 /// its own (the pong that answers a ping) joins the outbox, so that the writer is the only
-/// one writing to the socket and a pong never lands inside a notification.
+/// one writing to the socket and a pong never lands inside a notification. It holds the
+/// connection's frame rate limiter, as it counts the continuation frames tungstenite never
+/// shows (`headers.rs`); the reader counts every other frame with the same limiter.
 struct Incoming {
     read: OwnedReadHalf,
     socket: Arc<Socket>,
+    bounds: Bounds,
+    headers: Headers,
+    limiter: Option<Limiter>,
+}
+
+impl Incoming {
+    /// Counts the continuation frames that begin in `bytes` toward the frame rate; one the
+    /// client sends far over it closes the connection, as any other frame would.
+    fn count_continuations(&mut self, bytes: &[u8]) {
+        let Some(limiter) = self.limiter.as_mut() else {
+            return;
+        };
+        for _ in 0..self.headers.continuations(bytes) {
+            if limiter.fragment(std::time::Instant::now()) {
+                self.socket
+                    .close(close_code::POLICY_VIOLATION, RATE_LIMIT_REASON);
+            }
+        }
+    }
 }
 
 impl AsyncRead for Incoming {
@@ -103,7 +135,10 @@ impl AsyncRead for Incoming {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.read).poll_read(cx, buf))?;
+        self.count_continuations(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -113,9 +148,10 @@ impl AsyncWrite for Incoming {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.socket
-            .outbox
-            .push_control(Arc::new(Encoded::control(Bytes::copy_from_slice(buf))));
+        self.socket.outbox.push_control(
+            Arc::new(Encoded::control(Bytes::copy_from_slice(buf))),
+            self.bounds,
+        );
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -155,10 +191,6 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
     let limits = &app.settings.limits;
     let ends_at = Instant::now() + limits.max_duration;
     let mut idle_at = Instant::now() + limits.idle_timeout;
-    let mut limiter = limits
-        .frame_rate
-        .clone()
-        .map(|rate| Limiter::new(rate, std::time::Instant::now()));
     loop {
         let frame = tokio::select! {
             biased;
@@ -199,7 +231,7 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
             }
             Some(Ok(Message::Text(text))) => {
                 socket.touch();
-                if !admit(app, socket, limiter.as_mut(), true) {
+                if !admit(app, socket, stream.get_mut().limiter.as_mut(), true) {
                     continue;
                 }
                 // Boxed, like `$disconnect` below: an event and a handler's state are large,
@@ -221,7 +253,7 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
                 socket.touch();
                 // Control frames are answered by the protocol itself; they count toward
                 // abuse, and are otherwise not refused.
-                admit(app, socket, limiter.as_mut(), false);
+                admit(app, socket, stream.get_mut().limiter.as_mut(), false);
             }
             Some(Ok(Message::Close(frame))) => {
                 return match frame {

@@ -420,6 +420,36 @@ async fn after_redis_restarts_empty_publishes_are_refused_until_every_instance_r
 }
 
 #[tokio::test]
+async fn after_a_flush_the_next_publish_is_refused_not_short_and_every_instance_re_registers() {
+    // A heartbeat far longer than the test, and a flush drops no connection: only the reads
+    // of recipients can notice it.
+    let redis = Server::redis();
+    let instances = cluster_beating(&redis, 2, 60_000).await;
+    let mut clients = members(&instances, 5, "orders").await;
+    let mut bob = instances[1].gateway.connect("bob", &[], &[]).await;
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let payload = json!({"room":"orders","data":"back"});
+    let refused = publish_until_restored(&instances[0], payload, 10, Duration::from_secs(10)).await;
+    assert!(
+        refused >= 1,
+        "the first publish after the flush was refused"
+    );
+    expect_once(&mut clients, json!("back")).await;
+
+    // The other instance re-registered too (told by the first): its user is found.
+    let payload = json!({"user":"bob","data":"hi"});
+    publish_until_restored(&instances[1], payload, 1, Duration::from_secs(5)).await;
+    assert_eq!(bob.recv().await["data"], "hi");
+    let payload = json!({"broadcast":true,"data":"all"});
+    publish_until_restored(&instances[1], payload, 11, Duration::from_secs(1)).await;
+    expect_once(&mut clients, json!("all")).await;
+    assert_eq!(bob.recv().await["data"], "all");
+}
+
+#[tokio::test]
 async fn an_instance_waits_for_a_peer_that_has_not_re_registered_yet() {
     let mut redis = Server::redis();
     let mut instances = cluster_beating(&redis, 2, 60_000).await;

@@ -166,7 +166,7 @@ async fn disconnect_runs_once_however_the_connection_ends() {
 #[tokio::test]
 async fn a_slow_consumer_is_closed_without_slowing_the_others() {
     let (mut s, store) = counted();
-    s.limits.outbound_queue = 4;
+    s.limits.outbound_queue.frames = 4;
     let gw = Gateway::start_with(s).await;
     let api = gw.management();
     // The slow client never reads.
@@ -270,7 +270,11 @@ async fn a_close_from_the_client_is_echoed_once_after_what_was_queued() {
 #[tokio::test]
 async fn a_close_during_a_long_write_comes_after_every_queued_message_whole() {
     use futures::StreamExt;
-    let gw = Gateway::start().await;
+    // A queue that holds all ten megabytes (a default one holds 512 KiB, and the posts
+    // beyond it would wait for the client to read).
+    let mut s = settings();
+    s.limits.outbound_queue.bytes = 16 << 20;
+    let gw = Gateway::start_with(s).await;
     let api = gw.management();
     let mut c = gw.connect("alice", &[], &[]).await;
     // Ten megabytes queued while the client does not read: more than the socket buffers
@@ -359,6 +363,62 @@ async fn sending_far_over_the_rate_for_the_abuse_period_closes_with_1008() {
     }
     let (code, reason) = c.closed().await;
     assert_eq!((code, reason.as_str()), (1008, "rate limit"));
+}
+
+#[tokio::test]
+async fn empty_continuation_frames_count_toward_the_rate_and_a_flood_of_them_closes_with_1008() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let mut s = settings();
+    s.limits.frame_rate = Some(herald_local::FrameRate {
+        per_second: 2,
+        burst: 2,
+        abuse_period: Duration::from_secs(1),
+    });
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    // A message begun and never finished: empty fragments, 100 a second, fifty times the
+    // rate, for up to three seconds. None of them is a whole message the reader sees.
+    let begin = Frame::message(b"{".to_vec(), OpCode::Data(Data::Text), false);
+    c.ws.send(Message::Frame(begin)).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let empty = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+        if c.ws.send(Message::Frame(empty)).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, reason) = c.closed().await;
+    assert_eq!((code, reason.as_str()), (1008, "rate limit"));
+}
+
+#[tokio::test]
+async fn fragments_spend_the_rate_as_they_arrive() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let mut s = settings();
+    s.limits.frame_rate = Some(herald_local::FrameRate {
+        per_second: 1,
+        burst: 20,
+        abuse_period: Duration::from_secs(60),
+    });
+    let gw = Gateway::start_with(s).await;
+    let mut c = gw.connect("alice", &[], &[]).await;
+    // A ping in 32 fragments: its 31 continuation frames spend the burst of 20 (less the
+    // `whoami` connecting sent) long before it ends, so the message is over the rate.
+    let ping = br#"{"action":"ping","pad":"0123456789abcdef"}"#;
+    let last = ping.len() - 1;
+    for (i, part) in ping[..last].chunks(1).take(32).enumerate() {
+        let data = if i == 0 { Data::Text } else { Data::Continue };
+        let frame = Frame::message(part.to_vec(), OpCode::Data(data), false);
+        c.ws.feed(Message::Frame(frame)).await.unwrap();
+    }
+    let rest = ping[..last].len().min(32);
+    let end = Frame::message(ping[rest..].to_vec(), OpCode::Data(Data::Continue), true);
+    c.ws.feed(Message::Frame(end)).await.unwrap();
+    c.ws.flush().await.unwrap();
+    assert_eq!(c.recv().await["code"], "rate_limited");
 }
 
 #[tokio::test]

@@ -83,3 +83,94 @@ async fn the_async_queue_holds_its_byte_bound_whatever_the_payloads_parse_into()
     );
     drop(child);
 }
+
+/// Connections one user may hold at the default limits.
+const CONNECTIONS_PER_USER: usize = herald::limits::DEFAULT_MAX_CONNECTIONS_PER_USER;
+/// What the README promises one user at the default limits can make the process hold
+/// (256 MB).
+const ONE_USER_BOUND: u64 = 256_000_000;
+
+/// A WebSocket whose client reads nothing and keeps a small receive buffer, so that what
+/// the gateway sends it stays in the gateway rather than in the kernel's buffers.
+async fn stalled_socket(
+    addr: SocketAddr,
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("handshake");
+    ws
+}
+
+#[tokio::test]
+async fn one_user_asking_for_history_and_never_reading_holds_at_most_its_budget() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // Two kept notifications of 60 KiB: every `history` reply is nearly as large as a frame
+    // may be, and cheap to make, so the replies are made faster than any budget drains.
+    let env = [("HERALD_HISTORY_SIZE", "2")];
+    let (child, addr) = common::spawn_binary(&[], &env).await;
+    let pid = child.id().expect("running");
+    let gateway = common::Gateway::at(addr);
+    let data = "x".repeat(60 * 1024);
+    for _ in 0..2 {
+        gateway
+            .invoke(serde_json::json!({"room": "big", "data": data}))
+            .await
+            .expect("published");
+    }
+    let url = format!(
+        "{}?token={}",
+        gateway.url(),
+        gateway.token("u", &["big"], &[])
+    );
+    let mut sockets = Vec::new();
+    for _ in 0..CONNECTIONS_PER_USER {
+        sockets.push(stalled_socket(addr, &url).await);
+    }
+    let before = rss(pid);
+    let request = r#"{"action":"history","room":"big","limit":100}"#;
+    // Each socket asks as fast as its frame rate lets it (50 a second) and never reads; a
+    // send that cannot go out (the gateway stopped reading it) ends its task.
+    let askers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                for _ in 0..400 {
+                    let sent = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        ws.send(Message::text(request)),
+                    );
+                    if !matches!(sent.await, Ok(Ok(()))) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                ws
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+    while tokio::time::Instant::now() < until {
+        peak = peak.max(rss(pid).saturating_sub(before));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "one user, {CONNECTIONS_PER_USER} sockets asking for history: the process grew {} MiB at most",
+        peak / (1024 * 1024)
+    );
+    assert!(
+        peak <= ONE_USER_BOUND,
+        "one user made the process grow {} MiB",
+        peak / (1024 * 1024)
+    );
+    for asker in askers {
+        drop(asker.await.unwrap());
+    }
+    drop(child);
+}

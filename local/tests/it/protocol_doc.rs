@@ -56,6 +56,13 @@ fn every_action_error_and_close_code_is_documented() {
         ),
         ("history limit", "1,000".to_owned()),
         (
+            "outbound queue",
+            format!(
+                "| 1,024 and {} KiB |",
+                herald_local::DEFAULT_OUTBOUND_QUEUE_BYTES / 1024
+            ),
+        ),
+        (
             "room name length",
             format!("1 to {MAX_ROOM_LEN} characters"),
         ),
@@ -63,6 +70,11 @@ fn every_action_error_and_close_code_is_documented() {
         assert!(doc.contains(&figure), "{what}: {figure}");
     }
     assert_eq!(MAX_HISTORY_LIMIT, 1_000, "the figure above");
+    assert_eq!(
+        herald_local::DEFAULT_OUTBOUND_QUEUE,
+        1_024,
+        "the figure above"
+    );
 }
 
 #[test]

@@ -375,7 +375,7 @@ async fn a_stream_counts_once_toward_the_connection_limit() {
 #[tokio::test]
 async fn a_stream_whose_client_stopped_reading_is_torn_down_and_released() {
     let mut s = settings_with(&[]);
-    s.limits.outbound_queue = 4;
+    s.limits.outbound_queue.frames = 4;
     let gw = Gateway::start_with(s).await;
     let token = gw.token("ann", &["big"], &[]);
     // A client with a small receive buffer that reads its head and then nothing.
