@@ -32,9 +32,7 @@ use crate::{routes, serve};
 const DEV_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
 /// The user the dev token names.
 const DEV_USER: &str = "dev";
-/// The shortest HS256 secret served beyond loopback: HMAC-SHA256's key should be as long as
-/// its output (RFC 7518 §3.2).
-pub const MIN_HS256_SECRET_BYTES: usize = 32;
+pub use herald::auth::MIN_HS256_SECRET_BYTES;
 /// The API id in every event.
 const API_ID: &str = "herald-local";
 

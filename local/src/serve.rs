@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,32 @@ struct Counter(Mutex<Open>);
 struct Slot {
     counter: Arc<Counter>,
     ip: IpAddr,
+    /// Whether it is counted now: a request reading its body gives its place up meanwhile.
+    held: AtomicBool,
+}
+
+/// A connection's place under the connection limits, as its requests see it: `serve` puts
+/// one in every request's extensions. A request that reads a body steps aside while the
+/// body arrives ([`Place::aside`]): bodies have a byte budget of their own (`control_plane`),
+/// so a client dribbling bodies holds no place a WebSocket client needs.
+#[derive(Clone)]
+pub(crate) struct Place(Arc<Slot>);
+
+/// Gives the place back when dropped.
+pub(crate) struct Aside(Arc<Slot>);
+
+impl Place {
+    /// Uncounts the connection until the guard is dropped.
+    pub(crate) fn aside(&self) -> Aside {
+        self.0.release();
+        Aside(self.0.clone())
+    }
+}
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        self.0.reclaim();
+    }
 }
 
 impl Counter {
@@ -64,25 +91,51 @@ impl Counter {
         {
             return None;
         }
-        open.total += 1;
-        *open.per_ip.entry(ip).or_default() += 1;
+        open.count(ip);
         Some(Slot {
             counter: self.clone(),
             ip,
+            held: AtomicBool::new(true),
         })
+    }
+}
+
+impl Open {
+    fn count(&mut self, ip: IpAddr) {
+        self.total += 1;
+        *self.per_ip.entry(ip).or_default() += 1;
+    }
+
+    fn uncount(&mut self, ip: IpAddr) {
+        self.total -= 1;
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn release(&self) {
+        if self.held.swap(false, Ordering::AcqRel) {
+            self.counter.open().uncount(self.ip);
+        }
+    }
+
+    /// Counts the connection again, over the limits or not: it was admitted once, and its
+    /// request is already read.
+    fn reclaim(&self) {
+        if !self.held.swap(true, Ordering::AcqRel) {
+            self.counter.open().count(self.ip);
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.counter.open();
-        open.total -= 1;
-        if let Some(count) = open.per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.per_ip.remove(&self.ip);
-            }
-        }
+        self.release();
     }
 }
 
@@ -113,6 +166,8 @@ pub(crate) async fn serve(app: Arc<App>, listener: TcpListener, router: Router) 
             refuse(&stream, peer);
             continue;
         };
+        let place = Place(Arc::new(slot));
+        let held = place.clone();
         // The router as hyper calls it, with the peer's address for `ConnectInfo` and a way
         // to drop this connection.
         let router = router.clone();
@@ -121,6 +176,7 @@ pub(crate) async fn serve(app: Arc<App>, listener: TcpListener, router: Router) 
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(abort.clone());
+            request.extensions_mut().insert(place.clone());
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
         let connection = builder
@@ -128,7 +184,8 @@ pub(crate) async fn serve(app: Arc<App>, listener: TcpListener, router: Router) 
             .with_upgrades();
         let stop = app.shutdown.clone();
         http.spawn(async move {
-            let _slot = slot;
+            // Counted until the connection ends (or while a request steps aside).
+            let _place = held;
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,

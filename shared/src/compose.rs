@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{AuthConfig, AuthError, Verifier};
+use crate::auth::{AuthConfig, AuthError, JwtKey, MIN_HS256_SECRET_BYTES, Verifier};
 use crate::config::{Config, ConfigError};
 use crate::error::{self, Source};
 use crate::gateway::ManagementClients;
@@ -121,9 +121,9 @@ impl Lambda {
     /// The authorizer's verifier: the key from the environment or, on AWS, the Secrets
     /// Manager secret `HERALD_JWT_SECRET_ARN` names, read once at cold start.
     pub async fn verifier(&self) -> Result<Verifier, BuildError> {
-        let auth = match (&self.config.auth, &self.config.jwt_secret_arn) {
-            (Some(auth), _) => auth.clone(),
-            (None, Some(arn)) => self.secret_auth(arn).await?,
+        let (auth, var) = match (&self.config.auth, &self.config.jwt_secret_arn) {
+            (Some(auth), _) => (auth.clone(), "HERALD_JWT_SECRET"),
+            (None, Some(arn)) => (self.secret_auth(arn).await?, "HERALD_JWT_SECRET_ARN"),
             (None, None) => {
                 return Err(ConfigError::Missing(
                     "HERALD_JWT_SECRET_ARN, HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY",
@@ -131,6 +131,19 @@ impl Lambda {
                 .into());
             }
         };
+        if let JwtKey::Secret(secret) = &auth.key
+            && secret.len() < MIN_HS256_SECRET_BYTES
+        {
+            return Err(ConfigError::Invalid {
+                var,
+                reason: format!(
+                    "an HS256 secret must be at least {MIN_HS256_SECRET_BYTES} bytes; this one \
+                     has {} (generate one with `openssl rand -base64 48`)",
+                    secret.len()
+                ),
+            }
+            .into());
+        }
         Ok(Verifier::new(&auth)?)
     }
 
@@ -206,8 +219,35 @@ mod tests {
         let err = lambda.verifier().await.err().unwrap();
         assert!(matches!(err, BuildError::Config(ConfigError::Missing(_))));
         let lambda = Lambda {
-            config: config(&[("HERALD_JWT_SECRET", "s")]),
+            config: config(&[("HERALD_JWT_SECRET", &"s".repeat(MIN_HS256_SECRET_BYTES))]),
         };
-        assert!(lambda.verifier().await.is_ok());
+        assert!(lambda.verifier().await.is_ok(), "at the bound");
+    }
+
+    #[tokio::test]
+    async fn a_secret_shorter_than_32_bytes_is_refused_at_cold_start() {
+        let short = "s".repeat(MIN_HS256_SECRET_BYTES - 1);
+        let lambda = Lambda {
+            config: config(&[("HERALD_JWT_SECRET", &short)]),
+        };
+        let err = lambda
+            .verifier()
+            .await
+            .err()
+            .expect("one short of the bound");
+        assert!(matches!(
+            err,
+            BuildError::Config(ConfigError::Invalid {
+                var: "HERALD_JWT_SECRET",
+                ..
+            })
+        ));
+        let lambda = Lambda {
+            config: config(&[("HERALD_JWT_PUBLIC_KEY", "not checked for length")]),
+        };
+        assert!(!matches!(
+            lambda.verifier().await,
+            Err(BuildError::Config(ConfigError::Invalid { .. }))
+        ));
     }
 }

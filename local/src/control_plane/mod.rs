@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use herald::gateway::PushError;
 use herald::ids::ConnectionId;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 pub(crate) mod async_invoke;
 pub mod sigv4;
@@ -31,20 +33,31 @@ use crate::app::App;
 use crate::connection::events::iso8601;
 use crate::http::answer::{aws_error, json_response, message_response};
 use crate::http::query::percent_decode;
+use crate::serve::Place;
 
 /// The control plane's state: the gateway's, and the queue of asynchronous invocations,
 /// which only the Invoke API feeds.
 struct Plane {
     app: Arc<App>,
     async_invokes: AsyncInvokes,
+    /// Bytes of request bodies being read now, at most [`BODY_BYTES_IN_FLIGHT`].
+    bodies: Arc<Semaphore>,
 }
 
 /// The control plane's routes, as a service for every path the other routes leave.
 pub(crate) fn router(app: Arc<App>, async_invokes: AsyncInvokes) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .with_state(Arc::new(Plane { app, async_invokes }))
+    Router::new().fallback(dispatch).with_state(Arc::new(Plane {
+        app,
+        async_invokes,
+        bodies: Arc::new(Semaphore::new(BODY_BYTES_IN_FLIGHT)),
+    }))
 }
+
+/// Bytes of request bodies read at once, in all: a body reserves what its `content-length`
+/// declares (or the route's limit, when it declares none) before a byte is read, since on a
+/// credentialed control plane the signature can only be checked once the body is in.
+/// Ten of the largest Invoke payloads; a body that finds no room is answered 429 at once.
+pub const BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// Lambda's largest synchronous invocation payload (6 MB).
 pub(crate) const MAX_INVOKE_BYTES: usize = 6 * 1024 * 1024;
@@ -107,6 +120,7 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    place: Option<Extension<Place>>,
     body: Body,
 ) -> Response {
     let app = &plane.app;
@@ -142,6 +156,20 @@ async fn dispatch(
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large;
     }
+    let reserved = declared.map_or(limit, |n| usize::try_from(n).unwrap_or(limit));
+    let Some(_reserved) = u32::try_from(reserved)
+        .ok()
+        .and_then(|n| plane.bodies.clone().try_acquire_many_owned(n).ok())
+    else {
+        return aws_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            "too many request bodies are being read at once; retry with backoff",
+        );
+    };
+    // While its body arrives the connection gives up its place under the connection
+    // limits (the budget above bounds bodies), and takes it back once the body is in.
+    let aside = place.as_ref().map(|Extension(place)| place.aside());
     // A body must arrive within the same time a head must.
     let deadline = app.settings.http.head_timeout;
     let body = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
@@ -154,6 +182,7 @@ async fn dispatch(
             );
         }
     };
+    drop(aside);
     if let Err(refusal) = authenticate(app, &method, &uri, &headers, &body) {
         tracing::info!(path = uri.path(), error = %refusal, "control-plane request refused");
         return aws_error(StatusCode::FORBIDDEN, refusal.kind(), &refusal.to_string());

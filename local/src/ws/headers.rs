@@ -136,4 +136,57 @@ mod tests {
             "and the next header is found"
         );
     }
+
+    /// Property tests: any frames, split anywhere, are followed exactly; any bytes at all
+    /// are followed without a panic.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Cases per property: a case follows a few hundred kilobytes at most.
+        const CASES: u32 = 300;
+
+        /// A frame's opcode, FIN bit and payload length, with lengths of every header form
+        /// (7-bit, 16-bit, 64-bit) likely.
+        fn frames() -> impl Strategy<Value = Vec<(u8, bool, usize)>> {
+            let length = prop_oneof![0usize..126, 126usize..=0xffff, 0x1_0000usize..0x1_2000];
+            proptest::collection::vec((0u8..16, any::<bool>(), length), 0..12)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+            #[test]
+            fn any_frames_split_anywhere_are_counted_exactly(
+                shape in frames(),
+                fill in any::<u8>(),
+                cuts in proptest::collection::vec(1usize..5_000, 1..8),
+            ) {
+                let mut bytes = Vec::new();
+                for &(opcode, fin, len) in &shape {
+                    bytes.extend(frame(opcode, fin, &vec![fill; len]));
+                }
+                let expected = shape.iter().filter(|(opcode, _, _)| *opcode == CONTINUATION).count();
+                let mut headers = Headers::default();
+                let (mut found, mut rest, mut cut) = (0, &bytes[..], cuts.iter().cycle());
+                while !rest.is_empty() {
+                    let (now, later) = rest.split_at((*cut.next().unwrap()).min(rest.len()));
+                    found += headers.continuations(now);
+                    rest = later;
+                }
+                prop_assert_eq!(found, expected);
+            }
+
+            #[test]
+            fn any_bytes_are_followed_without_a_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..4_096),
+                chunk in 1usize..64,
+            ) {
+                let mut headers = Headers::default();
+                let found: usize = bytes.chunks(chunk).map(|c| headers.continuations(c)).sum();
+                prop_assert!(found <= bytes.len() / 2, "a header is at least two bytes");
+            }
+        }
+    }
 }

@@ -169,9 +169,16 @@ fn herald_services_are_configured_as_the_gateway_reads_it() {
             }
             other => panic!("{name}: unexpected store {other:?}"),
         }
+        let secret = get("HERALD_JWT_SECRET").expect("no dev mode in a shared stack");
+        // `${HERALD_JWT_SECRET:-default}`: the default must be one the gateway accepts on
+        // 0.0.0.0, or `docker compose up` would stop at once.
+        let default = secret
+            .strip_prefix("${HERALD_JWT_SECRET:-")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap_or(&secret);
         assert!(
-            get("HERALD_JWT_SECRET").is_some(),
-            "{name}: no dev mode in a shared stack"
+            default.len() >= herald_local::MIN_HS256_SECRET_BYTES,
+            "{name}: the JWT secret {default:?} is refused beyond loopback"
         );
         checked += 1;
     }

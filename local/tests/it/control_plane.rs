@@ -12,7 +12,9 @@ use aws_sdk_apigatewaymanagement::error::ProvideErrorMetadata;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_smithy_async::time::StaticTimeSource;
 use common::{Gateway, PATIENCE, settings};
-use herald_local::{ControlPlane, ControlPlaneMode, Credentials, Settings, StartError};
+use herald_local::{
+    BODY_BYTES_IN_FLIGHT, ControlPlane, ControlPlaneMode, Credentials, Settings, StartError,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -414,6 +416,50 @@ async fn a_declared_size_over_the_limit_and_a_stalled_body_are_answered_at_once_
         started.elapsed() >= Duration::from_millis(400),
         "not before the deadline"
     );
+}
+
+/// A head with an `Authorization` of SigV4's form (its signature cannot be checked before
+/// the body is in), declaring a 6 MB body of which it sends ten bytes.
+fn stalled_signed_head(gw: &Gateway) -> String {
+    format!(
+        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: {}\r\n\
+         authorization: AWS4-HMAC-SHA256 Credential={KEY_ID}/20261206/us-east-1/lambda/aws4_request, \
+         SignedHeaders=host;x-amz-date, Signature={}\r\nx-amz-date: 20261206T000000Z\r\n\
+         content-length: 6291456\r\n\r\n0123456789",
+        gw.addr,
+        "0".repeat(64)
+    )
+}
+
+#[tokio::test]
+async fn stalled_bodies_hold_no_place_a_websocket_needs_and_share_a_byte_budget() {
+    let mut s = signed_settings();
+    s.limits.max_total = Some(4);
+    let gw = Gateway::start_with(s).await;
+    let bodies = BODY_BYTES_IN_FLIGHT / 6_291_456;
+    // As many stalled 6 MB bodies as the budget holds, one at a time (each is counted as a
+    // connection until its head is read), then one more.
+    let mut stalled = Vec::new();
+    for _ in 0..bodies {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(stalled_signed_head(&gw).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stalled.push(stream);
+    }
+    let answer = answer_to_head(&gw, &stalled_signed_head(&gw), Duration::from_secs(2)).await;
+    let answer = answer.expect("a body past the budget is refused at once");
+    assert!(answer.starts_with("http/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("x-amzn-errortype: toomanyrequestsexception"),
+        "{answer}"
+    );
+    // Ten stalled bodies, a limit of four connections: a WebSocket still gets in.
+    let mut alice = gw.connect("alice", &[], &[]).await;
+    assert_eq!(alice.ask(json!({"action":"ping"})).await["type"], "pong");
+    drop(stalled);
 }
 
 #[tokio::test]

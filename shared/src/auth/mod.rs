@@ -58,6 +58,11 @@ pub enum AuthError {
     NoContext(String),
 }
 
+/// The shortest HS256 secret accepted where tokens are verified for real (every Lambda,
+/// and `herald-local` beyond loopback): HMAC-SHA256's key should be as long as its output
+/// (RFC 7518 §3.2), and a shorter one can be guessed offline from any token.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// The key a verifier checks signatures with; its kind pins the algorithm.
 #[derive(Clone, PartialEq, Eq)]
 pub enum JwtKey {

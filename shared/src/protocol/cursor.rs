@@ -130,4 +130,54 @@ mod tests {
         assert!(Cursor::decode(&full.encode()).is_err(), "one past it");
         assert_eq!(Cursor::decode(&Cursor::new().encode()), Ok(Cursor::new()));
     }
+
+    /// Property tests: any text a client sends back is a cursor or a `bad_request`, never a
+    /// panic; any cursor Herald writes reads back as it was.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Cases per property: each decodes a few kilobytes at most.
+        const CASES: u32 = 500;
+
+        fn position() -> impl Strategy<Value = Position> {
+            (any::<u64>(), "\\PC{1,64}").prop_filter_map(
+                "an epoch within bounds",
+                |(offset, epoch)| {
+                    (epoch.len() <= MAX_EPOCH_LEN).then_some(Position { offset, epoch })
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+            #[test]
+            fn any_text_decodes_or_is_a_bad_request(text in "\\PC{0,400}") {
+                if let Err(e) = Cursor::decode(&text) {
+                    prop_assert_eq!(e.code, crate::protocol::ErrorCode::BadRequest);
+                }
+            }
+
+            #[test]
+            fn any_base64_of_any_json_decodes_or_is_a_bad_request(json in "[\\[\\]{}:,\"0-9a-z -]{0,200}") {
+                let text = URL_SAFE_NO_PAD.encode(json.as_bytes());
+                if let Ok(cursor) = Cursor::decode(&text) {
+                    prop_assert!(cursor.entries().count() <= MAX_CURSOR_CHANNELS);
+                }
+            }
+
+            #[test]
+            fn any_cursor_reads_back_as_it_was(
+                entries in proptest::collection::btree_map("\\PC{0,40}", position(), 0..20),
+            ) {
+                let mut cursor = Cursor::new();
+                for (key, at) in entries {
+                    cursor.set(key, at);
+                }
+                prop_assert_eq!(Cursor::decode(&cursor.encode()), Ok(cursor));
+            }
+        }
+    }
 }

@@ -376,3 +376,94 @@ fn dates_read_and_write_back() {
 fn the_secret_never_shows_in_debug_output() {
     assert!(!format!("{:?}", credentials()).contains(SECRET));
 }
+
+/// Property tests: whatever a client sends as its `Authorization` and `X-Amz-Date`, the
+/// verifier answers a refusal or a verdict, never a panic; what it writes, it reads back.
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Cases per property: each is microseconds, so the suite spends well under a second.
+    const CASES: u32 = 2_000;
+
+    /// A header value as a client might send one: printable ASCII, with the separators the
+    /// parser splits on more likely than chance would make them.
+    fn header_text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                4 => proptest::char::range(' ', '~'),
+                1 => prop_oneof![Just(','), Just('='), Just('/'), Just(';'), Just(' ')],
+            ],
+            0..200,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    fn token() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_-]{1,24}"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn any_authorization_is_refused_or_parsed_never_a_panic(
+            text in header_text(),
+            prefixed in any::<bool>(),
+        ) {
+            let value = if prefixed { format!("{ALGORITHM} {text}") } else { text };
+            let _ = parse_authorization(&value);
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert("authorization", value);
+                headers.insert("x-amz-date", HeaderValue::from_static(DATE));
+            }
+            let _ = check_head(&headers);
+            let request = Request {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: &headers,
+                body: b"",
+            };
+            prop_assert!(verify(&credentials(), &request, signed_at()).is_err());
+        }
+
+        #[test]
+        fn a_well_formed_authorization_reads_back_its_parts(
+            key in token(),
+            date in "[0-9]{8}",
+            region in token(),
+            service in token(),
+            extra in proptest::collection::vec("[a-z-]{1,12}", 0..4),
+            signature in "[0-9a-f]{64}",
+        ) {
+            let mut signed = extra.clone();
+            signed.push("host".into());
+            signed.sort();
+            let value = format!(
+                "{ALGORITHM} Credential={key}/{date}/{region}/{service}/aws4_request, \
+                 SignedHeaders={}, Signature={signature}",
+                signed.join(";")
+            );
+            let parsed = parse_authorization(&value).expect("well formed");
+            prop_assert_eq!(parsed.access_key_id, key.as_str());
+            prop_assert_eq!(parsed.date, date.as_str());
+            prop_assert_eq!(parsed.region, region.as_str());
+            prop_assert_eq!(parsed.service, service.as_str());
+            prop_assert_eq!(parsed.signed_headers, signed.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(parsed.signature, signature.as_str());
+        }
+
+        #[test]
+        fn any_date_text_is_read_or_refused_and_any_time_reads_back(
+            text in "[0-9T Z+-]{0,20}",
+            secs in 0u64..4_102_444_800,
+        ) {
+            let _ = parse_amz_date(&text);
+            let time = UNIX_EPOCH + Duration::from_secs(secs);
+            prop_assert_eq!(parse_amz_date(&format_amz_date(time)), Some(time));
+        }
+    }
+}
