@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The HS256 secret the benchmark's gateways verify with.
-pub const SECRET: &str = "herald-bench-secret";
+/// The HS256 secret the benchmark's gateways verify with: 32 bytes or more, as a gateway
+/// beyond loopback requires (on loopback a shorter one is only warned about).
+pub const SECRET: &str = "herald-bench-secret-of-at-least-32-bytes";
 
 /// A child process serving on `addr`.
 pub struct Proc {

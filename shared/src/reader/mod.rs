@@ -250,6 +250,43 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_is_zero_to_the_most_and_absent_is_the_most() {
+        assert_eq!(parse_wait(None), Ok(MAX_POLL_WAIT_SECS));
+        assert_eq!(parse_wait(Some("0")), Ok(0));
+        assert_eq!(parse_wait(Some("7")), Ok(7));
+        let most = MAX_POLL_WAIT_SECS.to_string();
+        assert_eq!(
+            parse_wait(Some(&most)),
+            Ok(MAX_POLL_WAIT_SECS),
+            "at the bound"
+        );
+        let past = (MAX_POLL_WAIT_SECS + 1).to_string();
+        for bad in [past.as_str(), "-1", "1.5", "soon", ""] {
+            let refused = parse_wait(Some(bad)).expect_err(bad);
+            assert_eq!(
+                refused.code,
+                crate::protocol::ErrorCode::BadRequest,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_poll_answer_carries_the_notifications_as_they_were_sent() {
+        let sent = r#"{"type":"notification","room":"r","data":{"n":1},"offset":3}"#;
+        let answer = PollAnswer {
+            notifications: vec![Stored::new(sent.as_bytes()).unwrap()],
+            cursor: "abc".into(),
+            reset: false,
+        };
+        let json = String::from_utf8(answer.to_json()).unwrap();
+        assert_eq!(
+            json,
+            format!(r#"{{"notifications":[{sent}],"cursor":"abc","reset":false}}"#)
+        );
+    }
+
+    #[test]
     fn following_drops_what_the_reader_has() {
         let mut cursor = Cursor::new();
         cursor.set(
