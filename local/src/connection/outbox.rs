@@ -274,10 +274,12 @@ mod tests {
     fn pushes_are_bounded_and_refused_once_closed() {
         let outbox = Outbox::new();
         let bounds = frames(2);
+        assert!(outbox.is_open() && outbox.is_empty());
         assert_eq!(outbox.push(&text("a"), bounds), Ok(()));
         assert_eq!(outbox.push(&text("b"), bounds), Ok(()));
         assert_eq!(outbox.push(&text("c"), bounds), Err(Refused::Full));
         assert_eq!(outbox.len(), 2);
+        assert!(!outbox.is_empty());
         let mut batch = VecDeque::new();
         assert_eq!(outbox.take_now(&mut batch), 2);
         assert_eq!(batch, [text("a"), text("b")]);
@@ -324,6 +326,26 @@ mod tests {
             .unwrap();
         assert_eq!(n, batch.len());
         assert_eq!(batch.front(), Some(&text("one")));
+    }
+
+    #[tokio::test]
+    async fn the_writer_that_waits_last_is_the_one_woken() {
+        let outbox = Arc::new(Outbox::new());
+        // A wait given up (its task's waker stays registered), then one in another task.
+        let mut batch = VecDeque::new();
+        let given_up = tokio::time::timeout(Duration::from_millis(10), outbox.take(&mut batch));
+        assert!(given_up.await.is_err(), "nothing was queued");
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.take(&mut VecDeque::new()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outbox.push(&text("one"), frames(16)).unwrap();
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the push woke the writer waiting now, not the one that gave up")
+            .unwrap();
+        assert_eq!(taken, 1);
     }
 
     #[tokio::test]

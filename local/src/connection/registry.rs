@@ -483,20 +483,25 @@ mod tests {
 
     use super::*;
 
+    /// A new connection's metadata, from loopback.
+    fn meta() -> ConnectionMeta {
+        ConnectionMeta {
+            id: ConnectionId::generate(),
+            connected_at: 0,
+            source_ip: "127.0.0.1".into(),
+            user_agent: None,
+            domain_name: "localhost".into(),
+            context: serde_json::Map::new(),
+        }
+    }
+
     /// A registry holding `n` sockets, each with `queued` notifications waiting.
     fn registry_with(n: usize, queued: usize) -> (Arc<Registry>, Vec<ConnectionId>) {
         let registry = Arc::new(Registry::default());
         let frame = frame(Bytes::from_static(b"{}")).unwrap();
         let mut ids = Vec::new();
         for _ in 0..n {
-            let socket = Socket::new(ConnectionMeta {
-                id: ConnectionId::generate(),
-                connected_at: 0,
-                source_ip: "127.0.0.1".into(),
-                user_agent: None,
-                domain_name: "localhost".into(),
-                context: serde_json::Map::new(),
-            });
+            let socket = Socket::new(meta());
             for _ in 0..queued {
                 socket.outbox.push(&frame, registry.bounds()).unwrap();
             }
@@ -559,14 +564,7 @@ mod tests {
             frames: 1024,
             bytes,
         }));
-        let socket = Socket::new(ConnectionMeta {
-            id: ConnectionId::generate(),
-            connected_at: 0,
-            source_ip: "127.0.0.1".into(),
-            user_agent: None,
-            domain_name: "localhost".into(),
-            context: serde_json::Map::new(),
-        });
+        let socket = Socket::new(meta());
         registry.insert(socket.clone());
         let frame = frame(Bytes::from(vec![b'x'; bytes - 4])).unwrap();
         assert_eq!(frame.len(), bytes, "a 4-byte header");

@@ -339,15 +339,21 @@ async fn frames_over_the_rate_are_refused_and_the_socket_stays_open() {
     assert_eq!(c.ask(json!({"action":"ping"})).await["type"], "pong");
 }
 
-#[tokio::test]
-async fn sending_far_over_the_rate_for_the_abuse_period_closes_with_1008() {
+/// A gateway whose clients may send `per_second` frames in bursts of `burst`, closed after
+/// `abuse_period` far over it.
+async fn rated(per_second: u32, burst: u32, abuse_period: Duration) -> Gateway {
     let mut s = settings();
     s.limits.frame_rate = Some(herald_local::FrameRate {
-        per_second: 2,
-        burst: 2,
-        abuse_period: Duration::from_secs(1),
+        per_second,
+        burst,
+        abuse_period,
     });
-    let gw = Gateway::start_with(s).await;
+    Gateway::start_with(s).await
+}
+
+#[tokio::test]
+async fn sending_far_over_the_rate_for_the_abuse_period_closes_with_1008() {
+    let gw = rated(2, 2, Duration::from_secs(1)).await;
     let mut c = gw.connect("alice", &[], &[]).await;
     // 100 frames a second, fifty times the rate, for up to three seconds.
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -369,13 +375,7 @@ async fn sending_far_over_the_rate_for_the_abuse_period_closes_with_1008() {
 async fn empty_continuation_frames_count_toward_the_rate_and_a_flood_of_them_closes_with_1008() {
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    let mut s = settings();
-    s.limits.frame_rate = Some(herald_local::FrameRate {
-        per_second: 2,
-        burst: 2,
-        abuse_period: Duration::from_secs(1),
-    });
-    let gw = Gateway::start_with(s).await;
+    let gw = rated(2, 2, Duration::from_secs(1)).await;
     let mut c = gw.connect("alice", &[], &[]).await;
     // A message begun and never finished: empty fragments, 100 a second, fifty times the
     // rate, for up to three seconds. None of them is a whole message the reader sees.
@@ -397,13 +397,7 @@ async fn empty_continuation_frames_count_toward_the_rate_and_a_flood_of_them_clo
 async fn fragments_spend_the_rate_as_they_arrive() {
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    let mut s = settings();
-    s.limits.frame_rate = Some(herald_local::FrameRate {
-        per_second: 1,
-        burst: 20,
-        abuse_period: Duration::from_secs(60),
-    });
-    let gw = Gateway::start_with(s).await;
+    let gw = rated(1, 20, Duration::from_secs(60)).await;
     let mut c = gw.connect("alice", &[], &[]).await;
     // A ping in 32 fragments: its 31 continuation frames spend the burst of 20 (less the
     // `whoami` connecting sent) long before it ends, so the message is over the rate.
