@@ -37,6 +37,19 @@ impl TrackingStore {
         }
     }
 
+    /// What `read` lists, unless the store is distrusted before it or is found to have lost
+    /// this instance's records by the time it answered (the read, a future, runs only
+    /// once the first check has passed).
+    async fn trusted<T>(
+        &self,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.registration.check()?;
+        let listed = read.await?;
+        self.registration.confirm().await?;
+        Ok(listed)
+    }
+
     fn mirror(&self, id: &ConnectionId, room: &RoomName, joined: bool) {
         if let Some(socket) = self.registry.socket(id) {
             socket.mirror(room, joined);
@@ -68,17 +81,12 @@ impl ForwardingStore for TrackingStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ConnectionId>, StoreError> {
-        self.registration.check()?;
-        let listed = self.inner.room_members(room, cursor, limit).await?;
-        self.registration.confirm().await?;
-        Ok(listed)
+        self.trusted(self.inner.room_members(room, cursor, limit))
+            .await
     }
 
     async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
-        self.registration.check()?;
-        let listed = self.inner.user_connections(user).await?;
-        self.registration.confirm().await?;
-        Ok(listed)
+        self.trusted(self.inner.user_connections(user)).await
     }
 
     async fn all_connections(
@@ -86,16 +94,11 @@ impl ForwardingStore for TrackingStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<ConnectionId>, StoreError> {
-        self.registration.check()?;
-        let listed = self.inner.all_connections(cursor, limit).await?;
-        self.registration.confirm().await?;
-        Ok(listed)
+        self.trusted(self.inner.all_connections(cursor, limit))
+            .await
     }
 
     async fn instances(&self, ids: &[ConnectionId]) -> Result<Vec<Option<String>>, StoreError> {
-        self.registration.check()?;
-        let listed = self.inner.instances(ids).await?;
-        self.registration.confirm().await?;
-        Ok(listed)
+        self.trusted(self.inner.instances(ids)).await
     }
 }
