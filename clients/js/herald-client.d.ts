@@ -1,4 +1,4 @@
-// Type declarations for herald-client (herald-client.js).
+// Type declarations for herald-realtime (herald-client.js).
 
 /** A position in a room's or user's history. */
 export interface Position {
@@ -36,7 +36,10 @@ export interface Options {
   sseUrl?: string;
   /** Long polling endpoint (default: the URL's http(s) form + `/poll`; on AWS the `PollUrl`). */
   pollUrl?: string;
-  /** A WebSocket implementation (default: `globalThis.WebSocket`; in Node, the `ws` package). */
+  /**
+   * A WebSocket implementation (default: `globalThis.WebSocket`). Browsers and Node 22+ have
+   * one built in; in Node 20 pass the `ws` package's: `import WebSocket from "ws"`.
+   */
   WebSocket?: unknown;
   fetch?: typeof globalThis.fetch;
   clock?: Partial<Clock>;
@@ -73,6 +76,7 @@ export interface RecoveryFailed {
 
 export interface Events {
   connecting: StateEvent;
+  /** The connection is up and its subscriptions are in place. */
   connected: StateEvent;
   disconnected: StateEvent;
   fallback: { transport: Transport };
@@ -86,11 +90,11 @@ export const DEFAULTS: Readonly<Required<Omit<Options, "url" | "token" | "getTok
 /** Full jitter: a random delay in [0, min(cap, base × 2^attempt)] ms. */
 export function backoffDelay(attempt: number, options?: { base?: number; cap?: number; random?: () => number }): number;
 
-/** An error with a contract code (`forbidden`, `rate_limited`, `too_large`, ...) or the client's own
- * (`not_connected`, `disconnected`, `timeout`, `unauthorized`, `unreachable`, `blocked`). */
 /** WebSocket close codes the client sends or reads, by name. */
 export const CloseCode: Readonly<{ NORMAL: 1000; ABNORMAL: 1006; REPLACED: 4000 }>;
 
+/** An error with a contract code (`forbidden`, `rate_limited`, `too_large`, ...) or the client's own
+ * (`not_connected`, `disconnected`, `timeout`, `closed`, `unauthorized`, `unreachable`, `blocked`). */
 export class HeraldError extends Error {
   code: string;
   status?: number;
@@ -106,10 +110,20 @@ export class HeraldClient {
   readonly state: "idle" | "connecting" | "connected" | "disconnected";
   readonly transport: Transport | null;
   on<E extends keyof Events>(event: E, listener: (detail: Events[E]) => void): () => void;
+  /** Starts connecting (the first `subscribe`, `ready`, `publish` or `history` does too). */
   connect(): this;
+  /**
+   * Resolves once connected with every subscription (and the inbox) in place; rejects with
+   * `timeout` after `timeout` ms (default `requestTimeout`), `closed`, or a refused token's
+   * `unauthorized` / `forbidden`.
+   */
+  ready(options?: { timeout?: number }): Promise<void>;
   subscribe<T = unknown>(room: string, handler?: (notification: Notification<T>) => void): () => void;
   unsubscribe(room: string, handler?: (notification: Notification) => void): void;
-  /** Resolves with `{type:"published", room, id, offset?, epoch?}`; rejects with a HeraldError. */
+  /**
+   * Waits for `ready()` if the client is not yet connected, then publishes from the socket.
+   * Resolves with `{type:"published", room, id, offset?, epoch?}`; rejects with a HeraldError.
+   */
   publish(room: string, data: unknown): Promise<{ type: "published"; room: string; id: string; offset?: number; epoch?: string }>;
   history(room: string, options?: { limit?: number; since?: Position }): Promise<{ type: "history"; room: string; notifications: Notification[]; offset?: number; epoch?: string; truncated?: boolean }>;
   close(): void;

@@ -1,4 +1,4 @@
-// herald-client: Herald's client for browsers and Node 20+, with no runtime dependencies.
+// herald-realtime (herald-client.js): Herald's client for browsers and Node 20+, with no runtime dependencies.
 //
 // It keeps one logical subscription alive across everything a network does to it:
 // - reconnects with exponential backoff and full jitter, and stops on a definitive refusal;
@@ -66,7 +66,10 @@ export function tokenClaims(token) {
   }
 }
 
-/** The client. Events: connecting, connected, disconnected, fallback, notification, recovery_failed, error. */
+/**
+ * The client. Events: connecting, connected (once the connection's subscriptions are in
+ * place), disconnected, fallback, notification, recovery_failed, error.
+ */
 export class HeraldClient {
   /**
    * @param {object} options
@@ -107,6 +110,7 @@ export class HeraldClient {
       recoveryFailed: (detail) => this.emit("recovery_failed", detail),
     });
     this.pending = new Map(); // ref -> {resolve, reject, timer}
+    this.waiting = new Set(); // callers of ready(): {resolve, reject, timer}
     this.nextRef = 1;
     this.state = "idle";
     this.transport = null;
@@ -144,7 +148,18 @@ export class HeraldClient {
 
   setState(state, detail = {}) {
     this.state = state;
+    if (state === "connected") this.settleWaiting();
     this.emit(state, { transport: this.transport, ...detail });
+  }
+
+  /** Lets every caller of `ready()` go on (or fails them all with `error`). */
+  settleWaiting(error) {
+    for (const waiter of this.waiting) {
+      this.cancel(waiter.timer);
+      if (error) waiter.reject(error);
+      else waiter.resolve();
+    }
+    this.waiting.clear();
   }
 
   // --- the app's API -----------------------------------------------------------------
@@ -184,24 +199,72 @@ export class HeraldClient {
     }
   }
 
+  /**
+   * Resolves once the client is connected and every room it subscribed to (and the user's
+   * inbox) is in place on that connection; starts connecting if nothing did. Rejects with
+   * `timeout` after `timeout` ms (default `requestTimeout`), with `closed` if the client is
+   * closed meanwhile, or with `unauthorized`/`forbidden` if the server refuses the token.
+   */
+  ready({ timeout = this.options.requestTimeout } = {}) {
+    if (this.closed) return Promise.reject(this.closedError ?? new HeraldError("closed", "the client was closed"));
+    if (this.state === "connected") return Promise.resolve();
+    this.connect();
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      waiter.timer = this.after(timeout, () => {
+        this.waiting.delete(waiter);
+        reject(new HeraldError("timeout", `not connected within ${timeout} ms (state: ${this.state})`));
+      });
+      this.waiting.add(waiter);
+    });
+  }
+
   /** Publishes from the socket: resolves with the `published` answer, rejects with its error code. */
   publish(room, data) {
-    return this.request({ action: "publish", room, data });
+    return this.requestWhenReady({ action: "publish", room, data });
   }
 
   /** The room's kept notifications: resolves with the `history` answer. */
   history(room, { limit, since } = {}) {
-    return this.request({ action: "history", room, ...(limit ? { limit } : {}), ...(since ? { since } : {}) });
+    return this.requestWhenReady({ action: "history", room, ...(limit ? { limit } : {}), ...(since ? { since } : {}) });
+  }
+
+  /**
+   * An app's request: made before the connection is ready, it waits for `ready()` (at most
+   * `requestTimeout`), then for its answer. On a fallback transport there is no socket to
+   * send it on: it rejects with `not_connected`.
+   */
+  async requestWhenReady(body) {
+    if (this.onFallback()) throw this.notConnected();
+    await this.ready();
+    if (this.onFallback()) throw this.notConnected();
+    return this.request(body);
+  }
+
+  onFallback() {
+    return this.transport === "sse" || this.transport === "poll";
+  }
+
+  notConnected() {
+    return new HeraldError("not_connected", `no WebSocket is open (transport: ${this.transport ?? "none"}): publish and history need one`);
   }
 
   /** Closes for good. */
   close() {
+    this.shutDown(new HeraldError("closed", "the client was closed"));
+  }
+
+  /** Stops for good; whoever waits for `ready()` gets `error`. */
+  shutDown(error) {
+    if (this.closed) return;
     this.closed = true;
+    this.closedError = error;
     this.abandon();
     for (const t of this.timers) this.clock.clearTimeout(t);
     this.timers.clear();
+    this.settleWaiting(error);
     this.transport = null;
-    this.setState("disconnected", { code: CloseCode.NORMAL, reason: "closed by the app" });
+    this.setState("disconnected", { code: CloseCode.NORMAL, reason: error.message });
   }
 
   // --- timers --------------------------------------------------------------------------
@@ -286,8 +349,9 @@ export class HeraldClient {
 
   /** A definitive refusal: the token is not accepted. The client stops. */
   refused(status) {
-    this.emit("error", new HeraldError(status === 401 ? "unauthorized" : "forbidden", `the server refused the token (${status})`, { status }));
-    this.close();
+    const error = new HeraldError(status === 401 ? "unauthorized" : "forbidden", `the server refused the token (${status})`, { status });
+    this.emit("error", error);
+    this.shutDown(error);
   }
 
   failed(generation, error) {

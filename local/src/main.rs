@@ -18,11 +18,11 @@ use herald_local::{
 
 /// A local API Gateway for WebSockets running Herald's handlers.
 ///
-/// Store, JWT and per-user settings come from the environment (the README's Configuration):
-/// HERALD_STORE, HERALD_REDIS_URL, HERALD_TABLE, HERALD_JWT_SECRET, HERALD_JWT_PUBLIC_KEY,
-/// HERALD_JWT_ISSUER, HERALD_JWT_AUDIENCE, HERALD_MAX_CONNECTIONS_PER_USER,
+/// The store and the JWT key come from the environment (README: Configuration):
+/// HERALD_STORE (memory, redis or dynamodb), HERALD_REDIS_URL, HERALD_TABLE,
+/// HERALD_JWT_SECRET, HERALD_JWT_PUBLIC_KEY, HERALD_JWT_ISSUER, HERALD_JWT_AUDIENCE,
 /// HERALD_IDEMPOTENCY_WINDOW_SECS, HERALD_FANOUT_CONCURRENCY. With no JWT key it runs in
-/// dev mode and prints a token.
+/// dev mode and prints a token. Each flag below can be set by the variable it names.
 #[derive(Parser, Debug)]
 #[command(name = "herald-local", version, args_conflicts_with_subcommands = true)]
 struct Flags {
@@ -65,31 +65,27 @@ struct Flags {
         value_parser = clap::value_parser!(u64).range(1..=MAX_OUTBOUND_QUEUE_BYTES),
     )]
     outbound_queue_bytes: u64,
-    /// Connections per user (0: no limit); overrides HERALD_MAX_CONNECTIONS_PER_USER,
-    /// which the configuration reads.
-    #[arg(long, help = format!(
-        "Connections per user (0: no limit) [default: HERALD_MAX_CONNECTIONS_PER_USER, \
-         else {DEFAULT_MAX_CONNECTIONS_PER_USER}]"
-    ))]
-    max_connections_per_user: Option<usize>,
-    /// Rooms per connection (0: no limit); overrides HERALD_MAX_ROOMS_PER_CONNECTION.
-    #[arg(long, help = format!(
-        "Rooms one connection may join (0: no limit; one more is answered limit_exceeded) \
-         [default: HERALD_MAX_ROOMS_PER_CONNECTION, else {DEFAULT_MAX_ROOMS_PER_CONNECTION}]"
-    ))]
-    max_rooms_per_connection: Option<usize>,
-    /// Notifications kept per room and per user for recovery; overrides HERALD_HISTORY_SIZE.
-    #[arg(long, help = format!(
-        "Notifications kept per room and per user for recovery (0: no history) \
-         [default: HERALD_HISTORY_SIZE, else {DEFAULT_HISTORY_SIZE}]"
-    ))]
-    history_size: Option<usize>,
-    /// Seconds a kept notification stays; overrides HERALD_HISTORY_TTL_SECS.
-    #[arg(long, help = format!(
-        "Seconds a kept notification stays (0: no history) \
-         [default: HERALD_HISTORY_TTL_SECS, else {}]", DEFAULT_HISTORY_AGE.as_secs()
-    ))]
-    history_ttl_secs: Option<u64>,
+    /// Connections one user may hold at once (0: no limit); one more is refused with 429.
+    #[arg(
+        long,
+        env = "HERALD_MAX_CONNECTIONS_PER_USER",
+        default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER
+    )]
+    max_connections_per_user: usize,
+    /// Rooms one connection may join (0: no limit); one more is answered limit_exceeded.
+    #[arg(
+        long,
+        env = "HERALD_MAX_ROOMS_PER_CONNECTION",
+        default_value_t = DEFAULT_MAX_ROOMS_PER_CONNECTION
+    )]
+    max_rooms_per_connection: usize,
+    /// Notifications kept per room and per user, so that clients can recover what they
+    /// missed (0: no history).
+    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = DEFAULT_HISTORY_SIZE)]
+    history_size: usize,
+    /// Seconds a kept notification stays (0: no history).
+    #[arg(long, env = "HERALD_HISTORY_TTL_SECS", default_value_t = DEFAULT_HISTORY_AGE.as_secs())]
+    history_ttl_secs: u64,
     /// Frames a second each client may send (0: no limit); over it a frame is dropped and
     /// answered rate_limited, and ten times over it for ten seconds closes with 1008.
     #[arg(long, env = "HERALD_FRAMES_PER_SECOND", default_value_t = DEFAULT_FRAMES_PER_SECOND)]
@@ -149,7 +145,9 @@ struct Flags {
 /// The subcommands for shells and scripts.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print a token signed with HERALD_JWT_SECRET (for a gateway started with it).
+    /// Print a token signed with HERALD_JWT_SECRET, for a gateway started with the same
+    /// secret (a gateway in dev mode signs with a secret only it knows: use the token it
+    /// printed, or start it with HERALD_JWT_SECRET set).
     Token {
         /// The user.
         #[arg(long, default_value = "dev")]
@@ -163,6 +161,7 @@ enum Command {
         /// Seconds until it expires.
         #[arg(long, default_value_t = 3600)]
         exp_secs: u64,
+        /// The HS256 secret the gateway verifies tokens with (at least 32 bytes).
         #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
@@ -184,7 +183,9 @@ enum Command {
     /// Publish DATA (JSON) to ROOM through the Invoke API: herald-local's, or the deployed
     /// function's with --function-name (the usual AWS environment).
     Publish {
+        /// The room to publish to.
         room: String,
+        /// The notification's data, as JSON (e.g. '{"order":42}').
         data: String,
         /// The deployed publish function (name or ARN) instead of herald-local.
         #[arg(long)]
@@ -195,8 +196,10 @@ enum Command {
         /// Publish this many times, with a progress bar.
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// The access key id herald-local's control plane requires, if it was started with one.
         #[arg(long, env = "HERALD_ACCESS_KEY_ID", hide_env_values = true)]
         access_key_id: Option<String>,
+        /// The secret that goes with --access-key-id.
         #[arg(long, env = "HERALD_SECRET_ACCESS_KEY", hide_env_values = true)]
         secret_access_key: Option<String>,
     },
@@ -300,21 +303,32 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     // and, in dev mode, the token.
     herald::telemetry::init_local();
 
-    // The history flags stand in for their variables, so that each is read (and each 0
-    // turns history off) exactly as the variable would be.
-    let history_size = flags.history_size.map(|n| n.to_string());
-    let history_ttl = flags.history_ttl_secs.map(|n| n.to_string());
-    let mut config = Config::from_lookup(|name| match name {
-        "HERALD_HISTORY_SIZE" if history_size.is_some() => history_size.clone(),
-        "HERALD_HISTORY_TTL_SECS" if history_ttl.is_some() => history_ttl.clone(),
-        _ => std::env::var(name).ok(),
+    // The flags read these variables themselves (clap's `env`) and stand in for them, so
+    // that each is parsed (and each 0 turns its limit or history off) as the variable would be.
+    let flagged = [
+        ("HERALD_HISTORY_SIZE", flags.history_size.to_string()),
+        (
+            "HERALD_HISTORY_TTL_SECS",
+            flags.history_ttl_secs.to_string(),
+        ),
+        (
+            "HERALD_MAX_CONNECTIONS_PER_USER",
+            flags.max_connections_per_user.to_string(),
+        ),
+        (
+            "HERALD_MAX_ROOMS_PER_CONNECTION",
+            flags.max_rooms_per_connection.to_string(),
+        ),
+    ];
+    let config = Config::from_lookup(|name| {
+        flagged
+            .iter()
+            .find(|(flagged, _)| *flagged == name)
+            .map_or_else(
+                || std::env::var(name).ok(),
+                |(_, value)| Some(value.clone()),
+            )
     })?;
-    if let Some(max) = flags.max_connections_per_user {
-        config.limits.max_connections_per_user = non_zero(max);
-    }
-    if let Some(max) = flags.max_rooms_per_connection {
-        config.limits.max_rooms_per_connection = non_zero(max);
-    }
     let settings = Settings {
         stage: flags.stage,
         limits: SocketLimits {
@@ -382,6 +396,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     }
     say(&format!(
         "herald-local listening on ws://{addr}/{stage}\n  \
+         demo page: http://{addr}/\n  \
          @connections: http://{addr}/{stage}/@connections/{{connectionId}}\n  \
          Lambda Invoke: http://{addr}/2015-03-31/functions/publish/invocations"
     ));

@@ -62,9 +62,12 @@ export const webSocketTransport = {
     ws.onerror = () => {};
     this.stableTimer = this.after(this.options.stableAfter, () => (this.attempt = 0));
     this.startHeartbeat(generation);
-    this.setState("connected");
-    for (const room of this.rooms.keys()) this.joinRoom(room);
-    this.recoverInbox();
+    // `connected` waits for the rooms and the inbox to be in place on this socket, so what
+    // the app publishes from its handler reaches this very client.
+    const joined = [...this.rooms.keys()].map((room) => this.joinRoom(room));
+    Promise.allSettled([...joined, this.recoverInbox()]).then(() => {
+      if (generation === this.generation && !this.closed) this.setState("connected");
+    });
   },
 
   /** A WebSocket attempt failed before it opened: refused, blocked, or the server is away. */
@@ -121,9 +124,10 @@ export const webSocketTransport = {
 
   // --- requests ------------------------------------------------------------------------------
 
+  /** Sends `body` on the open socket now (the app's requests wait for `ready()` first). */
   request(body, timeout = this.options.requestTimeout) {
     if (this.transport !== "websocket" || this.ws?.readyState !== 1) {
-      return Promise.reject(new HeraldError("not_connected", `no WebSocket is open (transport: ${this.transport ?? "none"})`));
+      return Promise.reject(this.notConnected());
     }
     const ref = String(this.nextRef++);
     return new Promise((resolve, reject) => {
@@ -163,7 +167,7 @@ export const webSocketTransport = {
     const key = `room:${room}`;
     const since = this.sequencer.position(key);
     this.sequencer.hold(key); // notifications before the answer wait for it
-    this.request({ action: "subscribe", room, ...(since ? { since } : {}) }).then(
+    return this.request({ action: "subscribe", room, ...(since ? { since } : {}) }).then(
       (reply) => this.sequencer.settle(key, since, reply, { room }),
       (error) => {
         this.sequencer.release(key);
@@ -182,7 +186,7 @@ export const webSocketTransport = {
     const since = this.sequencer.position(key);
     if (!since) return;
     this.sequencer.hold(key);
-    this.request({ action: "recover", since }).then(
+    return this.request({ action: "recover", since }).then(
       (reply) => this.sequencer.settle(key, since, reply, { user }),
       () => this.sequencer.release(key),
     );

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { HeraldClient } from "../herald-client.js";
-import { Herald, Proxy, Redis, eventually, sleep } from "./harness.js";
+import { Herald, Proxy, Redis, eventually, freePort, sleep } from "./harness.js";
 
 /** Fast timers, so each test takes seconds; the defaults are tested in backoff.test.js. */
 const FAST = { backoffBase: 50, backoffCap: 500, requestTimeout: 3_000 };
@@ -54,13 +54,52 @@ test("delivers in order, answers publishes, and rejects with the contract's code
   assert.deepEqual(history.notifications.map((n) => n.data.n), [4, 5]);
 });
 
+test("calls made before the connection is ready wait for it; `connected` comes once subscriptions are in place", async (t) => {
+  const herald = await Herald.start();
+  t.after(() => herald.stop());
+  const c = client(herald.ws, { token: herald.token({ sub: "alice", rooms: ["orders"], publish: ["orders"] }) });
+  t.after(() => c.close());
+  c.subscribe("orders", (n) => c.got.push(n));
+  // What an app does in its `connected` handler reaches this very client.
+  let fromHandler;
+  c.on("connected", () => (fromHandler ??= c.publish("orders", { n: 2 })));
+  assert.equal(c.state, "connecting");
+  const first = await c.publish("orders", { n: 1 }); // sent before the socket opened
+  assert.equal(first.offset, 1);
+  assert.equal((await fromHandler).offset, 2);
+  await eventually(() => c.got.length === 2, "both notifications, on the client that published them");
+  assert.deepEqual(data(c), [1, 2]);
+  const history = await c.history("orders");
+  assert.deepEqual(history.notifications.map((n) => n.data.n), [1, 2]);
+  await c.ready(); // connected: at once
+});
+
+test("ready() and early calls give up with `timeout` when no server answers, and with `closed` on close()", async () => {
+  const port = await freePort();
+  const c = client(`ws://127.0.0.1:${port}/local`, { token: "t", requestTimeout: 300 });
+  await assert.rejects(c.ready(), (e) => e.code === "timeout");
+  await assert.rejects(c.publish("orders", {}), (e) => e.code === "timeout");
+  const waiting = c.ready({ timeout: 10_000 });
+  const history = c.history("orders");
+  c.close();
+  await assert.rejects(waiting, (e) => e.code === "closed");
+  await assert.rejects(history, (e) => e.code === "closed");
+  await assert.rejects(c.ready(), (e) => e.code === "closed");
+});
+
 test("a refused token stops the client with an error instead of retrying forever", async (t) => {
   const herald = await Herald.start();
   t.after(() => herald.stop());
   const c = client(herald.ws, { token: "not-a-token" });
   c.subscribe("orders");
+  const waiting = c.ready({ timeout: 10_000 }).then(
+    () => null,
+    (e) => e,
+  );
   await eventually(() => c.errors.length > 0 && c.closed, "a definitive refusal");
   assert.equal(c.errors[0].code, "unauthorized");
+  assert.equal((await waiting)?.code, "unauthorized", "ready() says why");
+  await assert.rejects(c.publish("orders", {}), (e) => e.code === "unauthorized", "and so does a later call");
   const attempts = c.states.filter((s) => s.startsWith("connecting")).length;
   await sleep(500);
   assert.equal(c.states.filter((s) => s.startsWith("connecting")).length, attempts, "no more attempts");

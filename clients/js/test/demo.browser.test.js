@@ -36,7 +36,7 @@ test("two pages on the demo: one publishes, the other shows it live", async (t) 
   await publisher.fill("#data", '{"hello": "from the other page"}');
   await publisher.click("#publish");
   await publisher.waitForSelector("#result:has-text('at offset 1')");
-  const row = await watcher.waitForSelector('#log tr[data-room="demo"][data-offset="1"]', { timeout: 5_000 });
+  const row = await watcher.waitForSelector('#log tr[data-room="orders"][data-offset="1"]', { timeout: 5_000 });
   assert.match(await row.textContent(), /from the other page/);
 
   // The chart's connected clients come from the gateway: both pages.
@@ -62,7 +62,7 @@ test("a refused publish shows the contract's code, and a bad token shows an erro
   const page = await browser.newPage();
   await page.goto(`${herald.http}/`);
   assert.equal(await page.inputValue("#token"), "", "no token outside dev mode");
-  await page.fill("#token", herald.token({ sub: "bob", rooms: ["demo"] }));
+  await page.fill("#token", herald.token({ sub: "bob", rooms: ["orders"] }));
   await page.click("#connect");
   await page.waitForSelector('#state[data-state="connected"]');
   await page.click("#publish");

@@ -195,6 +195,8 @@ pub async fn listen(
                     if message.recovered == Some(false) {
                         eprintln!("{key}: the missed notifications are no longer kept");
                     }
+                    // On stderr, so that stdout stays JSON lines: from here on nothing is missed.
+                    eprintln!("subscribed: {key}");
                     channels.entry(key).or_default().answered(&message);
                 }
                 "error" => eprintln!("error: {text}"),

@@ -26,7 +26,10 @@ pub struct TokenRequest {
 pub fn mint(secret: Option<&str>, request: &TokenRequest) -> Result<String, CliError> {
     let Some(secret) = secret.filter(|s| !s.is_empty()) else {
         return Err(CliError::Usage(
-            "set HERALD_JWT_SECRET to the secret the gateway verifies with".into(),
+            "set HERALD_JWT_SECRET to the secret the gateway verifies with (a gateway in dev \
+             mode has a secret only it knows: start it with HERALD_JWT_SECRET set, or use the \
+             token it printed)"
+                .into(),
         ));
     };
     if request.sub.is_empty() {
