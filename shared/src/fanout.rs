@@ -357,6 +357,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn one_post_is_retried_as_fan_out_retries_and_says_whether_it_arrived() {
+        let store = MemoryStore::new();
+        let gateway = RecordingGateway::new();
+        let ids = room_of(&store, &room(), 3).await;
+        gateway.script(&ids[1], Scripted::ThrottledTimes(1));
+        gateway.script(&ids[2], Scripted::Gone);
+        let config = FanoutConfig::default();
+        let payload = Bytes::from_static(b"{}");
+        assert!(post_retrying(&store, &gateway, &ids[0], payload.clone(), &config).await);
+        assert!(post_retrying(&store, &gateway, &ids[1], payload.clone(), &config).await);
+        assert_eq!(gateway.attempts(&ids[1]), 2, "a 429, then delivered");
+        assert!(!post_retrying(&store, &gateway, &ids[2], payload, &config).await);
+        assert!(
+            store.get(&ids[2]).await.unwrap().is_none(),
+            "a 410 forgets it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn gone_recipients_are_forgotten_throttled_ones_retried() {
         let store = MemoryStore::new();
         let gateway = RecordingGateway::new();

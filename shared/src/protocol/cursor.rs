@@ -111,6 +111,27 @@ mod tests {
         assert_eq!(back, cursor);
         assert_eq!(back.get("room:orders"), Some(&at(17, "e1")));
         assert_eq!(back.get("room:other"), None);
+        let entries: Vec<_> = back.entries().collect();
+        assert_eq!(
+            entries,
+            [
+                (&"room:orders".to_owned(), &at(17, "e1")),
+                (&"user:alice".to_owned(), &at(3, "e2"))
+            ]
+        );
+    }
+
+    #[test]
+    fn the_length_bound_counts_what_was_sent_at_and_one_past_it() {
+        let mut cursor = Cursor::new();
+        cursor.set("room:orders".into(), at(17, "e1"));
+        let text = cursor.encode();
+        // Spaces around a cursor are forgiven, but count toward its length.
+        let at_bound = text.clone() + &" ".repeat(MAX_CURSOR_LEN - text.len());
+        assert_eq!(at_bound.len(), MAX_CURSOR_LEN);
+        assert_eq!(Cursor::decode(&at_bound), Ok(cursor));
+        let past = format!("{at_bound} ");
+        assert!(Cursor::decode(&past).is_err(), "one past the bound");
     }
 
     #[test]

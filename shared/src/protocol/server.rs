@@ -302,6 +302,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_notification_keeps_its_text_and_length() {
+        let text = br#"{"type":"notification","data":1}"#;
+        let stored = Stored::new(text).unwrap();
+        assert_eq!(stored.len(), text.len());
+        assert!(!stored.is_empty());
+        assert_eq!(stored, Stored::new(text).unwrap());
+        assert_ne!(
+            stored,
+            Stored::new(br#"{"type":"notification","data":2}"#).unwrap()
+        );
+        assert_eq!(Stored::new(b"not json"), None);
+    }
+
+    #[test]
     fn replies_serialize_as_the_contract_shows() {
         let reply = Reply {
             message: ServerMessage::Subscribed {
