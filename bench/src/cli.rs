@@ -76,8 +76,10 @@ pub enum Scenario {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
-    /// The fan-out across three gateway instances on one Redis (started on a free port),
-    /// with history and without.
+    /// Scale-out: three gateway instances on one Redis (started on a free port), with
+    /// publishes one at a time and eight in flight, beside the seed's Node server ×3 and
+    /// one instance; also three instances without history. Counts Redis commands per
+    /// publish.
     Multi {
         /// Subscribers (WebSocket clients, or SSE clients where the scenario says).
         #[arg(long, default_value_t = 5000)]
@@ -88,6 +90,9 @@ pub enum Scenario {
         /// Bytes of each publish's payload.
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Rounds of every setup; the medians are printed after.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// The fan-out to C Server-Sent Events clients beside C WebSocket clients, each run on
     /// a gateway of its own over one Redis (started on a free port).

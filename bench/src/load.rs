@@ -28,6 +28,9 @@ pub enum Server {
     Gateway(Vec<SocketAddr>),
     /// The bare broadcast server.
     Baseline(SocketAddr),
+    /// Instances of the seed's Node server on one Redis: clients spread over all,
+    /// publishes through the first (`POST /publish`).
+    Seed(Vec<SocketAddr>),
 }
 
 /// The figures of one fan-out run.
@@ -63,6 +66,56 @@ pub struct Fanout {
     pub client_cpu_pct: f64,
     /// CPU the server(s) used, as % of one core.
     pub server_cpu_pct: f64,
+    /// Publish calls in flight at once (1: one after another).
+    #[serde(default = "one")]
+    pub in_flight: usize,
+    /// Redis commands per publish while publishing (`INFO commandstats`), where the run
+    /// had a Redis.
+    #[serde(default)]
+    pub redis_commands_per_publish: Option<f64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// What a run adds to [`fanout_over`]: publish calls in flight at once, and the Redis
+/// whose commands are counted.
+#[derive(Clone, Debug)]
+pub struct Extras {
+    /// Publish calls in flight at once, each on a connection of its own.
+    pub in_flight: usize,
+    /// The Redis the servers use, whose `INFO commandstats` is read around the publishes.
+    pub redis_url: Option<String>,
+}
+
+impl Default for Extras {
+    fn default() -> Self {
+        Self {
+            in_flight: 1,
+            redis_url: None,
+        }
+    }
+}
+
+/// Every command Redis has run, by `INFO commandstats`, through `redis-cli`.
+fn redis_commands(url: &str) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", url, "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli runs (it comes with redis-server)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_"))
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn now_us() -> u64 {
@@ -112,6 +165,7 @@ async fn subscriber(server: &Server, i: usize, room: Option<&str>) -> Ws {
             format!("ws://{addr}/local?token={}", token(&format!("bench-{i}")))
         }
         Server::Baseline(addr) => format!("ws://{addr}/sub"),
+        Server::Seed(addrs) => format!("ws://{}/", addrs[i % addrs.len()]),
     };
     let config = crate::placement::client_config();
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, config, false)
@@ -211,6 +265,8 @@ enum Publisher {
     /// gateway accepts any signature, and the tests use the real SDK client.
     Gateway(tokio::io::BufReader<tokio::net::TcpStream>),
     Baseline(Box<Ws>),
+    /// The seed's `POST /publish`, over one kept-alive connection.
+    Seed(tokio::io::BufReader<tokio::net::TcpStream>),
 }
 
 /// An HTTP/1.1 answer read off a kept-alive connection.
@@ -268,9 +324,14 @@ pub(crate) async fn http_connection(
 
 /// Sends one Invoke request and reads the answer; panics on a function error.
 async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &str) {
+    post(http, "/2015-03-31/functions/publish/invocations", body).await;
+}
+
+/// POSTs `body` to `path` and reads the answer; panics on a function error or a non-200.
+async fn post(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, path: &str, body: &str) {
     use tokio::io::AsyncWriteExt;
     let request = format!(
-        "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: bench\r\n\
+        "POST {path} HTTP/1.1\r\nhost: bench\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -280,8 +341,9 @@ async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &s
         .expect("the request is sent");
     let answer = read_answer(http).await;
     assert!(
-        !answer.function_error,
-        "publish failed: {}",
+        !answer.function_error && answer.status == 200,
+        "publish failed ({}): {}",
+        answer.status,
         String::from_utf8_lossy(&answer.body)
     );
 }
@@ -290,6 +352,7 @@ impl Publisher {
     async fn open(server: &Server) -> Self {
         match server {
             Server::Gateway(addrs) => Self::Gateway(http_connection(addrs[0]).await),
+            Server::Seed(addrs) => Self::Seed(http_connection(addrs[0]).await),
             Server::Baseline(addr) => {
                 let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/pub"))
                     .await
@@ -305,6 +368,7 @@ impl Publisher {
             Self::Gateway(http) => {
                 invoke(http, &json!({"room": room, "data": stamp}).to_string()).await;
             }
+            Self::Seed(http) => post(http, "/publish", &stamp.to_string()).await,
             Self::Baseline(ws) => {
                 ws.send(Message::text(stamp.to_string()))
                     .await
@@ -344,8 +408,22 @@ pub async fn fanout_over(
     server: &Server,
     label: &str,
     server_pids: &[u32],
-    (connections, publishes, size): (usize, usize, usize),
+    run: (usize, usize, usize),
 ) -> Fanout {
+    let extras = Extras::default();
+    fanout_with(transport, server, label, server_pids, run, &extras).await
+}
+
+/// [`fanout_over`] with `extras`: publish calls in flight at once, Redis commands counted.
+pub async fn fanout_with(
+    transport: Transport,
+    server: &Server,
+    label: &str,
+    server_pids: &[u32],
+    (connections, publishes, size): (usize, usize, usize),
+    extras: &Extras,
+) -> Fanout {
+    let in_flight = extras.in_flight.max(1);
     let room = "bench";
     let clients = clients(server, transport, connections, room).await;
     let (stop_tx, stop) = watch::channel(false);
@@ -411,18 +489,36 @@ pub async fn fanout_over(
                 .expect("a runtime for the publisher");
             runtime.block_on(async move {
                 let pad = "x".repeat(size);
-                let mut publisher = Publisher::open(&server).await;
+                let mut publishers = Vec::with_capacity(in_flight);
+                for _ in 0..in_flight {
+                    publishers.push(Publisher::open(&server).await);
+                }
                 let _ = opened_tx.send(());
                 let _ = ready.await;
                 let started = Instant::now();
-                for seq in 0..publishes {
-                    publisher.publish(room, seq, &pad).await;
-                }
-                started.elapsed().as_secs_f64() * 1000.0 / publishes.max(1) as f64
+                // Each connection takes the next sequence number when its last call answers.
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let calls = publishers.iter_mut().map(|publisher| {
+                    let (next, pad) = (&next, &pad);
+                    async move {
+                        loop {
+                            let seq = next.fetch_add(1, Ordering::Relaxed);
+                            if seq >= publishes {
+                                break;
+                            }
+                            publisher.publish(room, seq, pad).await;
+                        }
+                    }
+                });
+                futures::future::join_all(calls).await;
+                // The mean time a call took, however many were in flight.
+                started.elapsed().as_secs_f64() * 1000.0 * in_flight as f64
+                    / publishes.max(1) as f64
             })
         })
     };
     opened.await.expect("the publisher opens");
+    let commands_before = extras.redis_url.as_deref().map(redis_commands);
     let (client_cpu, server_cpu) = (procs::cpu_seconds("self"), servers_cpu(server_pids));
     let started_us = now_us();
     let started = Instant::now();
@@ -436,6 +532,15 @@ pub async fn fanout_over(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let wall = started.elapsed().as_secs_f64();
+    // `INFO commandstats` counts itself too: one call, taken off.
+    let redis_commands_per_publish =
+        extras
+            .redis_url
+            .as_deref()
+            .zip(commands_before)
+            .map(|(url, before)| {
+                (redis_commands(url).saturating_sub(before + 1)) as f64 / publishes.max(1) as f64
+            });
     let client_cpu = procs::cpu_seconds("self") - client_cpu;
     let server_cpu = servers_cpu(server_pids) - server_cpu;
     let _ = stop_tx.send(true);
@@ -472,6 +577,8 @@ pub async fn fanout_over(
         publish_ms,
         client_cpu_pct: 100.0 * client_cpu / wall,
         server_cpu_pct: 100.0 * server_cpu / wall,
+        in_flight,
+        redis_commands_per_publish,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The processes a run measures: `herald-local` and the baseline server (each its own
+//! The processes a run measures: `herald-local`, the baseline server and the seed's Node
+//! server (each its own
 //! process, so their CPU and memory can be read apart from the load generator's), and
 //! what `/proc` says about them.
 
@@ -90,6 +91,29 @@ pub async fn gateway(env: &[(&str, &str)]) -> Proc {
         command.env(k, v);
     }
     spawn(command, "listening on ws://").await
+}
+
+/// The seed's reference server (`bench/seed/server.js`, Node with `ws` and `ioredis`).
+const SEED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/seed");
+
+/// Starts one instance of the seed's Node server on a free port, on the Redis at
+/// `redis_url`; installs its locked packages first if they are missing.
+pub async fn seed(redis_url: &str) -> Proc {
+    let dir = std::path::Path::new(SEED_DIR);
+    if !dir.join("node_modules").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir)
+            .status()
+            .expect("npm runs (the seed's server needs Node 20 and npm)");
+        assert!(status.success(), "npm ci in {SEED_DIR} failed");
+    }
+    let mut command = placed(PathBuf::from("node"));
+    command
+        .arg(dir.join("server.js"))
+        .env("REDIS_URL", redis_url)
+        .env("PORT", "0");
+    spawn(command, "seed listening on ").await
 }
 
 /// Starts the bare broadcast server (this binary's `baseline-server`) on a free port.

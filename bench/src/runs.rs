@@ -1,5 +1,6 @@
 //! One fan-out run on each kind of server: the gateway (with or without history), the
-//! baseline, three instances on one Redis, a gateway over Redis for SSE clients.
+//! baseline, three instances on one Redis, the seed's Node server ×3, a gateway over Redis
+//! for SSE clients.
 
 use crate::load::{self, Fanout, Server, Transport};
 use crate::procs;
@@ -60,6 +61,18 @@ pub async fn multi_fanout_with(
     publishes: usize,
     size: usize,
 ) -> Fanout {
+    let run = (connections, publishes, size);
+    multi_fanout_extras(extra, run_name, run, 1).await
+}
+
+/// Three instances on one Redis with `extra` settings and `in_flight` publish calls at
+/// once; counts the Redis commands each publish costs.
+pub async fn multi_fanout_extras(
+    extra: &[(&str, &str)],
+    run_name: &str,
+    run: (usize, usize, usize),
+    in_flight: usize,
+) -> Fanout {
     let redis = herald::testing::Server::redis();
     let url = redis.url();
     let mut gateways = Vec::new();
@@ -74,8 +87,42 @@ pub async fn multi_fanout_with(
     }
     let server = Server::Gateway(gateways.iter().map(|g| g.addr).collect());
     let pids: Vec<u32> = gateways.iter().map(procs::Proc::pid).collect();
-    let run = load::fanout(&server, run_name, &pids, connections, publishes, size).await;
+    let extras = load::Extras {
+        in_flight,
+        redis_url: Some(url.clone()),
+    };
+    let fanout = load::fanout_with(Transport::WebSocket, &server, run_name, &pids, run, &extras);
+    let run = fanout.await;
     drop(gateways);
+    drop(redis);
+    run
+}
+
+/// The seed's Node server (`ws` + `ioredis`), three instances on one Redis, publishes
+/// one after another through the first one's `POST /publish`.
+pub async fn seed_fanout(run: (usize, usize, usize)) -> Fanout {
+    let redis = herald::testing::Server::redis();
+    let url = redis.url();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(procs::seed(&url).await);
+    }
+    let server = Server::Seed(instances.iter().map(|i| i.addr).collect());
+    let pids: Vec<u32> = instances.iter().map(procs::Proc::pid).collect();
+    let extras = load::Extras {
+        in_flight: 1,
+        redis_url: Some(url.clone()),
+    };
+    let fanout = load::fanout_with(
+        Transport::WebSocket,
+        &server,
+        "seed-node-x3",
+        &pids,
+        run,
+        &extras,
+    );
+    let run = fanout.await;
+    drop(instances);
     drop(redis);
     run
 }

@@ -4,10 +4,12 @@ use serde_json::json;
 
 use crate::cli::{Cli, Scenario};
 use crate::load::{self, Fanout, Server, Transport};
-use crate::report::{NO_HISTORY_SUFFIX, history_ratio, print_fanout, ratio, write_json};
+use crate::report::{
+    NO_HISTORY_SUFFIX, history_ratio, print_fanout, print_medians, ratio, write_json,
+};
 use crate::runs::{
     NO_HISTORY, SSE_P50_TARGET_MS, baseline_fanout, gateway_fanout, gateway_fanout_with,
-    multi_fanout, multi_fanout_with, redis_fanout,
+    multi_fanout, multi_fanout_extras, redis_fanout, seed_fanout,
 };
 use crate::{baseline, chart, flood, placement, procs};
 
@@ -31,7 +33,8 @@ pub async fn run(cli: Cli) {
             connections,
             publishes,
             size,
-        } => multi(connections, publishes, size, json_path).await,
+            runs,
+        } => multi(connections, publishes, size, runs, json_path).await,
         Scenario::Sse {
             connections,
             publishes,
@@ -105,17 +108,41 @@ pub async fn fanout(
     );
 }
 
-/// The fan-out across three instances on one Redis, with history and without.
-pub async fn multi(connections: usize, publishes: usize, size: usize, json_path: Option<&str>) {
+/// Scale-out: three instances on one Redis (publishes one at a time, and
+/// [`MULTI_IN_FLIGHT`] in flight), the seed's Node server ×3, one instance, and three
+/// instances without history; `runs` times, then the medians.
+pub async fn multi(
+    connections: usize,
+    publishes: usize,
+    size: usize,
+    runs: usize,
+    json_path: Option<&str>,
+) {
+    let run = (connections, publishes, size);
     let no_history = format!("multi-instance{NO_HISTORY_SUFFIX}");
-    let runs = vec![
-        multi_fanout(connections, publishes, size).await,
-        multi_fanout_with(&[NO_HISTORY], &no_history, connections, publishes, size).await,
-    ];
-    print_fanout(&runs);
-    let history = history_ratio(&runs, "multi-instance");
-    write_json(json_path, &json!({"multi": runs, "history_ratio": history}));
+    let in_flight = format!("multi-instance-{MULTI_IN_FLIGHT}");
+    let mut all = Vec::new();
+    for _ in 0..runs.max(1) {
+        let round = vec![
+            multi_fanout_extras(&[], "multi-instance", run, 1).await,
+            multi_fanout_extras(&[], &in_flight, run, MULTI_IN_FLIGHT).await,
+            seed_fanout(run).await,
+            gateway_fanout(connections, publishes, size).await,
+            multi_fanout_extras(&[NO_HISTORY], &no_history, run, 1).await,
+        ];
+        print_fanout(&round);
+        all.extend(round);
+    }
+    let medians = print_medians(&all);
+    let history = history_ratio(&all, "multi-instance");
+    write_json(
+        json_path,
+        &json!({"multi": all, "medians": medians, "history_ratio": history}),
+    );
 }
+
+/// Publish calls in flight at once in `multi`'s second run.
+pub const MULTI_IN_FLIGHT: usize = 8;
 
 /// SSE clients beside WebSocket clients, each on a gateway of its own over one Redis.
 pub async fn sse(
