@@ -20,7 +20,8 @@ const server = http.createServer(async (req, res) => {
   const chunks = [];
   for await (const chunk of req) chunks.push(chunk);
   const instances = await publisher.publish(CHANNEL, Buffer.concat(chunks));
-  res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ instances }));
+  const answer = JSON.stringify({ instances });
+  res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(answer) }).end(answer);
 });
 const sockets = new WebSocketServer({ server });
 

@@ -290,7 +290,7 @@ pub(crate) async fn read_answer(
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("an HTTP status");
+        .unwrap_or_else(|| panic!("an HTTP status line, not {line:?}"));
     let (mut length, mut function_error) = (0usize, false);
     loop {
         line.clear();

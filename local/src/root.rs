@@ -21,7 +21,7 @@ use crate::app::{
     App, AuthMode, ControlPlane, ControlPlaneMode, HEARTBEATS_PER_LIFETIME, Settings, StartError,
 };
 use crate::cluster::tracking::TrackingStore;
-use crate::cluster::{self, Cluster, ClusterSettings, Registration};
+use crate::cluster::{self, Cluster, ClusterSettings, Hosts, Registration};
 use crate::connection::events::EventFactory;
 use crate::connection::registry::Registry;
 use crate::connection::runtime::SocketRuntime;
@@ -108,16 +108,23 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
                 lifetime,
             };
             let registration = Arc::new(Registration::default());
+            let hosts = Arc::new(
+                Hosts::connect(&cluster_settings)
+                    .await
+                    .map_err(StartError::Cluster)?,
+            );
             let tracked: Arc<dyn ConnectionStore> = Arc::new(TrackingStore::new(
                 store,
                 registry.clone(),
                 registration.clone(),
+                hosts.clone(),
             ));
             let cluster = Cluster::start(
                 &cluster_settings,
                 registry.clone(),
                 tracked.clone(),
                 registration,
+                hosts,
             )
             .await
             .map_err(StartError::Cluster)?;

@@ -6,6 +6,10 @@
 //! and only that one); throttled (429: retried with full-jitter exponential backoff, then
 //! counted failed); any other failure is counted failed. One recipient's failure never
 //! stops the others. The payload is a `Bytes` shared by every post, serialized once.
+//!
+//! A gateway that knows its own hosts' members ([`Gateway::deliver_room`]: several
+//! `herald-local` instances on one Redis) delivers a room publish itself, one request per
+//! host, and fan-out takes its counts instead of listing the room.
 
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tracing::{debug, warn};
 
+pub use crate::gateway::Counts;
 use crate::gateway::{Gateway, PushError};
 use crate::ids::ConnectionId;
 use crate::protocol::Target;
@@ -47,17 +52,6 @@ impl Default for FanoutConfig {
             max_backoff: Duration::from_secs(2),
         }
     }
-}
-
-/// What happened to the recipients of one publish.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Posted successfully.
-    pub delivered: u64,
-    /// Answered 410; forgotten by the store.
-    pub gone: u64,
-    /// Throttled past the retries, or failed otherwise.
-    pub failed: u64,
 }
 
 /// Fan-out stopped because the store could not list the recipients; `counts` says what
@@ -164,6 +158,17 @@ pub async fn deliver(
     payload: Bytes,
     config: &FanoutConfig,
 ) -> Result<Counts, FanoutError> {
+    if let Target::Room(room) = target
+        && let Some(done) = gateway.deliver_room(room, &payload).await
+    {
+        return match done.error {
+            None => Ok(done.counts),
+            Some(error) => Err(FanoutError {
+                counts: done.counts,
+                error,
+            }),
+        };
+    }
     if gateway.prefers_batches() {
         return deliver_in_batches(store, gateway, target, payload, config).await;
     }

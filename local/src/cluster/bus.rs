@@ -11,7 +11,8 @@ use redis::{AsyncCommands, ProtocolVersion, PushInfo};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::debug;
 
-fn client(url: &str, protocol: ProtocolVersion) -> Result<redis::Client, StoreError> {
+/// A client of the server at `url`, speaking `protocol`.
+pub(super) fn client(url: &str, protocol: ProtocolVersion) -> Result<redis::Client, StoreError> {
     use redis::IntoConnectionInfo;
     let info = url
         .into_connection_info()

@@ -38,6 +38,13 @@ pub(super) enum Op {
     Get { id: String },
     /// Close a socket.
     Delete { id: String },
+    /// Deliver one payload to this instance's members of `room`.
+    Room {
+        room: String,
+        /// The payload as text, or base64 when it is not UTF-8.
+        text: Option<String>,
+        b64: Option<String>,
+    },
 }
 
 /// An instance's answer.
@@ -48,6 +55,12 @@ pub(super) enum Answer {
     Results(Vec<Outcome>),
     /// A socket's description, or none when it is not held there.
     Info(Option<ConnectionInfo>),
+    /// What a room delivery did on the instance that answers.
+    Counts {
+        delivered: u64,
+        gone: u64,
+        failed: u64,
+    },
 }
 
 /// What became of one post, as it crosses the wire.
@@ -87,18 +100,25 @@ impl From<Outcome> for Result<(), PushError> {
 impl Op {
     /// A post of `payload` to `ids`, as text when it is UTF-8 (notifications always are).
     pub(super) fn post(ids: Vec<String>, payload: &Bytes) -> Self {
-        match std::str::from_utf8(payload) {
-            Ok(text) => Self::Post {
-                ids,
-                text: Some(text.to_owned()),
-                b64: None,
-            },
-            Err(_) => Self::Post {
-                ids,
-                text: None,
-                b64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
-            },
-        }
+        let (text, b64) = encoded(payload);
+        Self::Post { ids, text, b64 }
+    }
+
+    /// A delivery of `payload` to the members of `room` on the instance asked.
+    pub(super) fn room(room: String, payload: &Bytes) -> Self {
+        let (text, b64) = encoded(payload);
+        Self::Room { room, text, b64 }
+    }
+}
+
+/// A payload as it crosses the wire: its text when it is UTF-8, else base64.
+fn encoded(payload: &Bytes) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(payload) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+        ),
     }
 }
 
@@ -141,7 +161,9 @@ pub(super) fn failures_of(
                     .get(n)
                     .copied()
                     .map_or(Err(PushError::Gone), Into::into),
-                Ok(Answer::Info(_)) => Err(PushError::other("unexpected answer")),
+                Ok(Answer::Info(_) | Answer::Counts { .. }) => {
+                    Err(PushError::other("unexpected answer"))
+                }
                 Err(e) => Err(e.clone()),
             };
             result.err().map(|error| (i, error))

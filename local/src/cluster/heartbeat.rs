@@ -46,6 +46,12 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
             Ok(restored) => info!(restored, "re-registered connections missing from the store"),
             Err(e) => debug!(error = %e, "heartbeat cannot reach the store"),
         }
+        // The marker says every record and claim of this instance is in the store: it is
+        // renewed only when the claims were, or a lapsed claim would go unnoticed.
+        if let Err(e) = cluster.renew_claims().await {
+            debug!(error = %e, "heartbeat cannot renew the rooms' claims");
+            continue;
+        }
         if let Err(e) = cluster.mark_registered().await {
             debug!(error = %e, "heartbeat cannot renew the marker");
         }

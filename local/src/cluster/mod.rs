@@ -6,7 +6,10 @@
 //! record and publishes one request there; the holder answers on the asker's channel, so
 //! the caller gets the true outcome (posted, or 410). Fan-out posts a page at a time, so a
 //! room publish costs one request (and one reply) per instance that holds members of the
-//! page, not one per member.
+//! page, not one per member. A room publish does not list the room at all: each instance
+//! claims the rooms its sockets join ([`hosts`]), and the publish asks each claiming
+//! instance once to deliver to its own members and answer its counts, so it costs a few
+//! Redis commands per instance whatever the room's size.
 //!
 //! A dead instance is noticed without waiting: Redis answers `PUBLISH` with the number of
 //! subscribers, and 0 means nobody holds those sockets any more, so they are gone (410)
@@ -27,11 +30,13 @@
 //! | `cluster/envelope.rs` | the messages instances exchange, and outcomes per post |
 //! | `cluster/bus.rs` | the Redis subscriber and publisher |
 //! | `cluster/registration.rs` | re-registration after a loss, and the gate on listings |
+//! | `cluster/hosts.rs` | which instances host members of each room |
 //! | `cluster/heartbeat.rs` | the heartbeat that keeps this instance's records alive |
 
 mod bus;
 mod envelope;
 mod heartbeat;
+mod hosts;
 mod registration;
 pub(crate) mod tracking;
 
@@ -43,14 +48,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald::error;
-use herald::gateway::{ConnectionInfo, Failures, Gateway, PushError};
+use herald::fanout::FanoutConfig;
+use herald::gateway::{ConnectionInfo, Counts, Failures, Gateway, PushError, RoomDelivery};
 use herald::ids::ConnectionId;
+use herald::protocol::RoomName;
 use herald::store::{ConnectionStore, RedisSettings, StoreError};
 use redis::PushKind;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 pub use heartbeat::heartbeat;
+pub use hosts::Hosts;
 pub use registration::Registration;
 
 use crate::connection::registry::Registry;
@@ -59,6 +67,9 @@ use envelope::{Answer, Envelope, Op};
 
 /// How long a request to another instance may take before the post counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long another instance may take to deliver a room publish to its members: longer
+/// than one post, as it paces itself to its members' writers under a flood.
+pub const ROOM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the cluster meets: the Redis server, whose key prefix its channel names share; and
 /// how long this instance's records live between heartbeats.
@@ -84,6 +95,8 @@ pub struct Cluster {
     store: Arc<dyn ConnectionStore>,
     /// Whether the store's lists can be trusted, shared with the store's gate.
     registration: Arc<Registration>,
+    /// Which instances host members of each room.
+    hosts: Arc<Hosts>,
     /// The other instances this one knows of, waited for after a loss.
     peers: Mutex<HashSet<String>>,
     bus: Bus,
@@ -109,6 +122,7 @@ impl Cluster {
         registry: Arc<Registry>,
         store: Arc<dyn ConnectionStore>,
         registration: Arc<Registration>,
+        hosts: Arc<Hosts>,
     ) -> Result<Arc<Self>, StoreError> {
         let (pushes, mut incoming) = mpsc::unbounded_channel();
         let prefix = settings.redis.prefix.clone();
@@ -123,6 +137,7 @@ impl Cluster {
             registry,
             store,
             registration,
+            hosts,
             peers: Mutex::new(HashSet::new()),
             bus,
             pending: Mutex::new(HashMap::new()),
@@ -244,11 +259,171 @@ impl Cluster {
                 let result = registry.delete(&ConnectionId::new(id)).await;
                 envelope::results(1, result.err().map(|e| (0, e)).into_iter().collect())
             }
+            Op::Room { room, text, b64 } => {
+                let counts = match RoomName::parse(&room) {
+                    Ok(room) => {
+                        let payload = envelope::payload(text, b64);
+                        self.deliver_here(&room, &payload).await
+                    }
+                    Err(_) => Counts::default(),
+                };
+                Answer::Counts {
+                    delivered: counts.delivered,
+                    gone: counts.gone,
+                    failed: counts.failed,
+                }
+            }
         }
+    }
+
+    /// Queues `payload` into this instance's members of `room`, a page at a time with
+    /// fan-out's pacing, and counts what became of each; a member found gone is forgotten
+    /// by the store, as fan-out forgets one.
+    async fn deliver_here(&self, room: &RoomName, payload: &Bytes) -> Counts {
+        let members = self.registry.room_members(room);
+        let mut counts = Counts::default();
+        let page_size = FanoutConfig::default().page_size.max(1);
+        for page in members.chunks(page_size) {
+            self.registry.pace(page).await;
+            let mut failures = Failures::new();
+            // A member that left since the index was read is gone, as any other.
+            let left = self.post_here(page, payload, &mut failures);
+            counts.gone += left.len() as u64;
+            counts.delivered += (page.len() - left.len() - failures.len()) as u64;
+            for (i, error) in failures {
+                if matches!(error, PushError::Gone) {
+                    counts.gone += 1;
+                    if let Err(e) = self.store.remove(&page[i]).await {
+                        warn!(connection_id = %page[i], error = %e, "could not forget a gone connection");
+                    }
+                } else {
+                    counts.failed += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// The instances hosting members of `room`, read only while the store is trusted (as
+    /// the store's gate reads a list of recipients).
+    async fn trusted_hosts(&self, room: &RoomName) -> Result<Vec<String>, StoreError> {
+        self.registration.check()?;
+        let mut hosts = self.hosts.of(room).await?;
+        self.registration.confirm().await?;
+        // Members here are reached even if this instance's claim were missing.
+        if !hosts.contains(&self.instance) && !self.registry.room_members(room).is_empty() {
+            hosts.push(self.instance.clone());
+        }
+        Ok(hosts)
+    }
+
+    /// Delivers to every host of `room`: this instance's members here, each other host's by
+    /// one request; a host nobody answers for counts its members in the store as gone (and
+    /// forgets them), one that does not answer in time as failed.
+    async fn deliver_to_hosts(&self, room: &RoomName, payload: &Bytes) -> RoomDelivery {
+        let hosts = match self.trusted_hosts(room).await {
+            Ok(hosts) => hosts,
+            Err(error) => {
+                return RoomDelivery {
+                    counts: Counts::default(),
+                    error: Some(error),
+                };
+            }
+        };
+        let asks = hosts.iter().map(|host| async move {
+            if *host == self.instance {
+                return Ok(self.deliver_here(room, payload).await);
+            }
+            let op = Op::room(room.to_string(), payload);
+            match self.request_within(host, op, ROOM_REQUEST_TIMEOUT).await {
+                Ok(Answer::Counts {
+                    delivered,
+                    gone,
+                    failed,
+                }) => Ok(Counts {
+                    delivered,
+                    gone,
+                    failed,
+                }),
+                Err(PushError::Gone) => {
+                    self.hosts.drop_claim(room, host).await;
+                    self.settle_host(room, host, true).await
+                }
+                Ok(_) | Err(_) => {
+                    warn!(instance = host, %room, "a host did not deliver a room publish");
+                    self.settle_host(room, host, false).await
+                }
+            }
+        });
+        let mut delivery = RoomDelivery {
+            counts: Counts::default(),
+            error: None,
+        };
+        for answered in futures::future::join_all(asks).await {
+            match answered {
+                Ok(counts) => delivery.counts += counts,
+                Err(error) => delivery.error = Some(error),
+            }
+        }
+        delivery
+    }
+
+    /// Counts the members of `room` that the store says `host` holds, read from the store a
+    /// page at a time (the one case a room publish lists members): as gone, forgetting them,
+    /// when nobody holds them any more; else as failed.
+    async fn settle_host(
+        &self,
+        room: &RoomName,
+        host: &str,
+        gone: bool,
+    ) -> Result<Counts, StoreError> {
+        let page_size = FanoutConfig::default().page_size.max(1);
+        let mut counts = Counts::default();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .room_members(room, cursor.as_deref(), page_size)
+                .await?;
+            let holders = self.store.instances(&page.items).await?;
+            for (id, holder) in page.items.iter().zip(holders) {
+                if holder.as_deref() != Some(host) {
+                    continue;
+                }
+                if gone {
+                    counts.gone += 1;
+                    if let Err(e) = self.store.remove(id).await {
+                        warn!(connection_id = %id, error = %e, "could not forget a gone connection");
+                    }
+                } else {
+                    counts.failed += 1;
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(counts),
+            }
+        }
+    }
+
+    /// Renews this instance's claims on the rooms its sockets are in; after a loss, every
+    /// claim is made anew.
+    pub(super) async fn renew_claims(&self) -> Result<(), StoreError> {
+        self.hosts.renew(&self.registry.hosted_rooms()).await
     }
 
     /// Sends `op` to `instance` and waits for its answer.
     async fn request(&self, instance: &str, op: Op) -> Result<Answer, PushError> {
+        self.request_within(instance, op, REQUEST_TIMEOUT).await
+    }
+
+    /// Sends `op` to `instance` and waits for its answer at most `patience`.
+    async fn request_within(
+        &self,
+        instance: &str,
+        op: Op,
+        patience: Duration,
+    ) -> Result<Answer, PushError> {
         let req = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending().insert(req, tx);
@@ -272,10 +447,10 @@ impl Cluster {
                 );
                 Err(PushError::Gone)
             }
-            Ok(_) => match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(_) => match tokio::time::timeout(patience, rx).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 _ => Err(PushError::other(format!(
-                    "instance {instance} did not answer within {REQUEST_TIMEOUT:?}"
+                    "instance {instance} did not answer within {patience:?}"
                 ))),
             },
         };
@@ -411,6 +586,10 @@ impl Gateway for Cluster {
 
     fn prefers_batches(&self) -> bool {
         true
+    }
+
+    async fn deliver_room(&self, room: &RoomName, payload: &Bytes) -> Option<RoomDelivery> {
+        Some(self.deliver_to_hosts(room, payload).await)
     }
 
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {

@@ -194,11 +194,17 @@ impl Cluster {
         if self.registration.take_announcement() {
             self.announce_loss().await;
         }
+        // The claims are made again with the records, whatever this instance remembers.
+        self.hosts.forget_claims();
         let restored = loop {
             if self.bus.ping().await.is_ok() {
                 let registered =
                     register_all(&self.registry, &*self.store, &self.instance, self.lifetime).await;
-                match registered {
+                let claimed = match registered {
+                    Ok(restored) => self.renew_claims().await.map(|()| restored),
+                    Err(e) => Err(e),
+                };
+                match claimed {
                     Ok(restored) => match self.mark_registered().await {
                         Ok(()) => break restored,
                         Err(e) => debug!(error = %e, "cannot set the marker yet"),

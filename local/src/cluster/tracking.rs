@@ -3,7 +3,8 @@
 //! lists of recipients (room members, a user's connections, everyone, who holds which
 //! socket) refused as `Unavailable` while the instance re-registers, or when the store is
 //! found to have lost this instance's records by the time it answered (a flush), so a
-//! publish never reads a short list and answers a silent `delivered: 0`.
+//! publish never reads a short list and answers a silent `delivered: 0`. A local socket's
+//! join also claims its room for this instance ([`Hosts`]).
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use herald::ids::ConnectionId;
 use herald::protocol::RoomName;
 use herald::store::{ConnectionStore, ForwardingStore, Page, StoreError};
 
-use crate::cluster::Registration;
+use crate::cluster::{Hosts, Registration};
 use crate::connection::registry::Registry;
 
 /// Forwards to `inner`; mirrors memberships of sockets held by `registry`; lists recipients
@@ -21,6 +22,8 @@ pub struct TrackingStore {
     inner: Arc<dyn ConnectionStore>,
     registry: Arc<Registry>,
     registration: Arc<Registration>,
+    /// Where this instance claims the rooms its sockets join.
+    hosts: Arc<Hosts>,
 }
 
 impl TrackingStore {
@@ -29,11 +32,13 @@ impl TrackingStore {
         inner: Arc<dyn ConnectionStore>,
         registry: Arc<Registry>,
         registration: Arc<Registration>,
+        hosts: Arc<Hosts>,
     ) -> Self {
         Self {
             inner,
             registry,
             registration,
+            hosts,
         }
     }
 
@@ -51,9 +56,7 @@ impl TrackingStore {
     }
 
     fn mirror(&self, id: &ConnectionId, room: &RoomName, joined: bool) {
-        if let Some(socket) = self.registry.socket(id) {
-            socket.mirror(room, joined);
-        }
+        self.registry.mirror(id, room, joined);
     }
 }
 
@@ -65,6 +68,10 @@ impl ForwardingStore for TrackingStore {
 
     async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
         self.inner.join(id, room).await?;
+        if self.registry.socket(id).is_some() {
+            // Before the member is told it joined: the next room publish must ask here.
+            self.hosts.claim(room).await?;
+        }
         self.mirror(id, room, true);
         Ok(())
     }

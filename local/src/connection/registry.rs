@@ -13,7 +13,7 @@
 //! up are never closed as slow consumers by a flood: the publisher is slowed to the rate
 //! the writers deliver at instead.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -153,8 +153,9 @@ impl Socket {
             .collect()
     }
 
-    /// Records a join (`true`) or a leave (`false`).
-    pub fn mirror(&self, room: &RoomName, joined: bool) {
+    /// Records a join (`true`) or a leave (`false`); [`Registry::mirror`] keeps the
+    /// registry's index of rooms in step.
+    fn mirror(&self, room: &RoomName, joined: bool) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if joined {
             rooms.insert(room.clone());
@@ -181,6 +182,9 @@ struct CacheLine<T>(T);
 /// Live sockets by connection id.
 pub struct Registry {
     sockets: RwLock<Table>,
+    /// The members of each room among these sockets, for a room publish that reaches this
+    /// host's members without the store listing them (several instances on one Redis).
+    rooms: Mutex<HashMap<RoomName, Members>>,
     slow_consumers: AtomicU64,
     /// What each socket's outbox may hold.
     bounds: Bounds,
@@ -202,6 +206,7 @@ impl Registry {
     pub fn new(bounds: Bounds) -> Self {
         Self {
             sockets: RwLock::default(),
+            rooms: Mutex::default(),
             slow_consumers: AtomicU64::new(0),
             bounds,
         }
@@ -217,9 +222,56 @@ impl Registry {
         self.write().insert(socket.meta.id.clone(), socket);
     }
 
-    /// Removes a socket.
+    /// Removes a socket, and it from the rooms it joined.
     pub fn remove(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
-        self.write().remove(id)
+        let socket = self.write().remove(id)?;
+        let mut index = self.rooms();
+        for room in socket.rooms() {
+            if let Some(members) = index.get_mut(&room) {
+                members.remove(id);
+                if members.is_empty() {
+                    index.remove(&room);
+                }
+            }
+        }
+        Some(socket)
+    }
+
+    /// Records that the socket `id` (if held here) joined (`true`) or left `room`, on the
+    /// socket (to refill a restarted store) and in the index of rooms.
+    pub fn mirror(&self, id: &ConnectionId, room: &RoomName, joined: bool) {
+        // Under the index's lock, so a removal (which takes it after the socket is out of
+        // the table) sees every room this adds.
+        let mut index = self.rooms();
+        let Some(socket) = self.socket(id) else {
+            return;
+        };
+        socket.mirror(room, joined);
+        if joined {
+            index.entry(room.clone()).or_default().insert(id.clone());
+        } else if let Some(members) = index.get_mut(room) {
+            members.remove(id);
+            if members.is_empty() {
+                index.remove(room);
+            }
+        }
+    }
+
+    /// The sockets held here that joined `room`.
+    pub fn room_members(&self, room: &RoomName) -> Vec<ConnectionId> {
+        self.rooms()
+            .get(room)
+            .map(|members| members.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The rooms at least one socket held here has joined.
+    pub fn hosted_rooms(&self) -> Vec<RoomName> {
+        self.rooms().keys().cloned().collect()
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Members>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A socket by id.
@@ -291,6 +343,9 @@ impl Registry {
 }
 
 type Table = HashMap<ConnectionId, Arc<Socket>, BuildHasherDefault<IdHasher>>;
+
+/// One room's members among the sockets held here.
+type Members = HashSet<ConnectionId, BuildHasherDefault<IdHasher>>;
 
 /// Hashes connection ids for the socket table, which a publish reads once per recipient.
 ///

@@ -200,6 +200,67 @@ async fn a_room_publish_costs_one_redis_message_per_instance_with_members() {
     expect_once(&mut clients, json!(1)).await;
 }
 
+/// Every command Redis has run, by `INFO commandstats` (which counts itself: one more).
+async fn redis_commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_room_publish_costs_the_same_redis_commands_at_ten_members_as_at_three_thousand() {
+    // Thousands of sockets on each side: the test and the instances it starts.
+    let limit = rlimit::increase_nofile_limit(20_000).unwrap_or(0);
+    assert!(
+        limit >= 8_000,
+        "open files limited to {limit}: raise `ulimit -n`"
+    );
+    let redis = Server::redis();
+    // No heartbeat within the test, so Redis counts only what the publishes cost.
+    let instances = cluster_beating(&redis, 3, 600_000).await;
+    let stats = redis::Client::open(redis.url()).unwrap();
+    let mut conn = stats.get_multiplexed_async_connection().await.unwrap();
+    let mut cost = Vec::new();
+    for (room, per_instance) in [("small", 5), ("big", 1_500)] {
+        // Members on instances 1 and 2; the publish goes through instance 0.
+        let mut clients = members(&instances[1..], per_instance, room).await;
+        // The first publish also loads the scripts and starts the room's history.
+        for n in [1, 2] {
+            let before = redis_commands(&mut conn).await;
+            let answer = instances[0]
+                .gateway
+                .invoke(json!({"room": room, "data": n}))
+                .await
+                .unwrap();
+            let after = redis_commands(&mut conn).await;
+            assert_eq!(answer["delivered"], 2 * per_instance, "{answer}");
+            for client in clients.iter_mut().flatten() {
+                assert_eq!(client.recv().await["data"], n, "client {}", client.id);
+            }
+            if n == 2 {
+                cost.push(after - before - 1);
+            }
+        }
+    }
+    assert_eq!(
+        cost[0], cost[1],
+        "Redis commands for a publish to 10 members and to 3,000: {cost:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_connections_api_of_any_instance_reaches_any_connection() {
     let redis = Server::redis();

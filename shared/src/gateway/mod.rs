@@ -22,6 +22,37 @@ pub use recording::{RecordingGateway, Scripted};
 
 use crate::error::Source;
 use crate::ids::ConnectionId;
+use crate::protocol::RoomName;
+use crate::store::StoreError;
+
+/// What happened to the recipients of one publish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Posted successfully.
+    pub delivered: u64,
+    /// Answered 410; forgotten by the store.
+    pub gone: u64,
+    /// Throttled past the retries, or failed otherwise.
+    pub failed: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.delivered += other.delivered;
+        self.gone += other.gone;
+        self.failed += other.failed;
+    }
+}
+
+/// What a gateway's own delivery to a room did ([`Gateway::deliver_room`]): its counts,
+/// and the store's error that stopped it before every member was reached, if one did.
+#[derive(Debug)]
+pub struct RoomDelivery {
+    /// What was delivered, gone or failed.
+    pub counts: Counts,
+    /// Why some members may not have been reached.
+    pub error: Option<StoreError>,
+}
 
 /// The posts of a [`Gateway::post_many`] that failed, each with the index of its id. Most
 /// posts succeed, so a page that all went through is answered without an allocation.
@@ -90,6 +121,13 @@ pub trait Gateway: Send + Sync + 'static {
     /// once per page of recipients when [`Gateway::prefers_batches`] says so.
     async fn post_many(&self, ids: &[ConnectionId], payload: Bytes) -> Failures {
         post_each(self, ids, payload).await
+    }
+
+    /// Delivers `payload` to every member of `room` itself, when this gateway can do so
+    /// without fan-out listing the members: several hosts, each knowing its own sockets'
+    /// rooms, asked once each. `None` (the default): fan-out lists the members and posts.
+    async fn deliver_room(&self, _room: &RoomName, _payload: &Bytes) -> Option<RoomDelivery> {
+        None
     }
 }
 

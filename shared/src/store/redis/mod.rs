@@ -16,6 +16,7 @@
 //! | `idem:{KEY}` | string | the publish id that claimed an idempotency key; expires with its window |
 //! | `events:{KEY}:WINDOW` | string (counter) | events counted in one window (socket publishes per user); expires with the window |
 //! | `hist:{CHANNEL}`, `hist:{CHANNEL}:pos` | stream, hash | a room's or user's history and its position (`history.rs`) |
+//! | `hosts:{ROOM}` | sorted set, score: when the claim lapses (ms) | the `herald-local` instances with members in the room (written by `local/src/cluster/hosts.rs`, not by this store) |
 //!
 //! Connection records expire by themselves (Redis TTL), so a crashed instance leaves no
 //! permanent zombie: hosts that keep sockets refresh the TTL of theirs with a heartbeat.
