@@ -104,18 +104,7 @@ fn redis_commands(url: &str) -> u64 {
         .args(["-u", url, "INFO", "commandstats"])
         .output()
         .expect("redis-cli runs (it comes with redis-server)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| line.starts_with("cmdstat_"))
-        .filter_map(|line| {
-            line.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    herald::testing::commands_run(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn now_us() -> u64 {

@@ -257,7 +257,7 @@ pub enum StartError {
     #[error(
         "HERALD_JWT_SECRET is {0} bytes: beyond loopback it must be at least {min} bytes \
          (e.g. `openssl rand -base64 48`), or anyone could guess it and mint tokens",
-        min = crate::root::MIN_HS256_SECRET_BYTES
+        min = herald::auth::MIN_HS256_SECRET_BYTES
     )]
     WeakJwtSecret(usize),
     /// The listener failed.

@@ -49,6 +49,7 @@ pub use app::{
     DEFAULT_STAGE, HEARTBEATS_PER_LIFETIME, HttpLimits, Settings, SocketLimits, StartError,
     random_instance_id,
 };
+pub use cluster::ROOM_REQUEST_TIMEOUT;
 pub use connection::close_code;
 pub use connection::events::{EventFactory, iso8601, request_time, route_key};
 pub use connection::frame_rate::{DEFAULT_FRAME_BURST, DEFAULT_FRAMES_PER_SECOND, FrameRate};

@@ -20,6 +20,22 @@ pub struct Server {
     child: Option<Child>,
 }
 
+/// Every command a Redis server has run, from the text of its `INFO commandstats` (which
+/// counts the `INFO` that asked, too).
+pub fn commands_run(info: &str) -> u64 {
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_"))
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// A free loopback port, as the OS hands them out.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -158,5 +174,17 @@ impl<T> Deref for Guarded<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commands_run;
+
+    #[test]
+    fn commands_run_adds_up_every_commands_calls() {
+        let info = "# Commandstats\r\ncmdstat_get:calls=3,usec=5,usec_per_call=1.67\r\n\
+                    cmdstat_publish:calls=4,usec=9\r\nother:calls=100\r\n";
+        assert_eq!(commands_run(info), 7);
     }
 }

@@ -43,12 +43,12 @@ pub fn mint(secret: Option<&str>, request: &TokenRequest) -> Result<String, CliE
                 "--exp-secs must be 1 to {MAX_TOKEN_LIFETIME_SECS} (ten years)"
             ))
         })?;
-    if secret.len() < crate::root::MIN_HS256_SECRET_BYTES {
+    if secret.len() < herald::auth::MIN_HS256_SECRET_BYTES {
         eprintln!(
             "warning: HERALD_JWT_SECRET is {} bytes; a gateway beyond loopback refuses \
              secrets under {} bytes",
             secret.len(),
-            crate::root::MIN_HS256_SECRET_BYTES
+            herald::auth::MIN_HS256_SECRET_BYTES
         );
     }
     let rooms: Vec<&str> = request.rooms.iter().map(String::as_str).collect();

@@ -69,7 +69,7 @@ use envelope::{Answer, Envelope, Op};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long another instance may take to deliver a room publish to its members: longer
 /// than one post, as it paces itself to its members' writers under a flood.
-pub const ROOM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const ROOM_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the cluster meets: the Redis server, whose key prefix its channel names share; and
 /// how long this instance's records live between heartbeats.

@@ -566,6 +566,37 @@ mod tests {
         (registry, ids)
     }
 
+    #[test]
+    fn the_index_of_rooms_follows_joins_leaves_and_removals() {
+        let (registry, ids) = registry_with(3, 0);
+        let orders = RoomName::parse("orders").unwrap();
+        let news = RoomName::parse("news").unwrap();
+        for id in &ids {
+            registry.mirror(id, &orders, true);
+        }
+        registry.mirror(&ids[0], &news, true);
+        let mut members = registry.room_members(&orders);
+        members.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(members, expected);
+        let mut hosted = registry.hosted_rooms();
+        hosted.sort();
+        assert_eq!(hosted, [news.clone(), orders.clone()]);
+
+        registry.mirror(&ids[1], &orders, false);
+        assert_eq!(registry.room_members(&orders).len(), 2);
+        assert_eq!(registry.socket(&ids[1]).unwrap().rooms(), []);
+        // A removed socket leaves every room it was in, and a room left empty is dropped.
+        registry.remove(&ids[0]);
+        assert_eq!(registry.room_members(&orders), [ids[2].clone()]);
+        assert!(registry.room_members(&news).is_empty());
+        assert_eq!(registry.hosted_rooms(), [orders]);
+        // A join mirrored for a socket no longer held here is not indexed.
+        registry.mirror(&ids[0], &news, true);
+        assert!(registry.room_members(&news).is_empty());
+    }
+
     fn deep(registry: &Registry, ids: &[ConnectionId]) -> usize {
         ids.iter()
             .filter(|id| registry.socket(id).unwrap().outbox.len() > BACKLOG_HIGH_WATER)

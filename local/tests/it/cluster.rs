@@ -207,17 +207,7 @@ async fn redis_commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .query_async(conn)
         .await
         .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    herald::testing::commands_run(&info)
 }
 
 #[tokio::test]
@@ -259,6 +249,41 @@ async fn a_room_publish_costs_the_same_redis_commands_at_ten_members_as_at_three
         cost[0], cost[1],
         "Redis commands for a publish to 10 members and to 3,000: {cost:?}"
     );
+}
+
+#[tokio::test]
+async fn a_frozen_instances_members_count_as_failed_not_delivered_nor_forgotten() {
+    let redis = Server::redis();
+    let mut instances = cluster_beating(&redis, 3, 600_000).await;
+    let mut clients = members(&instances, 3, "orders").await;
+    instances[2].signal("-STOP");
+    let started = Instant::now();
+    let answer = instances[0]
+        .gateway
+        .invoke(json!({"room":"orders","data":"frozen"}))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    instances[2].signal("-CONT");
+    assert_eq!(
+        (&answer["delivered"], &answer["gone"], &answer["failed"]),
+        (&json!(6), &json!(0), &json!(3)),
+        "{answer}"
+    );
+    assert!(
+        waited >= herald_local::ROOM_REQUEST_TIMEOUT,
+        "it waited for the frozen instance: {waited:?}"
+    );
+    for client in clients[..2].iter_mut().flatten() {
+        assert_eq!(client.recv().await["data"], "frozen");
+    }
+    // Not forgotten: once it thaws, its members are reached again.
+    let answer = instances[1]
+        .gateway
+        .invoke(json!({"room":"orders","data":"thawed"}))
+        .await
+        .unwrap();
+    assert_eq!(answer["delivered"], 9, "{answer}");
 }
 
 #[tokio::test]
