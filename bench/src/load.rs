@@ -28,6 +28,8 @@ pub enum Server {
     Gateway(Vec<SocketAddr>),
     /// The bare broadcast server.
     Baseline(SocketAddr),
+    /// The same server's broadcast ring: a publish is one append.
+    Ring(SocketAddr),
     /// Instances of the seed's Node server on one Redis: clients spread over all,
     /// publishes through the first (`POST /publish`).
     Seed(Vec<SocketAddr>),
@@ -154,6 +156,7 @@ async fn subscriber(server: &Server, i: usize, room: Option<&str>) -> Ws {
             format!("ws://{addr}/local?token={}", token(&format!("bench-{i}")))
         }
         Server::Baseline(addr) => format!("ws://{addr}/sub"),
+        Server::Ring(addr) => format!("ws://{addr}/ring-sub"),
         Server::Seed(addrs) => format!("ws://{}/", addrs[i % addrs.len()]),
     };
     let config = crate::placement::client_config();
@@ -342,8 +345,13 @@ impl Publisher {
         match server {
             Server::Gateway(addrs) => Self::Gateway(http_connection(addrs[0]).await),
             Server::Seed(addrs) => Self::Seed(http_connection(addrs[0]).await),
-            Server::Baseline(addr) => {
-                let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/pub"))
+            Server::Baseline(addr) | Server::Ring(addr) => {
+                let path = if matches!(server, Server::Ring(_)) {
+                    "ring-pub"
+                } else {
+                    "pub"
+                };
+                let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/{path}"))
                     .await
                     .expect("the publisher connects");
                 Self::Baseline(Box::new(ws))

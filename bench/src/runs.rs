@@ -48,6 +48,22 @@ pub async fn baseline_fanout(connections: usize, publishes: usize, size: usize) 
     .await
 }
 
+/// One room's fan-out on the baseline's broadcast ring (a publish is one append).
+pub async fn ring_fanout(connections: usize, publishes: usize, size: usize) -> Fanout {
+    let baseline = procs::baseline().await;
+    let server = Server::Ring(baseline.addr);
+    let pids = [baseline.pid()];
+    load::fanout(
+        &server,
+        "baseline-ring",
+        &pids,
+        connections,
+        publishes,
+        size,
+    )
+    .await
+}
+
 /// One room's fan-out across three instances on one Redis.
 pub async fn multi_fanout(connections: usize, publishes: usize, size: usize) -> Fanout {
     multi_fanout_with(&[], "multi-instance", connections, publishes, size).await

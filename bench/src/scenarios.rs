@@ -9,7 +9,7 @@ use crate::report::{
 };
 use crate::runs::{
     NO_HISTORY, SSE_P50_TARGET_MS, baseline_fanout, gateway_fanout, gateway_fanout_with,
-    multi_fanout, multi_fanout_extras, redis_fanout, seed_fanout,
+    multi_fanout, multi_fanout_extras, redis_fanout, ring_fanout, seed_fanout,
 };
 use crate::{baseline, chart, flood, placement, procs};
 
@@ -75,7 +75,8 @@ pub async fn baseline_server(port: u16) {
     baseline::serve(listener).await;
 }
 
-/// One room's fan-out: the gateway with history, without, and the baseline.
+/// One room's fan-out: the gateway with history, without, the baseline, and the
+/// baseline's broadcast ring.
 pub async fn fanout(
     connections: usize,
     publishes: usize,
@@ -93,6 +94,7 @@ pub async fn fanout(
         });
     }
     runs.push(baseline_fanout(connections, publishes, size).await);
+    runs.push(ring_fanout(connections, publishes, size).await);
     print_fanout(&runs);
     let ratio = ratio(&runs, "gateway", "baseline");
     if let Some(r) = ratio {
@@ -101,10 +103,18 @@ pub async fn fanout(
             r * 100.0
         );
     }
+    let ring_ratio = crate::report::ratio(&runs, "gateway", "baseline-ring");
+    if let Some(r) = ring_ratio {
+        println!(
+            "gateway / baseline-ring deliveries per second: {:.0}%",
+            r * 100.0
+        );
+    }
     let history = history_ratio(&runs, "gateway");
     write_json(
         json_path,
-        &json!({"fanout": runs, "ratio": ratio, "history_ratio": history}),
+        &json!({"fanout": runs, "ratio": ratio, "ring_ratio": ring_ratio,
+            "history_ratio": history}),
     );
 }
 
