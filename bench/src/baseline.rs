@@ -50,72 +50,46 @@ async fn connection(stream: TcpStream, subscribers: Subscribers, ring: broadcast
         return;
     };
     let (mut sink, mut stream) = ws.split();
-    if path == "/ring-pub" {
-        while let Some(Ok(message)) = stream.next().await {
-            if let Message::Text(payload) = message {
-                let _ = ring.send(Message::Text(payload));
-                if sink.send(Message::text("ok")).await.is_err() {
-                    return;
-                }
-            }
-        }
-        return;
-    }
-    if path == "/ring-sub" {
-        let mut rx = ring.subscribe();
-        let writer = tokio::spawn(async move {
-            loop {
-                let first = match rx.recv().await {
-                    Ok(message) => message,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
+    let mut feed = match path.as_str() {
+        "/pub" | "/ring-pub" => {
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(payload) = message else {
+                    continue;
                 };
-                if sink.feed(first).await.is_err() {
-                    return;
-                }
-                while let Ok(more) = rx.try_recv() {
-                    if sink.feed(more).await.is_err() {
-                        return;
+                let message = Message::Text(payload);
+                if path == "/ring-pub" {
+                    let _ = ring.send(message);
+                } else {
+                    let subscribers = subscribers
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    for subscriber in &subscribers {
+                        let _ = subscriber.try_send(message.clone());
                     }
                 }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
-        while let Some(Ok(_)) = stream.next().await {}
-        writer.abort();
-        return;
-    }
-    if path == "/pub" {
-        while let Some(Ok(message)) = stream.next().await {
-            if let Message::Text(payload) = message {
-                let message = Message::Text(payload);
-                let subscribers = subscribers
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                for subscriber in &subscribers {
-                    let _ = subscriber.try_send(message.clone());
-                }
                 if sink.send(Message::text("ok")).await.is_err() {
                     return;
                 }
             }
+            return;
         }
-        return;
-    }
-    let (tx, mut rx) = mpsc::channel::<Message>(4096);
-    subscribers
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(tx);
+        "/ring-sub" => Feed::Ring(ring.subscribe()),
+        _ => {
+            let (tx, rx) = mpsc::channel::<Message>(4096);
+            subscribers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tx);
+            Feed::Queue(rx)
+        }
+    };
     let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
+        while let Some(first) = feed.next().await {
             if sink.feed(first).await.is_err() {
                 return;
             }
-            while let Ok(more) = rx.try_recv() {
+            while let Some(more) = feed.try_next() {
                 if sink.feed(more).await.is_err() {
                     return;
                 }
@@ -127,4 +101,35 @@ async fn connection(stream: TcpStream, subscribers: Subscribers, ring: broadcast
     });
     while let Some(Ok(_)) = stream.next().await {}
     writer.abort();
+}
+
+/// What a subscriber's writer reads: its own queue, or its place in the ring.
+enum Feed {
+    Queue(mpsc::Receiver<Message>),
+    Ring(broadcast::Receiver<Message>),
+}
+
+impl Feed {
+    /// The next message, waiting for it; `None` once nothing more can come. A ring reader
+    /// that fell a whole ring behind goes on from the oldest message it still holds.
+    async fn next(&mut self) -> Option<Message> {
+        match self {
+            Self::Queue(rx) => rx.recv().await,
+            Self::Ring(rx) => loop {
+                match rx.recv().await {
+                    Ok(message) => return Some(message),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        }
+    }
+
+    /// The next message if one is waiting.
+    fn try_next(&mut self) -> Option<Message> {
+        match self {
+            Self::Queue(rx) => rx.try_recv().ok(),
+            Self::Ring(rx) => rx.try_recv().ok(),
+        }
+    }
 }

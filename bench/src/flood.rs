@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::load::{self, Server};
-use crate::procs;
+use crate::{procs, publisher};
 
 /// How often the gateway's resident memory is read.
 const RSS_SAMPLE: Duration = Duration::from_millis(20);
@@ -63,7 +63,7 @@ async fn invoke_event(http: &mut BufReader<TcpStream>, body: &str) -> u16 {
         .write_all(request.as_bytes())
         .await
         .expect("the request is sent");
-    load::read_answer(http).await.status
+    publisher::read_answer(http).await.status
 }
 
 /// Reads until the notification `"last"`: how many arrived, or the close code.
@@ -127,7 +127,7 @@ pub async fn flood(
         .map(|_| {
             let (next, pad) = (next.clone(), pad.clone());
             tokio::spawn(async move {
-                let mut http = load::http_connection(addr).await;
+                let mut http = publisher::http_connection(addr).await;
                 let (mut accepted, mut throttled) = (0u64, 0u64);
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +153,7 @@ pub async fn flood(
     let send_secs = started.elapsed().as_secs_f64();
 
     // The final publish queues behind every accepted one.
-    let mut http = load::http_connection(addr).await;
+    let mut http = publisher::http_connection(addr).await;
     let last = json!({"room":"flood","data":"last"}).to_string();
     while invoke_event(&mut http, &last).await != 202 {
         assert!(started.elapsed() < PATIENCE, "the queue never drained");

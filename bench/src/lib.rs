@@ -10,9 +10,10 @@
 //! | `src/scenarios.rs` | each scenario, one function |
 //! | `src/runs.rs` | one fan-out run on each kind of server |
 //! | `src/report.rs` | the table, the ratios between runs, the JSON |
-//! | `src/procs.rs` | starting `herald-local` and the baseline as processes; CPU and memory from `/proc` |
+//! | `src/procs.rs` | starting `herald-local`, the baseline and the seed's server as processes; CPU and memory from `/proc` |
 //! | `src/baseline.rs` | the bare tokio + tungstenite broadcast server |
-//! | `src/load.rs` | clients, the publisher, fan-out, memory and churn measurements |
+//! | `src/load.rs` | clients, fan-out, memory and churn measurements |
+//! | `src/publisher.rs` | the publisher, and the HTTP/1.1 it speaks to the servers |
 //! | `src/chart.rs` | the PNG chart of a sweep |
 //! | `src/flood.rs` | the asynchronous flood: 429s, readers kept, peak memory |
 //! | `src/sse.rs` | the Server-Sent Events client the `sse` scenario reads with |
@@ -25,6 +26,7 @@ pub mod flood;
 pub mod load;
 pub mod placement;
 pub mod procs;
+pub mod publisher;
 pub mod report;
 pub mod runs;
 pub mod scenarios;

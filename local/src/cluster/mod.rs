@@ -31,6 +31,7 @@
 //! | `cluster/bus.rs` | the Redis subscriber and publisher |
 //! | `cluster/registration.rs` | re-registration after a loss, and the gate on listings |
 //! | `cluster/hosts.rs` | which instances host members of each room |
+//! | `cluster/rooms.rs` | a room publish: each host asked once, its own members reached here |
 //! | `cluster/heartbeat.rs` | the heartbeat that keeps this instance's records alive |
 
 mod bus;
@@ -38,6 +39,7 @@ mod envelope;
 mod heartbeat;
 mod hosts;
 mod registration;
+mod rooms;
 pub(crate) mod tracking;
 
 use std::collections::{HashMap, HashSet};
@@ -48,7 +50,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald::error;
-use herald::fanout::FanoutConfig;
 use herald::gateway::{ConnectionInfo, Counts, Failures, Gateway, PushError, RoomDelivery};
 use herald::ids::ConnectionId;
 use herald::protocol::RoomName;
@@ -61,7 +62,7 @@ pub use heartbeat::heartbeat;
 pub use hosts::Hosts;
 pub use registration::Registration;
 
-use crate::connection::registry::Registry;
+use crate::connection::registry::{self, Frame, Registry};
 use bus::Bus;
 use envelope::{Answer, Envelope, Op};
 
@@ -276,142 +277,6 @@ impl Cluster {
         }
     }
 
-    /// Queues `payload` into this instance's members of `room`, a page at a time with
-    /// fan-out's pacing, and counts what became of each; a member found gone is forgotten
-    /// by the store, as fan-out forgets one.
-    async fn deliver_here(&self, room: &RoomName, payload: &Bytes) -> Counts {
-        let members = self.registry.room_members(room);
-        let mut counts = Counts::default();
-        let page_size = FanoutConfig::default().page_size.max(1);
-        for page in members.chunks(page_size) {
-            self.registry.pace(page).await;
-            let mut failures = Failures::new();
-            // A member that left since the index was read is gone, as any other.
-            let left = self.post_here(page, payload, &mut failures);
-            counts.gone += left.len() as u64;
-            counts.delivered += (page.len() - left.len() - failures.len()) as u64;
-            for (i, error) in failures {
-                if matches!(error, PushError::Gone) {
-                    counts.gone += 1;
-                    if let Err(e) = self.store.remove(&page[i]).await {
-                        warn!(connection_id = %page[i], error = %e, "could not forget a gone connection");
-                    }
-                } else {
-                    counts.failed += 1;
-                }
-            }
-        }
-        counts
-    }
-
-    /// The instances hosting members of `room`, read only while the store is trusted (as
-    /// the store's gate reads a list of recipients).
-    async fn trusted_hosts(&self, room: &RoomName) -> Result<Vec<String>, StoreError> {
-        self.registration.check()?;
-        let mut hosts = self.hosts.of(room).await?;
-        self.registration.confirm().await?;
-        // Members here are reached even if this instance's claim were missing.
-        if !hosts.contains(&self.instance) && !self.registry.room_members(room).is_empty() {
-            hosts.push(self.instance.clone());
-        }
-        Ok(hosts)
-    }
-
-    /// Delivers to every host of `room`: this instance's members here, each other host's by
-    /// one request; a host nobody answers for counts its members in the store as gone (and
-    /// forgets them), one that does not answer in time as failed.
-    async fn deliver_to_hosts(&self, room: &RoomName, payload: &Bytes) -> RoomDelivery {
-        let hosts = match self.trusted_hosts(room).await {
-            Ok(hosts) => hosts,
-            Err(error) => {
-                return RoomDelivery {
-                    counts: Counts::default(),
-                    error: Some(error),
-                };
-            }
-        };
-        let asks = hosts.iter().map(|host| async move {
-            if *host == self.instance {
-                return Ok(self.deliver_here(room, payload).await);
-            }
-            let op = Op::room(room.to_string(), payload);
-            match self.request_within(host, op, ROOM_REQUEST_TIMEOUT).await {
-                Ok(Answer::Counts {
-                    delivered,
-                    gone,
-                    failed,
-                }) => Ok(Counts {
-                    delivered,
-                    gone,
-                    failed,
-                }),
-                Err(PushError::Gone) => {
-                    self.hosts.drop_claim(room, host).await;
-                    self.settle_host(room, host, true).await
-                }
-                Ok(_) | Err(_) => {
-                    warn!(instance = host, %room, "a host did not deliver a room publish");
-                    self.settle_host(room, host, false).await
-                }
-            }
-        });
-        let mut delivery = RoomDelivery {
-            counts: Counts::default(),
-            error: None,
-        };
-        for answered in futures::future::join_all(asks).await {
-            match answered {
-                Ok(counts) => delivery.counts += counts,
-                Err(error) => delivery.error = Some(error),
-            }
-        }
-        delivery
-    }
-
-    /// Counts the members of `room` that the store says `host` holds, read from the store a
-    /// page at a time (the one case a room publish lists members): as gone, forgetting them,
-    /// when nobody holds them any more; else as failed.
-    async fn settle_host(
-        &self,
-        room: &RoomName,
-        host: &str,
-        gone: bool,
-    ) -> Result<Counts, StoreError> {
-        let page_size = FanoutConfig::default().page_size.max(1);
-        let mut counts = Counts::default();
-        let mut cursor = None;
-        loop {
-            let page = self
-                .store
-                .room_members(room, cursor.as_deref(), page_size)
-                .await?;
-            let holders = self.store.instances(&page.items).await?;
-            for (id, holder) in page.items.iter().zip(holders) {
-                if holder.as_deref() != Some(host) {
-                    continue;
-                }
-                if gone {
-                    counts.gone += 1;
-                    if let Err(e) = self.store.remove(id).await {
-                        warn!(connection_id = %id, error = %e, "could not forget a gone connection");
-                    }
-                } else {
-                    counts.failed += 1;
-                }
-            }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return Ok(counts),
-            }
-        }
-    }
-
-    /// Renews this instance's claims on the rooms its sockets are in; after a loss, every
-    /// claim is made anew.
-    pub(super) async fn renew_claims(&self) -> Result<(), StoreError> {
-        self.hosts.renew(&self.registry.hosted_rooms()).await
-    }
-
     /// Sends `op` to `instance` and waits for its answer.
     async fn request(&self, instance: &str, op: Op) -> Result<Answer, PushError> {
         self.request_within(instance, op, REQUEST_TIMEOUT).await
@@ -471,15 +336,15 @@ impl Cluster {
         }
     }
 
-    /// Queues `payload` into the sockets of `ids` held here, recording their failures;
-    /// answers the indexes of the ids held elsewhere.
+    /// Queues `frame` (a payload encoded once, or why it cannot be sent) into the sockets
+    /// of `ids` held here, recording their failures; answers the indexes of the ids held
+    /// elsewhere.
     fn post_here(
         &self,
         ids: &[ConnectionId],
-        payload: &Bytes,
+        frame: &Result<Frame, PushError>,
         failures: &mut Failures,
     ) -> Vec<usize> {
-        let frame = crate::connection::registry::frame(payload.clone());
         let mut elsewhere = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             // Held here: queue into the socket just looked up, without a second lookup.
@@ -487,7 +352,7 @@ impl Cluster {
                 elsewhere.push(i);
                 continue;
             };
-            let posted = match &frame {
+            let posted = match frame {
                 Ok(message) => self.registry.post_to(&socket, message),
                 Err(e) => Err(e.clone()),
             };
@@ -596,7 +461,8 @@ impl Gateway for Cluster {
         // Remote sockets are skipped by the sampling; their instances pace themselves.
         self.registry.pace(ids).await;
         let mut failures = Failures::new();
-        let elsewhere = self.post_here(ids, &payload, &mut failures);
+        let frame = registry::frame(payload.clone());
+        let elsewhere = self.post_here(ids, &frame, &mut failures);
         if !elsewhere.is_empty() {
             self.post_elsewhere(ids, elsewhere, &payload, &mut failures)
                 .await;

@@ -265,6 +265,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Whether at least one socket held here has joined `room`.
+    pub fn hosts(&self, room: &RoomName) -> bool {
+        self.rooms().contains_key(room)
+    }
+
     /// The rooms at least one socket held here has joined.
     pub fn hosted_rooms(&self) -> Vec<RoomName> {
         self.rooms().keys().cloned().collect()
@@ -591,6 +596,7 @@ mod tests {
         registry.remove(&ids[0]);
         assert_eq!(registry.room_members(&orders), [ids[2].clone()]);
         assert!(registry.room_members(&news).is_empty());
+        assert!(!registry.hosts(&news) && registry.hosts(&orders));
         assert_eq!(registry.hosted_rooms(), [orders]);
         // A join mirrored for a socket no longer held here is not indexed.
         registry.mirror(&ids[0], &news, true);
