@@ -19,7 +19,7 @@ use herald_local::{
 /// A local API Gateway for WebSockets running Herald's handlers.
 ///
 /// The store and the JWT key come from the environment (README: Configuration):
-/// HERALD_STORE (memory, redis or dynamodb), HERALD_REDIS_URL, HERALD_TABLE,
+/// HERALD_STORE (memory, redis or dynamodb), HERALD_REDIS_URL, HERALD_REDIS_CLUSTER, HERALD_TABLE,
 /// HERALD_JWT_SECRET, HERALD_JWT_PUBLIC_KEY, HERALD_JWT_ISSUER, HERALD_JWT_AUDIENCE,
 /// HERALD_IDEMPOTENCY_WINDOW_SECS, HERALD_FANOUT_CONCURRENCY. With no JWT key it runs in
 /// dev mode and prints a token. Each flag below can be set by the variable it names.

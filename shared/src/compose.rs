@@ -74,7 +74,7 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn ConnectionStore>, 
         .map_err(|source| BuildError::Store {
             what: match settings {
                 StoreSettings::Memory => "opening the memory store".into(),
-                StoreSettings::Redis(redis) => format!("cannot reach Redis at {}", redis.url),
+                StoreSettings::Redis(redis) => format!("cannot reach {}", redis.nodes),
                 StoreSettings::Dynamo(dynamo) => {
                     format!("cannot create or reach table {}", dynamo.table)
                 }
@@ -209,6 +209,35 @@ mod tests {
         };
         assert!(what.contains(&url), "{what}");
         assert!(source.is_unavailable(), "{source}");
+    }
+
+    #[tokio::test]
+    async fn the_lambda_functions_open_a_redis_cluster_from_its_seed_list() {
+        let cluster = crate::testing::RedisCluster::start();
+        let list = cluster.list();
+        let store = open_store(&config(&[("HERALD_REDIS_CLUSTER", &list)]), Host::Lambda)
+            .await
+            .expect("a cluster store");
+        let c = crate::store::suite::connection("on-a-cluster");
+        store.add(&c).await.unwrap();
+        assert_eq!(
+            store.get(&c.id).await.unwrap().map(|c| c.user),
+            Some(c.user)
+        );
+
+        let nowhere = format!("redis://127.0.0.1:{}", crate::testing::free_port());
+        let config = config(&[
+            ("HERALD_STORE", "redis"),
+            ("HERALD_REDIS_CLUSTER", &nowhere),
+        ]);
+        let err = open_store(&config, Host::Lambda).await.err().unwrap();
+        let BuildError::Store { what, .. } = &err else {
+            panic!("a store error: {err}");
+        };
+        assert!(
+            what.contains("Redis Cluster") && what.contains(&nowhere),
+            "{what}"
+        );
     }
 
     #[tokio::test]

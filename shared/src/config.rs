@@ -10,7 +10,7 @@ use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
 use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
 use crate::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
-use crate::store::{DynamoSettings, RedisSettings, Retention, StoreSettings};
+use crate::store::{DynamoSettings, RedisNodes, RedisSettings, Retention, StoreSettings};
 
 /// A configuration problem, naming the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +58,9 @@ pub struct Config {
     pub store: StoreKind,
     /// `HERALD_REDIS_URL`.
     pub redis_url: Option<String>,
+    /// `HERALD_REDIS_CLUSTER`: a Redis Cluster's seed nodes, comma-separated; when set, the
+    /// Redis store runs in cluster mode and `HERALD_REDIS_URL` is not used.
+    pub redis_cluster: Option<String>,
     /// `HERALD_TABLE`.
     pub table: Option<String>,
     /// `AWS_ENDPOINT_URL_DYNAMODB`: DynamoDB Local, or a test server.
@@ -96,11 +99,25 @@ impl Config {
     pub fn store_settings(&self, create_table: bool) -> Result<StoreSettings, ConfigError> {
         Ok(match self.store {
             StoreKind::Memory => StoreSettings::Memory,
-            StoreKind::Redis => StoreSettings::Redis(RedisSettings::new(
-                self.redis_url
-                    .clone()
-                    .ok_or(ConfigError::Missing("HERALD_REDIS_URL"))?,
-            )),
+            StoreKind::Redis => {
+                StoreSettings::Redis(RedisSettings::on(match &self.redis_cluster {
+                    Some(list) => match RedisNodes::cluster_from_list(list) {
+                        RedisNodes::Cluster(seeds) if seeds.is_empty() => {
+                            return Err(ConfigError::Invalid {
+                                var: "HERALD_REDIS_CLUSTER",
+                                reason: "name at least one node, e.g. redis://127.0.0.1:7000"
+                                    .into(),
+                            });
+                        }
+                        nodes => nodes,
+                    },
+                    None => RedisNodes::Single(
+                        self.redis_url
+                            .clone()
+                            .ok_or(ConfigError::Missing("HERALD_REDIS_URL"))?,
+                    ),
+                }))
+            }
             StoreKind::DynamoDb => StoreSettings::Dynamo(DynamoSettings {
                 table: self
                     .table
@@ -126,6 +143,8 @@ impl Config {
                 var: "HERALD_STORE",
                 reason,
             })?,
+            // Naming a cluster says where the store is.
+            None if get("HERALD_REDIS_CLUSTER").is_some() => StoreKind::Redis,
             None => StoreKind::Memory,
         };
         let auth = match (get("HERALD_JWT_SECRET"), get("HERALD_JWT_PUBLIC_KEY")) {
@@ -211,6 +230,7 @@ impl Config {
         Ok(Self {
             store,
             redis_url: get("HERALD_REDIS_URL"),
+            redis_cluster: get("HERALD_REDIS_CLUSTER"),
             table: get("HERALD_TABLE"),
             dynamodb_endpoint: get("AWS_ENDPOINT_URL_DYNAMODB"),
             room_shards: positive(&get, "HERALD_ROOM_SHARDS")?
@@ -371,6 +391,30 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_cluster_wins_over_the_url_and_implies_redis() {
+        let nodes = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
+        let expected = Ok(StoreSettings::Redis(RedisSettings::on(
+            RedisNodes::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into(),
+            ]),
+        )));
+        let both = config(&[
+            ("HERALD_STORE", "redis"),
+            ("HERALD_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("HERALD_REDIS_CLUSTER", nodes),
+        ])
+        .unwrap();
+        assert_eq!(both.store_settings(true), expected);
+        let alone = config(&[("HERALD_REDIS_CLUSTER", nodes)]).unwrap();
+        assert_eq!(alone.store, StoreKind::Redis);
+        assert_eq!(alone.store_settings(true), expected);
+        // An explicit store is not overridden.
+        let memory = config(&[("HERALD_STORE", "memory"), ("HERALD_REDIS_CLUSTER", nodes)]);
+        assert_eq!(memory.unwrap().store, StoreKind::Memory);
+    }
+
+    #[test]
     fn store_settings_name_what_is_missing() {
         assert_eq!(
             config(&[]).unwrap().store_settings(true),
@@ -386,6 +430,14 @@ mod tests {
             dynamo.store_settings(true),
             Err(ConfigError::Missing("HERALD_TABLE"))
         );
+        let blank = config(&[("HERALD_STORE", "redis"), ("HERALD_REDIS_CLUSTER", " , ")]).unwrap();
+        assert!(matches!(
+            blank.store_settings(true),
+            Err(ConfigError::Invalid {
+                var: "HERALD_REDIS_CLUSTER",
+                ..
+            })
+        ));
         let dynamo = config(&[
             ("HERALD_STORE", "dynamodb"),
             ("HERALD_TABLE", "t"),

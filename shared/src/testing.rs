@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Redis,
+    /// A Redis node in cluster mode, keeping its cluster configuration in the directory
+    /// its cluster owns (so a restart rejoins with the same id and slots, empty).
+    RedisClusterNode,
     DynamoDb,
 }
 
@@ -18,6 +22,8 @@ pub struct Server {
     kind: Kind,
     port: u16,
     child: Option<Child>,
+    /// Where a cluster node keeps its configuration.
+    dir: Option<PathBuf>,
 }
 
 /// Every command a Redis server has run, from the text of its `INFO commandstats` (which
@@ -77,10 +83,15 @@ impl Server {
     }
 
     fn launch(kind: Kind) -> Self {
+        Self::launch_in(kind, None)
+    }
+
+    fn launch_in(kind: Kind, dir: Option<PathBuf>) -> Self {
         let mut server = Self {
             kind,
             port: free_port(),
             child: None,
+            dir,
         };
         server.restart();
         server
@@ -89,7 +100,7 @@ impl Server {
     /// The URL to connect to: `redis://…` or `http://…`.
     pub fn url(&self) -> String {
         match self.kind {
-            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Redis | Kind::RedisClusterNode => format!("redis://127.0.0.1:{}", self.port),
             Kind::DynamoDb => format!("http://127.0.0.1:{}", self.port),
         }
     }
@@ -106,19 +117,37 @@ impl Server {
     pub fn restart(&mut self) {
         self.stop();
         let port = self.port.to_string();
+        let redis = vec![
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        let config = self
+            .dir
+            .as_ref()
+            .map(|dir| dir.join(format!("nodes-{port}.conf")).display().to_string())
+            .unwrap_or_default();
         let (program, args, install): (&str, Vec<&str>, &str) = match self.kind {
-            Kind::Redis => (
+            Kind::Redis => ("redis-server", redis, "apt-get install redis-server"),
+            Kind::RedisClusterNode => (
                 "redis-server",
-                vec![
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
+                [
+                    redis,
+                    vec![
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &config,
+                        "--cluster-node-timeout",
+                        CLUSTER_NODE_TIMEOUT_MS,
+                    ],
+                ]
+                .concat(),
                 "apt-get install redis-server",
             ),
             Kind::DynamoDb => (
@@ -154,18 +183,133 @@ impl Drop for Server {
     }
 }
 
+/// How long a cluster node may be silent before the others mark it failed (ms): short, so
+/// that a test that kills a master sees the cluster react within seconds.
+const CLUSTER_NODE_TIMEOUT_MS: &str = "1000";
+
+/// How many masters a test cluster has: the fewest Redis Cluster accepts.
+pub const CLUSTER_MASTERS: usize = 3;
+
+/// A Redis Cluster of this test's own: [`CLUSTER_MASTERS`] masters, no replicas, on free
+/// loopback ports, created with `redis-cli --cluster create` as an operator would.
+pub struct RedisCluster {
+    nodes: Vec<Server>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them into one cluster covering every slot, and waits until
+    /// every node says the cluster is ok.
+    pub fn start() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "herald-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory for the cluster");
+        let nodes: Vec<Server> = (0..CLUSTER_MASTERS)
+            .map(|_| Server::launch_in(Kind::RedisClusterNode, Some(dir.clone())))
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli ({e}): install it (apt-get install redis-tools) or run scripts/test, which does")
+            });
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let cluster = Self { nodes, dir };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// The seed list, as `HERALD_REDIS_CLUSTER` takes it.
+    pub fn list(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Server::url).collect()
+    }
+
+    /// Kills node `i` (as a crash would).
+    pub fn stop(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Starts node `i` again on its port, empty, with its old identity and slots, and waits
+    /// until the cluster is ok again.
+    pub fn restart(&mut self, i: usize) {
+        self.start_again(i);
+        self.wait_until_ok();
+    }
+
+    /// Starts node `i` again on its port, empty, with its old identity and slots, without
+    /// waiting for the cluster.
+    pub fn start_again(&mut self, i: usize) {
+        self.nodes[i].restart();
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the Redis Cluster on {:?} was not ok within 30 s: {info}",
+                    self.urls()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A value that keeps the server behind it alive as long as itself.
 pub struct Guarded<T> {
     value: T,
-    _server: Server,
+    _server: Box<dyn Send + Sync>,
 }
 
 impl<T> Guarded<T> {
-    /// Ties `value` to `server`.
-    pub fn new(value: T, server: Server) -> Self {
+    /// Ties `value` to `server` (a [`Server`] or a [`RedisCluster`]).
+    pub fn new(value: T, server: impl Send + Sync + 'static) -> Self {
         Self {
             value,
-            _server: server,
+            _server: Box::new(server),
         }
     }
 }

@@ -301,7 +301,7 @@ test("the prerequisites check, as a user without root: lists what is there and w
   try {
     const check = scriptsTestAsUser(["--check"], bin);
     assert.equal(check.status, 1, `--check fails when something is missing:\n${check.stdout}${check.stderr}`);
-    for (const tool of ["node", "cargo-nextest", "redis-server", "moto_server", "cfn-lint", "aws", "chromium"]) {
+    for (const tool of ["node", "cargo-nextest", "redis-server", "redis-cli", "moto_server", "cfn-lint", "aws", "chromium"]) {
       assert.match(check.stdout, new RegExp(`^missing  ${tool}: .*(install|https)`, "m"), `${tool} listed with how to install it`);
     }
     // The test command itself stops at once with the same list, trying no apt-get.

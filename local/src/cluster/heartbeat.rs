@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::Cluster;
-use super::registration::register_all;
+use super::registration::{Pass, register_all};
 
 /// Keeps this instance's connections registered: every heartbeat, renews each live socket's
 /// record and this instance's marker for one record lifetime, re-creating a record (and its
@@ -39,6 +39,7 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
             &*cluster.store,
             &cluster.instance,
             cluster.lifetime,
+            Pass::Renew,
         )
         .await;
         match registered {
@@ -56,5 +57,16 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
             debug!(error = %e, "heartbeat cannot renew the marker");
         }
         cluster.refresh_peers().await;
+        // After a resharding the markers go where the masters are now, at once, before a
+        // look for them there takes their absence for a loss.
+        match cluster.markers.learn().await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = cluster.mark_registered().await {
+                    debug!(error = %e, "heartbeat cannot move the marker");
+                }
+            }
+            Err(e) => debug!(error = %e, "heartbeat cannot learn the cluster's masters"),
+        }
     }
 }

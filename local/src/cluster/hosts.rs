@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use herald::ids::now_ms;
 use herald::protocol::RoomName;
-use herald::store::StoreError;
-use redis::aio::ConnectionManager;
+use herald::store::{RedisLink, StoreError};
 
 /// The claims of one instance, and the reads of everyone's.
 pub struct Hosts {
-    redis: ConnectionManager,
+    redis: RedisLink,
     prefix: String,
     instance: String,
     lifetime: Duration,
@@ -42,9 +41,8 @@ impl Hosts {
     /// Claims for the instance `settings` names, on its Redis, each lasting its record
     /// lifetime unless renewed.
     pub async fn connect(settings: &super::ClusterSettings) -> Result<Self, StoreError> {
-        let client = super::bus::client(&settings.redis.url, redis::ProtocolVersion::RESP2)?;
         let redis =
-            ConnectionManager::new_with_config(client, settings.redis.manager_config()).await?;
+            RedisLink::open(&settings.redis.nodes, redis::ProtocolVersion::RESP2, None).await?;
         Ok(Self {
             redis,
             prefix: settings.redis.prefix.clone(),
@@ -72,7 +70,8 @@ impl Hosts {
         self.claim_all(std::slice::from_ref(room)).await
     }
 
-    /// Claims (or renews the claims of) every room in `rooms`, in one round trip.
+    /// Claims (or renews the claims of) every room in `rooms`, in one round trip (on a
+    /// cluster, one per node).
     pub(crate) async fn claim_all(&self, rooms: &[RoomName]) -> Result<(), StoreError> {
         if rooms.is_empty() {
             return Ok(());
@@ -80,17 +79,16 @@ impl Hosts {
         let now = Instant::now();
         let lifetime_ms = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX);
         let until = now_ms().saturating_add(i64::try_from(lifetime_ms).unwrap_or(i64::MAX));
-        let mut pipe = redis::pipe();
+        let mut writes = Vec::with_capacity(rooms.len() * 2);
         for room in rooms {
             let key = key(&self.prefix, room);
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg(until)
-                .arg(&self.instance)
-                .ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(lifetime_ms).ignore();
+            let mut claim = redis::cmd("ZADD");
+            claim.arg(&key).arg(until).arg(&self.instance);
+            let mut lapse = redis::cmd("PEXPIRE");
+            lapse.arg(&key).arg(lifetime_ms);
+            writes.extend([claim, lapse]);
         }
-        let () = pipe.query_async(&mut self.redis.clone()).await?;
+        let _: Vec<i64> = self.redis.each(writes).await?;
         let mut claimed = self.claimed();
         for room in rooms {
             claimed.insert(room.clone(), now);

@@ -1,5 +1,6 @@
-//! Several `herald-local` instances on one Redis: each holds its own sockets, and Redis
-//! pub/sub carries posts to whichever instance holds the recipient.
+//! Several `herald-local` instances on one Redis (or one Redis Cluster): each holds its own
+//! sockets, and Redis pub/sub carries posts to whichever instance holds the recipient (on a
+//! cluster, sharded pub/sub: each channel lives on the master that owns its slot).
 //!
 //! Every instance subscribes to its own channel, `{prefix}instance:{ID}`, before its port
 //! opens. A post for a socket held elsewhere looks up the instance in the connection's
@@ -30,6 +31,7 @@
 //! | `cluster/envelope.rs` | the messages instances exchange, and outcomes per post |
 //! | `cluster/bus.rs` | the Redis subscriber and publisher |
 //! | `cluster/registration.rs` | re-registration after a loss, and the gate on listings |
+//! | `cluster/markers.rs` | the keys that say an instance is registered (one per master on a Redis Cluster) |
 //! | `cluster/hosts.rs` | which instances host members of each room |
 //! | `cluster/rooms.rs` | a room publish: each host asked once, its own members reached here |
 //! | `cluster/heartbeat.rs` | the heartbeat that keeps this instance's records alive |
@@ -38,6 +40,7 @@ mod bus;
 mod envelope;
 mod heartbeat;
 mod hosts;
+mod markers;
 mod registration;
 mod rooms;
 pub(crate) mod tracking;
@@ -65,6 +68,7 @@ pub use registration::Registration;
 use crate::connection::registry::{self, Frame, Registry};
 use bus::Bus;
 use envelope::{Answer, Envelope, Op};
+use markers::Markers;
 
 /// How long a request to another instance may take before the post counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -101,6 +105,8 @@ pub struct Cluster {
     /// The other instances this one knows of, waited for after a loss.
     peers: Mutex<HashSet<String>>,
     bus: Bus,
+    /// Where this instance and its peers say they are registered.
+    markers: Arc<Markers>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_request: AtomicU64,
 }
@@ -130,6 +136,7 @@ impl Cluster {
         let own = channel(&prefix, &settings.instance);
         let shared = shared_channel(&prefix);
         let bus = Bus::connect(&settings.redis, &[&own, &shared], pushes).await?;
+        let markers = Arc::new(Markers::new(bus.publisher(), prefix.clone()).await?);
         let cluster = Arc::new(Self {
             instance: settings.instance.clone(),
             prefix,
@@ -141,6 +148,7 @@ impl Cluster {
             hosts,
             peers: Mutex::new(HashSet::new()),
             bus,
+            markers,
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
         });
@@ -152,7 +160,8 @@ impl Cluster {
                     cluster.registration.lost("the connection to Redis dropped");
                     continue;
                 }
-                if push.kind != PushKind::Message {
+                // A shard channel's message (on a Redis Cluster) reads as a plain one.
+                if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
                     continue;
                 }
                 let Some(redis::Value::BulkString(body)) = push.data.get(1) else {
@@ -176,7 +185,7 @@ impl Cluster {
         cluster.mark_registered().await?;
         cluster
             .registration
-            .watch(cluster.bus.publisher(), cluster.marker_key());
+            .watch(cluster.markers.clone(), cluster.instance.clone());
         cluster.refresh_peers().await;
         let hello = Envelope::Hello {
             from: cluster.instance.clone(),

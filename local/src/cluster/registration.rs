@@ -19,18 +19,17 @@
 //! records would have expired anyway.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use herald::error;
 use herald::ids::now_ms;
 use herald::store::{Connection, ConnectionStore, StoreError};
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::Cluster;
+use super::markers::Markers;
 use crate::connection::registry::Registry;
 
 /// How often the restorer tries Redis again while it is down.
@@ -57,10 +56,10 @@ pub struct Registration {
     marker: OnceLock<Marker>,
 }
 
-/// Where this instance's marker is.
+/// Where this instance's markers are.
 struct Marker {
-    redis: ConnectionManager,
-    key: String,
+    markers: Arc<Markers>,
+    instance: String,
 }
 
 impl Registration {
@@ -90,11 +89,10 @@ impl Registration {
         self.announce.swap(false, Ordering::AcqRel)
     }
 
-    /// Looks for this instance's marker, at `key` through `redis`, after each read of
-    /// recipients from now on.
-    pub(super) fn watch(&self, redis: ConnectionManager, key: String) {
+    /// Looks for `instance`'s markers after each read of recipients from now on.
+    pub(super) fn watch(&self, markers: Arc<Markers>, instance: String) {
         // Set once, when the cluster starts; a second call has nothing new to say.
-        let _ = self.marker.set(Marker { redis, key });
+        let _ = self.marker.set(Marker { markers, instance });
     }
 
     /// After a read of recipients: `Unavailable` if the store may have lost records by the
@@ -105,7 +103,7 @@ impl Registration {
         let Some(marker) = self.marker.get() else {
             return Ok(());
         };
-        let marked: bool = marker.redis.clone().exists(&marker.key).await?;
+        let marked = marker.markers.marked(&marker.instance).await?;
         if !marked {
             self.lost_marker();
         }
@@ -147,14 +145,26 @@ impl Registration {
     }
 }
 
-/// Puts every live socket of `registry` back into `store` where its record is missing, with
-/// its rooms, and refreshes the others to expire `lifetime` from now. Answers how many
-/// were put back; stops at the first store failure.
+/// What a registration pass writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Renew each record, and write again only those missing (the heartbeat).
+    Renew,
+    /// Write every record and membership again (after a loss: on a Redis Cluster, a master
+    /// restarted empty takes the room and user sets of its slots while the records in
+    /// other slots survive, so a surviving record says nothing of its memberships).
+    Whole,
+}
+
+/// Puts every live socket of `registry` into `store`, with its rooms, to expire `lifetime`
+/// from now: on a [`Pass::Renew`] only where its record is missing, refreshing the others.
+/// Answers how many were put back; stops at the first store failure.
 pub(super) async fn register_all(
     registry: &Registry,
     store: &dyn ConnectionStore,
     instance: &str,
     lifetime: Duration,
+    pass: Pass,
 ) -> Result<usize, StoreError> {
     let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
     let mut restored = 0;
@@ -164,7 +174,7 @@ pub(super) async fn register_all(
         }
         let meta = &socket.meta;
         let expires_at = now_ms() + lifetime_ms;
-        if store.refresh(&meta.id, expires_at).await? {
+        if pass == Pass::Renew && store.refresh(&meta.id, expires_at).await? {
             continue;
         }
         let Some(user) = meta.context.get("sub").and_then(|v| v.as_str()) else {
@@ -198,8 +208,14 @@ impl Cluster {
         self.hosts.forget_claims();
         let restored = loop {
             if self.bus.ping().await.is_ok() {
-                let registered =
-                    register_all(&self.registry, &*self.store, &self.instance, self.lifetime).await;
+                let registered = register_all(
+                    &self.registry,
+                    &*self.store,
+                    &self.instance,
+                    self.lifetime,
+                    Pass::Whole,
+                )
+                .await;
                 let claimed = match registered {
                     Ok(restored) => self.renew_claims().await.map(|()| restored),
                     Err(e) => Err(e),
@@ -234,21 +250,14 @@ impl Cluster {
         }
     }
 
-    /// Where this instance's marker is.
-    pub(super) fn marker_key(&self) -> String {
-        marker(&self.prefix, &self.instance)
-    }
-
-    /// Sets this instance's marker, for one record lifetime (the heartbeat renews it).
+    /// Sets this instance's markers, for one record lifetime (the heartbeat renews them).
     pub(super) async fn mark_registered(&self) -> redis::RedisResult<()> {
-        let key = marker(&self.prefix, &self.instance);
-        self.bus.mark(&key, self.lifetime).await
+        self.markers.mark(&self.instance, self.lifetime).await
     }
 
-    /// Whether this instance's marker is still in the store.
+    /// Whether this instance's markers are all still in the store.
     pub(super) async fn is_marked(&self) -> redis::RedisResult<bool> {
-        let key = marker(&self.prefix, &self.instance);
-        self.bus.marked(&key).await
+        self.markers.marked(&self.instance).await
     }
 
     /// Waits until each peer known before the loss is registered again or gone, or one
@@ -271,7 +280,7 @@ impl Cluster {
             }
             let mut still = Vec::new();
             for peer in waiting {
-                match self.bus.marked(&marker(prefix, &peer)).await {
+                match self.markers.marked(&peer).await {
                     Ok(true) => continue,
                     Ok(false) => {
                         let channel = super::channel(prefix, &peer);
@@ -292,11 +301,6 @@ impl Cluster {
             }
         }
     }
-}
-
-/// The key that says `instance`'s sockets are all in the store.
-fn marker(prefix: &str, instance: &str) -> String {
-    format!("{prefix}registered:{instance}")
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! Several `herald-local` processes on one Redis (started by the test on a free port):
-//! delivery exactly once whichever instance is asked, one Redis message per instance,
-//! `@connections` across instances, an instance killed with SIGKILL, Redis restarted (and
-//! never a short delivery answered as a success while the instances re-register).
+//! Several `herald-local` processes on one Redis, and on a 3-master Redis Cluster (each
+//! started by the test on free ports): delivery exactly once whichever instance is asked,
+//! one Redis message per instance, `@connections` across instances, an instance killed with
+//! SIGKILL, Redis restarted or a master restarted empty (and never a short delivery
+//! answered as a success while the instances re-register). Every case runs on both.
 
 use crate::common;
 
@@ -10,8 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_apigatewaymanagement::primitives::Blob;
-use common::{Client, Gateway, PATIENCE, SECRET};
-use herald::testing::Server;
+use common::{Client, Gateway, PATIENCE, SECRET, SharedRedis};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -26,7 +26,7 @@ struct Instance {
 const HEARTBEAT_MS: u64 = 300;
 
 impl Instance {
-    async fn spawn(redis: &Server, name: &str, heartbeat_ms: u64) -> Self {
+    async fn spawn(redis: &SharedRedis, name: &str, heartbeat_ms: u64) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald-local"))
             .args([
                 "--port",
@@ -37,8 +37,7 @@ impl Instance {
                 &heartbeat_ms.to_string(),
             ])
             .env_clear()
-            .env("HERALD_STORE", "redis")
-            .env("HERALD_REDIS_URL", redis.url())
+            .envs(redis.vars())
             .env(
                 "HERALD_JWT_SECRET",
                 String::from_utf8(SECRET.to_vec()).unwrap(),
@@ -83,11 +82,11 @@ impl Instance {
     }
 }
 
-async fn cluster(redis: &Server, n: usize) -> Vec<Instance> {
+async fn cluster(redis: &SharedRedis, n: usize) -> Vec<Instance> {
     cluster_beating(redis, n, HEARTBEAT_MS).await
 }
 
-async fn cluster_beating(redis: &Server, n: usize, heartbeat_ms: u64) -> Vec<Instance> {
+async fn cluster_beating(redis: &SharedRedis, n: usize, heartbeat_ms: u64) -> Vec<Instance> {
     let mut instances = Vec::new();
     for i in 0..n {
         instances.push(Instance::spawn(redis, &format!("i{i}"), heartbeat_ms).await);
@@ -122,9 +121,7 @@ async fn expect_once(clients: &mut [Vec<Client>], data: serde_json::Value) {
     }
 }
 
-#[tokio::test]
-async fn every_member_receives_each_publish_once_whichever_instance_is_asked() {
-    let redis = Server::redis();
+async fn every_member_receives_each_publish_once_whichever_instance_is_asked(redis: SharedRedis) {
     let instances = cluster(&redis, 3).await;
     let mut clients = members(&instances, 4, "orders").await;
     let mut outsider = instances[1].gateway.connect("outsider", &[], &[]).await;
@@ -165,83 +162,71 @@ async fn every_member_receives_each_publish_once_whichever_instance_is_asked() {
     }
 }
 
-#[tokio::test]
-async fn a_room_publish_costs_one_redis_message_per_instance_with_members() {
-    let redis = Server::redis();
+async fn a_room_publish_costs_one_redis_message_per_instance_with_members(redis: SharedRedis) {
     let instances = cluster(&redis, 3).await;
     // Members on instances 1 and 2 only; the publish goes through instance 0.
     let mut clients = members(&instances[1..], 30, "big").await;
-    let stats = redis::Client::open(redis.url()).unwrap();
-    let mut conn = stats.get_multiplexed_async_connection().await.unwrap();
-    let publishes = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-            .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
-            .unwrap_or(0)
+    // PUBLISH on one server, SPUBLISH on a cluster, counted on every node.
+    let publishes = async || -> u64 {
+        let mut calls = 0;
+        for url in redis.urls() {
+            let info = redis.info(&url, "commandstats").await;
+            calls += info
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("cmdstat_publish:calls=")
+                        .or_else(|| l.strip_prefix("cmdstat_spublish:calls="))
+                })
+                .map(|rest| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>();
+        }
+        calls
     };
-    let before: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let before = publishes().await;
     let answer = instances[0]
         .gateway
         .invoke(json!({"room":"big","data":1}))
         .await
         .unwrap();
-    let after: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let after = publishes().await;
     assert_eq!(answer["delivered"], 60);
     // One request to each of the two instances, and each one's reply.
-    assert_eq!(publishes(after) - publishes(before), 4);
+    assert_eq!(after - before, 4);
     expect_once(&mut clients, json!(1)).await;
 }
 
-/// Every command Redis has run, by `INFO commandstats` (which counts itself: one more).
-async fn redis_commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    herald::testing::commands_run(&info)
-}
-
-#[tokio::test]
-async fn a_room_publish_costs_the_same_redis_commands_at_ten_members_as_at_three_thousand() {
+async fn a_room_publish_costs_the_same_redis_commands_at_ten_members_as_at_three_thousand(
+    redis: SharedRedis,
+) {
     // Thousands of sockets on each side: the test and the instances it starts.
     let limit = rlimit::increase_nofile_limit(20_000).unwrap_or(0);
     assert!(
         limit >= 8_000,
         "open files limited to {limit}: raise `ulimit -n`"
     );
-    let redis = Server::redis();
     // No heartbeat within the test, so Redis counts only what the publishes cost.
     let instances = cluster_beating(&redis, 3, 600_000).await;
-    let stats = redis::Client::open(redis.url()).unwrap();
-    let mut conn = stats.get_multiplexed_async_connection().await.unwrap();
+    // Each node counts the INFO that asks it.
+    let asking = redis.urls().len() as u64;
     let mut cost = Vec::new();
     for (room, per_instance) in [("small", 5), ("big", 1_500)] {
         // Members on instances 1 and 2; the publish goes through instance 0.
         let mut clients = members(&instances[1..], per_instance, room).await;
         // The first publish also loads the scripts and starts the room's history.
         for n in [1, 2] {
-            let before = redis_commands(&mut conn).await;
+            let before = redis.commands_run().await;
             let answer = instances[0]
                 .gateway
                 .invoke(json!({"room": room, "data": n}))
                 .await
                 .unwrap();
-            let after = redis_commands(&mut conn).await;
+            let after = redis.commands_run().await;
             assert_eq!(answer["delivered"], 2 * per_instance, "{answer}");
             for client in clients.iter_mut().flatten() {
                 assert_eq!(client.recv().await["data"], n, "client {}", client.id);
             }
             if n == 2 {
-                cost.push(after - before - 1);
+                cost.push(after - before - asking);
             }
         }
     }
@@ -251,9 +236,9 @@ async fn a_room_publish_costs_the_same_redis_commands_at_ten_members_as_at_three
     );
 }
 
-#[tokio::test]
-async fn a_frozen_instances_members_count_as_failed_not_delivered_nor_forgotten() {
-    let redis = Server::redis();
+async fn a_frozen_instances_members_count_as_failed_not_delivered_nor_forgotten(
+    redis: SharedRedis,
+) {
     let mut instances = cluster_beating(&redis, 3, 600_000).await;
     let mut clients = members(&instances, 3, "orders").await;
     instances[2].signal("-STOP");
@@ -286,9 +271,7 @@ async fn a_frozen_instances_members_count_as_failed_not_delivered_nor_forgotten(
     assert_eq!(answer["delivered"], 9, "{answer}");
 }
 
-#[tokio::test]
-async fn the_connections_api_of_any_instance_reaches_any_connection() {
-    let redis = Server::redis();
+async fn the_connections_api_of_any_instance_reaches_any_connection(redis: SharedRedis) {
     let instances = cluster(&redis, 2).await;
     let mut client = instances[1].gateway.connect("bob", &[], &[]).await;
     let api = instances[0].gateway.management();
@@ -337,9 +320,7 @@ async fn the_connections_api_of_any_instance_reaches_any_connection() {
     assert!(err.into_service_error().is_gone_exception());
 }
 
-#[tokio::test]
-async fn a_killed_instance_does_not_stop_the_others() {
-    let redis = Server::redis();
+async fn a_killed_instance_does_not_stop_the_others(redis: SharedRedis) {
     let mut instances = cluster(&redis, 3).await;
     let mut clients = members(&instances, 5, "orders").await;
     let _lonely = instances[2].gateway.connect("lonely", &[], &[]).await;
@@ -387,9 +368,7 @@ async fn a_killed_instance_does_not_stop_the_others() {
     );
 }
 
-#[tokio::test]
-async fn redis_down_then_back_keeps_sockets_and_restores_service() {
-    let mut redis = Server::redis();
+async fn redis_down_then_back_keeps_sockets_and_restores_service(mut redis: SharedRedis) {
     let instances = cluster(&redis, 2).await;
     let mut clients = members(&instances, 3, "orders").await;
 
@@ -481,11 +460,11 @@ async fn publish_until_restored(
     }
 }
 
-#[tokio::test]
-async fn after_redis_restarts_empty_publishes_are_refused_until_every_instance_re_registered() {
+async fn after_redis_restarts_empty_publishes_are_refused_until_every_instance_re_registered(
+    mut redis: SharedRedis,
+) {
     // A heartbeat far longer than the test: the instances must re-register on their own
     // when the connection comes back, not on the next heartbeat.
-    let mut redis = Server::redis();
     let instances = cluster_beating(&redis, 2, 60_000).await;
     let mut clients = members(&instances, 5, "orders").await;
     let mut bob = instances[1].gateway.connect("bob", &[], &[]).await;
@@ -505,18 +484,16 @@ async fn after_redis_restarts_empty_publishes_are_refused_until_every_instance_r
     assert_eq!(bob.recv().await["data"], "all");
 }
 
-#[tokio::test]
-async fn after_a_flush_the_next_publish_is_refused_not_short_and_every_instance_re_registers() {
+async fn after_a_flush_the_next_publish_is_refused_not_short_and_every_instance_re_registers(
+    redis: SharedRedis,
+) {
     // A heartbeat far longer than the test, and a flush drops no connection: only the reads
     // of recipients can notice it.
-    let redis = Server::redis();
     let instances = cluster_beating(&redis, 2, 60_000).await;
     let mut clients = members(&instances, 5, "orders").await;
     let mut bob = instances[1].gateway.connect("bob", &[], &[]).await;
 
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    redis.flush().await;
     let payload = json!({"room":"orders","data":"back"});
     let refused = publish_until_restored(&instances[0], payload, 10, Duration::from_secs(10)).await;
     assert!(
@@ -535,9 +512,7 @@ async fn after_a_flush_the_next_publish_is_refused_not_short_and_every_instance_
     assert_eq!(bob.recv().await["data"], "all");
 }
 
-#[tokio::test]
-async fn an_instance_waits_for_a_peer_that_has_not_re_registered_yet() {
-    let mut redis = Server::redis();
+async fn an_instance_waits_for_a_peer_that_has_not_re_registered_yet(mut redis: SharedRedis) {
     let mut instances = cluster_beating(&redis, 2, 60_000).await;
     let mut clients = members(&instances, 5, "orders").await;
 
@@ -563,3 +538,61 @@ async fn an_instance_waits_for_a_peer_that_has_not_re_registered_yet() {
     publish_until_restored(&instances[0], payload, 10, Duration::from_secs(10)).await;
     expect_once(&mut clients, json!("whole")).await;
 }
+
+/// On a Redis Cluster, one master restarted empty loses the records in its slots only: the
+/// instances notice the dropped connection, refuse what lists recipients until each has
+/// put its sockets back, and never answer a short delivery as a success; each master in
+/// turn.
+#[tokio::test]
+async fn a_cluster_master_restarted_empty_is_refused_until_restored_never_short() {
+    let mut redis = SharedRedis::cluster();
+    // A heartbeat far longer than the test: the dropped connection is what tells.
+    let instances = cluster_beating(&redis, 2, 60_000).await;
+    let mut clients = members(&instances, 5, "orders").await;
+    let mut bob = instances[1].gateway.connect("bob", &[], &[]).await;
+    let SharedRedis::Cluster(nodes) = &mut redis else {
+        unreachable!("a cluster was started")
+    };
+    for master in 0..herald::testing::CLUSTER_MASTERS {
+        nodes.stop(master);
+        nodes.restart(master);
+        let payload = json!({"room":"orders","data":master});
+        publish_until_restored(&instances[0], payload, 10, Duration::from_secs(15)).await;
+        expect_once(&mut clients, json!(master)).await;
+        let payload = json!({"user":"bob","data":master});
+        publish_until_restored(&instances[0], payload, 1, Duration::from_secs(5)).await;
+        assert_eq!(bob.recv().await["data"], master);
+    }
+}
+
+/// Each case above, on one Redis server and on a 3-master Redis Cluster.
+macro_rules! on_one_server_and_on_a_cluster {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn single() {
+                    super::$case(super::SharedRedis::single()).await;
+                }
+
+                #[tokio::test]
+                async fn cluster() {
+                    super::$case(super::SharedRedis::cluster()).await;
+                }
+            }
+        )*
+    };
+}
+
+on_one_server_and_on_a_cluster!(
+    every_member_receives_each_publish_once_whichever_instance_is_asked,
+    a_room_publish_costs_one_redis_message_per_instance_with_members,
+    a_room_publish_costs_the_same_redis_commands_at_ten_members_as_at_three_thousand,
+    a_frozen_instances_members_count_as_failed_not_delivered_nor_forgotten,
+    the_connections_api_of_any_instance_reaches_any_connection,
+    a_killed_instance_does_not_stop_the_others,
+    redis_down_then_back_keeps_sockets_and_restores_service,
+    after_redis_restarts_empty_publishes_are_refused_until_every_instance_re_registered,
+    after_a_flush_the_next_publish_is_refused_not_short_and_every_instance_re_registers,
+    an_instance_waits_for_a_peer_that_has_not_re_registered_yet,
+);

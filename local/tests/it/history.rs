@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Client, Gateway, settings_with};
+use common::{Client, Gateway, SharedRedis, settings_with};
 use herald::testing::Server;
 use serde_json::{Value, json};
 
@@ -15,29 +15,48 @@ use serde_json::{Value, json};
 enum Store {
     Memory,
     Redis,
+    RedisCluster,
     Dynamo,
 }
 
+/// What a test gateway's store runs on, kept alive with it.
+enum Held {
+    Nothing,
+    Server(Server),
+    Redis(SharedRedis),
+}
+
+impl Held {
+    /// The server, for a test that reaches it directly.
+    fn server(&self) -> &Server {
+        match self {
+            Self::Server(server) | Self::Redis(SharedRedis::Single(server)) => server,
+            _ => panic!("this test's store runs on one server"),
+        }
+    }
+}
+
 /// A gateway on `store` with `vars`, and the server behind it (kept alive with it).
-async fn gateway(store: Store, vars: &[(&str, &str)]) -> (Gateway, Option<Server>) {
-    let server = match store {
-        Store::Memory => None,
-        Store::Redis => Some(Server::redis()),
-        Store::Dynamo => Some(Server::dynamodb()),
+async fn gateway(store: Store, vars: &[(&str, &str)]) -> (Gateway, Held) {
+    let held = match store {
+        Store::Memory => Held::Nothing,
+        Store::Redis => Held::Redis(SharedRedis::single()),
+        Store::RedisCluster => Held::Redis(SharedRedis::cluster()),
+        Store::Dynamo => Held::Server(Server::dynamodb()),
     };
-    let url = server.as_ref().map(Server::url).unwrap_or_default();
-    let mut all: Vec<(&str, &str)> = match store {
-        Store::Memory => vec![],
-        Store::Redis => vec![("HERALD_STORE", "redis"), ("HERALD_REDIS_URL", &url)],
-        Store::Dynamo => vec![
-            ("HERALD_STORE", "dynamodb"),
-            ("HERALD_TABLE", "herald-history"),
-            ("AWS_ENDPOINT_URL_DYNAMODB", &url),
+    let mut all: Vec<(&str, String)> = match &held {
+        Held::Nothing => vec![],
+        Held::Redis(redis) => redis.vars(),
+        Held::Server(server) => vec![
+            ("HERALD_STORE", "dynamodb".into()),
+            ("HERALD_TABLE", "herald-history".into()),
+            ("AWS_ENDPOINT_URL_DYNAMODB", server.url()),
         ],
     };
-    all.extend_from_slice(vars);
+    all.extend(vars.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let gw = Gateway::start_with(settings_with(&all)).await;
-    (gw, server)
+    (gw, held)
 }
 
 /// Publishes `data` to a room through the Invoke API; the answer.
@@ -121,6 +140,11 @@ async fn missed_twenty_are_recovered_on_redis() {
 }
 
 #[tokio::test]
+async fn missed_twenty_are_recovered_on_a_redis_cluster() {
+    missed_twenty_are_recovered_in_order_then_live_ones(Store::RedisCluster).await;
+}
+
+#[tokio::test]
 async fn missed_twenty_are_recovered_on_dynamodb() {
     missed_twenty_are_recovered_in_order_then_live_ones(Store::Dynamo).await;
 }
@@ -163,6 +187,11 @@ async fn too_old_is_not_recovered_on_memory() {
 #[tokio::test]
 async fn too_old_is_not_recovered_on_redis() {
     too_old_is_not_recovered_and_nothing_is_replayed(Store::Redis).await;
+}
+
+#[tokio::test]
+async fn too_old_is_not_recovered_on_a_redis_cluster() {
+    too_old_is_not_recovered_and_nothing_is_replayed(Store::RedisCluster).await;
 }
 
 #[tokio::test]
@@ -220,6 +249,11 @@ async fn the_user_inbox_recovers_on_redis() {
 }
 
 #[tokio::test]
+async fn the_user_inbox_recovers_on_a_redis_cluster() {
+    the_user_inbox_recovers(Store::RedisCluster).await;
+}
+
+#[tokio::test]
 async fn the_user_inbox_recovers_on_dynamodb() {
     the_user_inbox_recovers(Store::Dynamo).await;
 }
@@ -272,14 +306,19 @@ async fn history_answers_on_redis() {
 }
 
 #[tokio::test]
+async fn history_answers_on_a_redis_cluster() {
+    history_answers_what_the_caller_may_read(Store::RedisCluster).await;
+}
+
+#[tokio::test]
 async fn history_answers_on_dynamodb() {
     history_answers_what_the_caller_may_read(Store::Dynamo).await;
 }
 
 #[tokio::test]
 async fn after_flushall_nothing_is_recovered_and_a_new_epoch_begins() {
-    let (gw, server) = gateway(Store::Redis, &[]).await;
-    let server = server.expect("a Redis of its own");
+    let (gw, held) = gateway(Store::Redis, &[]).await;
+    let server = held.server();
     let mut before = Value::Null;
     for n in 1..=3 {
         before = publish(&gw, json!({"room":"orders","data":n})).await;
@@ -326,7 +365,7 @@ async fn after_flushall_nothing_is_recovered_and_a_new_epoch_begins() {
 #[tokio::test]
 async fn a_second_instance_answers_for_the_same_room() {
     let (first, server) = gateway(Store::Redis, &[]).await;
-    let url = server.as_ref().unwrap().url();
+    let url = server.server().url();
     let second = Gateway::start_with(settings_with(&[
         ("HERALD_STORE", "redis"),
         ("HERALD_REDIS_URL", &url),
@@ -387,7 +426,7 @@ async fn the_lambda_handlers_replay_through_connections() {
 
     const SUBSCRIBE: &str = include_str!("../../../tests/fixtures/message-subscribe.json");
     let (gw, server) = gateway(Store::Redis, &[]).await;
-    let redis = server.as_ref().unwrap().url();
+    let redis = server.server().url();
     let lambda = herald::compose::services(
         Arc::new(RedisStore::connect(&redis).await.unwrap()),
         &herald::config::Config::from_lookup(|_| None).unwrap(),

@@ -31,7 +31,10 @@ use std::time::Duration;
 pub use dynamo::{ALL_SHARDS, DynamoSettings, DynamoStore, TABLE, TableSchema};
 pub use history::{Channel, Draft, Entry, HistoryRead, Position, Range, Retention};
 pub use memory::MemoryStore;
-pub use redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisSettings, RedisStore};
+pub use redis::{
+    DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisLink, RedisNodes, RedisSettings, RedisStore,
+    slot_of, tag_in_slot,
+};
 
 use crate::error::Source;
 use crate::ids::ConnectionId;

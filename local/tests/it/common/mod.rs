@@ -361,3 +361,104 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// The Redis that gateways share in a test: one server, or a 3-master Redis Cluster, each
+/// started by the test on free ports.
+pub enum SharedRedis {
+    /// `redis-server`.
+    Single(herald::testing::Server),
+    /// Three `redis-server --cluster-enabled yes` joined by `redis-cli --cluster create`.
+    Cluster(herald::testing::RedisCluster),
+}
+
+impl SharedRedis {
+    /// One server.
+    pub fn single() -> Self {
+        Self::Single(herald::testing::Server::redis())
+    }
+
+    /// A 3-master cluster.
+    pub fn cluster() -> Self {
+        Self::Cluster(herald::testing::RedisCluster::start())
+    }
+
+    /// The variables that put a gateway's store on it.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Single(server) => vec![
+                ("HERALD_STORE", "redis".into()),
+                ("HERALD_REDIS_URL", server.url()),
+            ],
+            Self::Cluster(cluster) => vec![
+                ("HERALD_STORE", "redis".into()),
+                ("HERALD_REDIS_CLUSTER", cluster.list()),
+            ],
+        }
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            Self::Single(server) => vec![server.url()],
+            Self::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// Kills every node (as a crash would).
+    pub fn stop(&mut self) {
+        match self {
+            Self::Single(server) => server.stop(),
+            Self::Cluster(cluster) => {
+                for i in 0..herald::testing::CLUSTER_MASTERS {
+                    cluster.stop(i);
+                }
+            }
+        }
+    }
+
+    /// Starts every node again, empty (a cluster with its old identities and slots).
+    pub fn restart(&mut self) {
+        match self {
+            Self::Single(server) => server.restart(),
+            Self::Cluster(cluster) => {
+                for i in 0..herald::testing::CLUSTER_MASTERS {
+                    cluster.stop(i);
+                }
+                for i in 0..herald::testing::CLUSTER_MASTERS {
+                    cluster.start_again(i);
+                }
+                cluster.wait_until_ok();
+            }
+        }
+    }
+
+    /// Every command the nodes have run, by `INFO commandstats` (which counts each asking
+    /// too: one per node).
+    pub async fn commands_run(&self) -> u64 {
+        let mut total = 0;
+        for url in self.urls() {
+            total += herald::testing::commands_run(&self.info(&url, "commandstats").await);
+        }
+        total
+    }
+
+    /// `INFO section` of the node at `url`.
+    pub async fn info(&self, url: &str, section: &str) -> String {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Deletes every key on every node.
+    pub async fn flush(&self) {
+        for url in self.urls() {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        }
+    }
+}

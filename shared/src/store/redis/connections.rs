@@ -1,5 +1,6 @@
 //! `RedisStore`'s connections and rooms: a hash per connection, a set per room, per user
-//! and per connection, and one sorted set of everyone by expiry.
+//! and per connection, and one sorted set of everyone. Each change runs a script on the
+//! connection's own keys, then writes the sets of other slots beside it.
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -13,23 +14,37 @@ use crate::store::{Connection, Connections, Page, StoreError};
 impl Connections for RedisStore {
     async fn add(&self, c: &Connection) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
-        self.scripts
+        let replaced: Vec<String> = self
+            .scripts
             .add
             .key(self.conn_key(&c.id))
             .key(self.rooms_key(&c.id))
-            .key(self.user_key(&c.user))
-            .key(self.all_key())
-            .arg(c.id.as_str())
             .arg(&c.user)
             .arg(c.source_ip.as_deref().unwrap_or(""))
             .arg(c.connected_at)
             .arg(c.expires_at)
             .arg(c.instance.as_deref().unwrap_or(""))
-            .arg(&self.prefix)
-            .invoke_async::<i64>(&mut redis)
-            .await
-            .map(drop)
-            .map_err(StoreError::from)
+            .invoke_async(&mut redis)
+            .await?;
+        // The record exists before any set lists it (see the key layout).
+        let id = c.id.as_str();
+        let mut writes = vec![
+            command(
+                "ZADD",
+                &self.user_key(&c.user),
+                &[&c.expires_at.to_string(), id],
+            ),
+            command("ZADD", &self.all_key(), &["0", id]),
+        ];
+        let mut replaced = replaced.into_iter();
+        if let Some(old) = replaced.next().filter(|u| !u.is_empty() && *u != c.user) {
+            writes.push(command("ZREM", &self.user_key(&old), &[id]));
+        }
+        for room in replaced {
+            writes.push(command("ZREM", &self.room_key_named(&room), &[id]));
+        }
+        self.redis.each::<i64>(writes).await?;
+        Ok(())
     }
 
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
@@ -40,65 +55,97 @@ impl Connections for RedisStore {
 
     async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError> {
         let mut redis = self.redis.clone();
-        self.scripts
+        let user: Option<String> = self
+            .scripts
             .refresh
             .key(self.conn_key(id))
             .key(self.rooms_key(id))
             .arg(expires_at)
+            .invoke_async(&mut redis)
+            .await?;
+        let Some(user) = user else {
+            return Ok(false);
+        };
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.user_key(&user))
+            .arg("XX")
+            .arg(expires_at)
             .arg(id.as_str())
-            .arg(&self.prefix)
-            .invoke_async::<i64>(&mut redis)
-            .await
-            .map(|n| n == 1)
-            .map_err(StoreError::from)
+            .query_async(&mut redis)
+            .await?;
+        Ok(true)
     }
 
     async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let mut redis = self.redis.clone();
-        let fields: Vec<String> = self
+        let reply: Vec<String> = self
             .scripts
             .remove
             .key(self.conn_key(id))
             .key(self.rooms_key(id))
-            .key(self.all_key())
-            .arg(id.as_str())
-            .arg(&self.prefix)
             .invoke_async(&mut redis)
             .await?;
-        Ok(parse_record(id, &pairs(fields)).filter(|c| c.expires_at > now_ms()))
+        // The fields come in pairs, then '' (which no field name is), then the rooms.
+        let split = reply
+            .iter()
+            .step_by(2)
+            .position(String::is_empty)
+            .map_or(reply.len(), |pair| pair * 2);
+        let mut fields = reply;
+        let rooms = fields.split_off(split.min(fields.len()));
+        let fields = pairs(fields);
+        let removed = parse_record(id, &fields);
+        let mut writes = vec![command("ZREM", &self.all_key(), &[id.as_str()])];
+        if let Some(user) = fields.iter().find(|(k, _)| k == "user").map(|(_, v)| v) {
+            writes.push(command("ZREM", &self.user_key(user), &[id.as_str()]));
+        }
+        for room in rooms.iter().skip(1) {
+            writes.push(command("ZREM", &self.room_key_named(room), &[id.as_str()]));
+        }
+        self.redis.each::<i64>(writes).await?;
+        Ok(removed.filter(|c| c.expires_at > now_ms()))
     }
 
     async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
-        let joined: i64 = self
-            .scripts
-            .join
-            .key(self.conn_key(id))
-            .key(self.rooms_key(id))
-            .key(self.room_key(room))
-            .arg(id.as_str())
-            .arg(room.as_str())
-            .invoke_async(&mut redis)
-            .await?;
-        if joined == 1 {
+        // The connection's record exists already, so the room may list it before the
+        // script has run: both are sent at once.
+        let mut invocation = self.scripts.join.key(self.conn_key(id));
+        invocation.key(self.rooms_key(id)).arg(room.as_str());
+        let joined = invocation.invoke_async::<i64>(&mut redis);
+        let mut listing = self.redis.clone();
+        let key = self.room_key(room);
+        let listed = async move {
+            redis::cmd("ZADD")
+                .arg(&key)
+                .arg(0)
+                .arg(id.as_str())
+                .query_async::<i64>(&mut listing)
+                .await
+        };
+        let (joined, listed) = tokio::join!(joined, listed);
+        listed?;
+        if joined? == 1 {
             Ok(())
         } else {
+            // No record: undo the listing (a read would have swept it anyway).
+            let _: i64 = redis
+                .zrem(self.room_key(room), id.as_str())
+                .await
+                .unwrap_or_default();
             Err(StoreError::NotFound)
         }
     }
 
     async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
-        let mut redis = self.redis.clone();
-        self.scripts
-            .leave
-            .key(self.rooms_key(id))
-            .key(self.room_key(room))
-            .arg(id.as_str())
-            .arg(room.as_str())
-            .invoke_async::<i64>(&mut redis)
-            .await
-            .map(|n| n == 1)
-            .map_err(StoreError::from)
+        let counts: Vec<i64> = self
+            .redis
+            .each(vec![
+                command("SREM", &self.rooms_key(id), &[room.as_str()]),
+                command("ZREM", &self.room_key(room), &[id.as_str()]),
+            ])
+            .await?;
+        Ok(counts.first() == Some(&1))
     }
 
     async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {
@@ -151,15 +198,27 @@ impl Connections for RedisStore {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let mut redis = self.redis.clone();
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hget(self.conn_key(id), "instance");
-        }
-        let found: Vec<Option<String>> = pipe.query_async(&mut redis).await?;
+        let found: Vec<Option<String>> = self
+            .redis
+            .each(
+                ids.iter()
+                    .map(|id| command("HGET", &self.conn_key(id), &["instance"]))
+                    .collect(),
+            )
+            .await?;
         Ok(found
             .into_iter()
             .map(|i| i.filter(|i| !i.is_empty()))
             .collect())
     }
+}
+
+/// `verb key args…`, one command on one key.
+fn command(verb: &str, key: &str, args: &[&str]) -> redis::Cmd {
+    let mut command = redis::cmd(verb);
+    command.arg(key);
+    for arg in args {
+        command.arg(*arg);
+    }
+    command
 }

@@ -17,27 +17,30 @@
 //! | `events:{KEY}:WINDOW` | string (counter) | events counted in one window (socket publishes per user); expires with the window |
 //! | `hist:{CHANNEL}`, `hist:{CHANNEL}:pos` | stream, hash | a room's or user's history and its position (`history.rs`) |
 //! | `hosts:{ROOM}` | sorted set, score: when the claim lapses (ms) | the `herald-local` instances with members in the room (written by `local/src/cluster/hosts.rs`, not by this store) |
+//! | `registered:INSTANCE`, on a cluster `registered:INSTANCE:{TAG}` (one per master) | string | an instance's sockets are all in the store (`local/src/cluster/markers.rs`) |
 //!
 //! Connection records expire by themselves (Redis TTL), so a crashed instance leaves no
 //! permanent zombie: hosts that keep sockets refresh the TTL of theirs with a heartbeat.
 //! Memberships in `room:` and `all` do not expire on their own; every paged read checks that
 //! the members' `conn:` records still exist, returns only live ones and removes the dead.
 //!
-//! Changes that touch several keys run as one Lua script, so they are atomic. The scripts
-//! reach the room and user keys of a connection by name, which standalone Redis and
-//! ElastiCache (cluster mode off) allow; on Redis Cluster they would have to be split per
-//! slot, which is not built.
+//! Every script and pipeline touches the keys of one slot, as Redis Cluster requires
+//! ([`link`]): a change to one connection runs as one Lua script on its own keys (`conn:`),
+//! then its memberships in the room, user and `all` sets are written beside it. The record
+//! is written before its memberships and removed before them, so a listing that meets a
+//! member whose record is gone skips it (and sweeps it). A change whose second half
+//! fails answers an error (the connect or subscribe is refused, and the client retries),
+//! so no caller is told of a membership the sets do not hold.
 //!
 //! Large sets are read in pages: `ZRANGE … BYLEX LIMIT` from the last id returned, which,
 //! unlike `SSCAN`, never returns a member twice and costs O(log n + page) per page.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, RedisError, Script};
+use redis::{AsyncCommands, ProtocolVersion, RedisError, Script};
 
 use super::{Connection, Page, StoreError};
-use crate::error::{self, Described};
+use crate::error;
 use crate::ids::ConnectionId;
 use crate::protocol::RoomName;
 
@@ -48,7 +51,7 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// [`ConnectionStore`] on Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    redis: ConnectionManager,
+    redis: RedisLink,
     prefix: String,
     scripts: &'static Scripts,
 }
@@ -57,7 +60,6 @@ struct Scripts {
     add: Script,
     remove: Script,
     join: Script,
-    leave: Script,
     refresh: Script,
     release: Script,
     count: Script,
@@ -66,72 +68,52 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        // KEYS: conn, conn rooms, user, all. ARGV: id, user, ip, connected_at, expires_at,
-        // instance, prefix. Replacing a record first undoes the old one's memberships.
+        // KEYS: conn, conn rooms. ARGV: user, ip, connected_at, expires_at, instance.
+        // Returns the replaced record's user ('' if none) and rooms, whose memberships the
+        // caller undoes.
         add: Script::new(
             r"
-            local old = redis.call('HGET', KEYS[1], 'user')
-            if old then
-              redis.call('ZREM', ARGV[7] .. 'user:{' .. old .. '}', ARGV[1])
-              for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-                redis.call('ZREM', ARGV[7] .. 'room:{' .. room .. '}', ARGV[1])
-              end
-            end
+            local old = redis.call('HGET', KEYS[1], 'user') or ''
+            local rooms = redis.call('SMEMBERS', KEYS[2])
             redis.call('DEL', KEYS[1], KEYS[2])
-            redis.call('HSET', KEYS[1], 'user', ARGV[2], 'ip', ARGV[3], 'connected_at', ARGV[4],
-              'expires_at', ARGV[5], 'instance', ARGV[6])
-            redis.call('PEXPIREAT', KEYS[1], ARGV[5])
-            redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-            redis.call('ZADD', KEYS[4], 0, ARGV[1])
-            return 1
+            redis.call('HSET', KEYS[1], 'user', ARGV[1], 'ip', ARGV[2], 'connected_at', ARGV[3],
+              'expires_at', ARGV[4], 'instance', ARGV[5])
+            redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+            table.insert(rooms, 1, old)
+            return rooms
             ",
         ),
-        // KEYS: conn, conn rooms, all. ARGV: id, prefix. Returns the record's fields.
+        // KEYS: conn, conn rooms. Returns the record's fields, then '' and its rooms.
         remove: Script::new(
             r"
-            local fields = redis.call('HGETALL', KEYS[1])
+            local out = redis.call('HGETALL', KEYS[1])
+            out[#out + 1] = ''
             for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-              redis.call('ZREM', ARGV[2] .. 'room:{' .. room .. '}', ARGV[1])
-            end
-            for i = 1, #fields, 2 do
-              if fields[i] == 'user' then
-                redis.call('ZREM', ARGV[2] .. 'user:{' .. fields[i + 1] .. '}', ARGV[1])
-              end
+              out[#out + 1] = room
             end
             redis.call('DEL', KEYS[1], KEYS[2])
-            redis.call('ZREM', KEYS[3], ARGV[1])
-            return fields
+            return out
             ",
         ),
-        // KEYS: conn, conn rooms, room. ARGV: id, room name.
+        // KEYS: conn, conn rooms. ARGV: room name.
         join: Script::new(
             r"
             local expires_at = redis.call('HGET', KEYS[1], 'expires_at')
             if not expires_at then return 0 end
-            redis.call('SADD', KEYS[2], ARGV[2])
+            redis.call('SADD', KEYS[2], ARGV[1])
             redis.call('PEXPIREAT', KEYS[2], expires_at)
-            redis.call('ZADD', KEYS[3], 0, ARGV[1])
             return 1
             ",
         ),
-        // KEYS: conn rooms, room. ARGV: id, room name.
-        leave: Script::new(
-            r"
-            local was = redis.call('SREM', KEYS[1], ARGV[2])
-            redis.call('ZREM', KEYS[2], ARGV[1])
-            return was
-            ",
-        ),
-        // KEYS: conn, conn rooms. ARGV: expires_at, id, prefix.
+        // KEYS: conn, conn rooms. ARGV: expires_at. Returns the record's user, or nil.
         refresh: Script::new(
             r"
             local user = redis.call('HGET', KEYS[1], 'user')
-            if not user then return 0 end
+            if not user then return nil end
             redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
             redis.call('PEXPIREAT', KEYS[1], ARGV[1])
             redis.call('PEXPIREAT', KEYS[2], ARGV[1])
-            redis.call('ZADD', ARGV[3] .. 'user:{' .. user .. '}', 'XX', ARGV[1], ARGV[2])
-            return 1
+            return user
             ",
         ),
         // KEYS: idem key. ARGV: id. Deletes the key only if this id holds it.
@@ -156,14 +138,18 @@ fn scripts() -> &'static Scripts {
 /// The backend's name in errors.
 const BACKEND: &str = "redis";
 
-/// Unreachable or slow servers are `Unavailable`, the rest `Backend`; either keeps the
+/// Unreachable or slow servers (and a cluster in flux) are `Unavailable`, the rest `Backend`; either keeps the
 /// Redis error as its source.
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
         let unreachable = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
-            || e.is_connection_refusal();
+            || e.is_connection_refusal()
+            // A cluster with a master down, or its slots moving, answers
+            // CLUSTERDOWN / TRYAGAIN / MASTERDOWN / MOVED: unavailable for now, not wrong.
+            || e.is_cluster_error()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown);
         let source = error::source(e);
         if unreachable {
             StoreError::Unavailable {
@@ -190,8 +176,8 @@ pub const DEFAULT_PREFIX: &str = "herald:";
 /// Where the Redis store lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// The server, e.g. `redis://127.0.0.1:6379`.
-    pub url: String,
+    /// The server, or the cluster's seed nodes.
+    pub nodes: RedisNodes,
     /// Put before every key (to share one Redis between deployments).
     pub prefix: String,
 }
@@ -199,20 +185,15 @@ pub struct RedisSettings {
 impl RedisSettings {
     /// The server at `url`, keys under [`DEFAULT_PREFIX`].
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            prefix: DEFAULT_PREFIX.to_owned(),
-        }
+        Self::on(RedisNodes::Single(url.into()))
     }
 
-    /// How every connection to this server behaves, the store's and any other a host
-    /// opens beside it (the cluster's pub/sub): fail fast, reconnect in the background.
-    pub fn manager_config(&self) -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(MAX_RECONNECT_DELAY)
+    /// `nodes`, keys under [`DEFAULT_PREFIX`].
+    pub fn on(nodes: RedisNodes) -> Self {
+        Self {
+            nodes,
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
     }
 }
 
@@ -224,15 +205,7 @@ impl RedisStore {
 
     /// Connects as `settings` say.
     pub async fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| StoreError::Backend {
-                backend: BACKEND,
-                source: error::source(Described::new(
-                    format!("{:?} is not a Redis URL: {e}", settings.url),
-                    e,
-                )),
-            })?;
-        let redis = ConnectionManager::new_with_config(client, settings.manager_config()).await?;
+        let redis = RedisLink::open(&settings.nodes, ProtocolVersion::RESP2, None).await?;
         Ok(Self {
             redis,
             prefix: settings.prefix.clone(),
@@ -249,6 +222,11 @@ impl RedisStore {
     }
 
     fn room_key(&self, room: &RoomName) -> String {
+        self.room_key_named(room.as_str())
+    }
+
+    /// The key of the room named `room`, as a connection's set of rooms holds it.
+    fn room_key_named(&self, room: &str) -> String {
         format!("{}room:{{{room}}}", self.prefix)
     }
 
@@ -291,11 +269,15 @@ impl RedisStore {
                 next,
             });
         }
-        let mut exists = redis::pipe();
-        for id in &ids {
-            exists.exists(self.conn_key(&ConnectionId::new(id.as_str())));
-        }
-        let alive: Vec<bool> = exists.query_async(&mut redis).await?;
+        let exists = ids
+            .iter()
+            .map(|id| {
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(self.conn_key(&ConnectionId::new(id.as_str())));
+                exists
+            })
+            .collect();
+        let alive: Vec<bool> = self.redis.each(exists).await?;
         let (mut items, mut dead) = (Vec::with_capacity(ids.len()), Vec::new());
         for (id, alive) in ids.into_iter().zip(alive) {
             if alive {
@@ -345,5 +327,8 @@ fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
 mod connections;
 mod counters;
 mod history;
+mod link;
+
+pub use link::{RedisLink, RedisNodes, slot_of, tag_in_slot};
 #[cfg(test)]
 mod tests;
