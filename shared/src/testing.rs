@@ -298,6 +298,137 @@ impl Drop for RedisCluster {
     }
 }
 
+/// A `redis-server` that speaks TLS only, with a certificate for `127.0.0.1` signed by a
+/// certificate authority of this test's own (made with `openssl`), which no client trusts
+/// unless told to: `SSL_CERT_FILE` pointing at [`TlsRedis::ca_file`].
+pub struct TlsRedis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl TlsRedis {
+    /// Makes the certificates and starts the server on a free port.
+    pub fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("herald-tls-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory for the certificates");
+        let path = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        let openssl = |args: &[&str]| {
+            let made = Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run openssl ({e}): install it (apt-get install openssl)")
+                });
+            assert!(
+                made.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        };
+        let (ca_key, ca, key, csr, cert, san) = (
+            path("ca.key"),
+            path("ca.pem"),
+            path("server.key"),
+            path("server.csr"),
+            path("server.pem"),
+            path("san.ext"),
+        );
+        let ec = "ec_paramgen_curve:prime256v1";
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            ec,
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=herald test CA",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            ec,
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-extfile",
+            &san,
+            "-out",
+            &cert,
+        ]);
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key")])
+            .args(["--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it (apt-get install redis-server) or run scripts/test, which does")
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen for TLS on port {port} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, port, dir }
+    }
+
+    /// `rediss://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificate authority that signed the server's certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A value that keeps the server behind it alive as long as itself.
 pub struct Guarded<T> {
     value: T,

@@ -21,6 +21,7 @@ mod management_api;
 mod memory;
 mod poll;
 mod protocol_doc;
+mod redis_tls;
 mod sse;
 mod stalled_clients;
 mod upgrade;
