@@ -183,6 +183,27 @@ impl Drop for Server {
     }
 }
 
+/// Runs `program` with `args` to its end; panics, with how to install it, when it is
+/// missing, and with what it said when it fails.
+fn run_tool(program: &str, args: &[&str], install: &str) {
+    let done = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {program} ({e}): install it ({install}) or run scripts/test, which does"
+            )
+        });
+    assert!(
+        done.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
 /// How long a cluster node may be silent before the others mark it failed (ms): short, so
 /// that a test that kills a master sees the cluster react within seconds.
 const CLUSTER_NODE_TIMEOUT_MS: &str = "1000";
@@ -215,23 +236,10 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-cli ({e}): install it (apt-get install redis-tools) or run scripts/test, which does")
-            });
-        assert!(
-            created.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&created.stdout),
-            String::from_utf8_lossy(&created.stderr)
-        );
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addresses.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        run_tool("redis-cli", &create, "apt-get install redis-tools");
         let cluster = Self { nodes, dir };
         cluster.wait_until_ok();
         cluster
@@ -315,21 +323,7 @@ impl TlsRedis {
         std::fs::create_dir_all(&dir).expect("a temporary directory for the certificates");
         let path = |name: &str| dir.join(name).display().to_string();
         std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        let openssl = |args: &[&str]| {
-            let made = Command::new("openssl")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run openssl ({e}): install it (apt-get install openssl)")
-                });
-            assert!(
-                made.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&made.stderr)
-            );
-        };
+        let openssl = |args: &[&str]| run_tool("openssl", args, "apt-get install openssl");
         let (ca_key, ca, key, csr, cert, san) = (
             path("ca.key"),
             path("ca.pem"),

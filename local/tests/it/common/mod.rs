@@ -418,12 +418,10 @@ impl SharedRedis {
 
     /// Starts every node again, empty (a cluster with its old identities and slots).
     pub fn restart(&mut self) {
+        self.stop();
         match self {
             Self::Single(server) => server.restart(),
             Self::Cluster(cluster) => {
-                for i in 0..herald::testing::CLUSTER_MASTERS {
-                    cluster.stop(i);
-                }
                 for i in 0..herald::testing::CLUSTER_MASTERS {
                     cluster.start_again(i);
                 }
