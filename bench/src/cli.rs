@@ -134,6 +134,32 @@ pub enum Scenario {
         #[arg(long, default_value = "bench-chart.png")]
         chart: String,
     },
+    /// A long run of many clients on three instances over Redis: clients reconnect now
+    /// and then with `since`, one instance is killed midway and started again; fails
+    /// unless every client ends with every notification of its room exactly once.
+    Soak {
+        /// Clients, spread over the live instances.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Minutes of publishing.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Rooms; the clients are spread over them.
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Publishes a second, to the rooms in turn.
+        #[arg(long, default_value_t = 50.0)]
+        publishes_per_second: f64,
+        /// Reconnections a second, over all clients.
+        #[arg(long, default_value_t = 20.0)]
+        churn_per_second: f64,
+        /// Seconds the killed instance stays down.
+        #[arg(long, default_value_t = 10)]
+        down_secs: u64,
+        /// Run on a 3-master Redis Cluster instead of one Redis server.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// A short run of every fan-out kind that fails unless nothing is lost or duplicated.
     Smoke,
     /// The bare broadcast server (started by the other scenarios).

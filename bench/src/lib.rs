@@ -17,6 +17,7 @@
 //! | `src/chart.rs` | the PNG chart of a sweep |
 //! | `src/flood.rs` | the asynchronous flood: 429s, readers kept, peak memory |
 //! | `src/sse.rs` | the Server-Sent Events client the `sse` scenario reads with |
+//! | `src/soak.rs` | the soak: clients churning with `since`, an instance killed midway, exactly once in the end |
 //! | `src/placement.rs` | servers pinned apart from the generator, the clients' read buffer |
 
 pub mod baseline;
@@ -30,4 +31,5 @@ pub mod publisher;
 pub mod report;
 pub mod runs;
 pub mod scenarios;
+pub mod soak;
 pub mod sse;

@@ -1,5 +1,7 @@
 //! The scenarios, one function each; `run` picks the one the command line names.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::cli::{Cli, Scenario};
@@ -60,6 +62,26 @@ pub async fn run(cli: Cli) {
         } => sweep(connections, publishes, size, png, json_path).await,
         Scenario::Chart { from, chart: png } => redraw_chart(from, png).await,
         Scenario::Smoke => smoke(json_path).await,
+        Scenario::Soak {
+            clients,
+            minutes,
+            rooms,
+            publishes_per_second,
+            churn_per_second,
+            down_secs,
+            cluster,
+        } => {
+            let settings = crate::soak::Settings {
+                clients,
+                duration: Duration::from_secs_f64(minutes * 60.0),
+                rooms,
+                publishes_per_second,
+                churn_per_second,
+                down: Duration::from_secs(down_secs),
+                cluster,
+            };
+            soak(&settings, json_path).await;
+        }
     }
 }
 
@@ -327,4 +349,14 @@ pub async fn smoke(json_path: Option<&str>) {
         std::process::exit(1);
     }
     println!("smoke: {} passed, 0 failed", runs.len());
+}
+
+/// The soak; exits non-zero unless every client ended whole.
+pub async fn soak(settings: &crate::soak::Settings, json_path: Option<&str>) {
+    let report = crate::soak::run(settings).await;
+    crate::soak::print(&report);
+    write_json(json_path, &json!({"soak": report}));
+    if !report.whole() {
+        std::process::exit(1);
+    }
 }

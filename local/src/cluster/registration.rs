@@ -177,7 +177,7 @@ pub(super) async fn register_all(
         if pass == Pass::Renew && store.refresh(&meta.id, expires_at).await? {
             continue;
         }
-        let Some(user) = meta.context.get("sub").and_then(|v| v.as_str()) else {
+        let Some(user) = meta.context.text("sub") else {
             continue;
         };
         let record = Connection {

@@ -29,7 +29,44 @@ pub struct ConnectionMeta {
     /// The `Host` the client connected to.
     pub domain_name: String,
     /// The authorizer's context, once it has run.
-    pub context: Map<String, Value>,
+    pub context: Context,
+}
+
+/// The authorizer's context of one connection, kept as its JSON text: a connection holds
+/// it for its whole life and reads it only to build an event, which copies it anyway, so
+/// the text (tens of bytes) stands in for a map of strings and arrays (hundreds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context(Option<Box<str>>);
+
+impl Context {
+    /// The context `map` holds; none when it is empty.
+    pub fn new(map: &Map<String, Value>) -> Self {
+        if map.is_empty() {
+            return Self(None);
+        }
+        Self(Some(
+            Value::Object(map.clone()).to_string().into_boxed_str(),
+        ))
+    }
+
+    /// Whether the authorizer gave no context.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The context as a map.
+    pub fn map(&self) -> Map<String, Value> {
+        match self.0.as_deref().map(serde_json::from_str) {
+            Some(Ok(Value::Object(map))) => map,
+            // Written from a map by `new`, so it reads back as one.
+            _ => Map::new(),
+        }
+    }
+
+    /// The text of entry `key`, when it is a string.
+    pub fn text(&self, key: &str) -> Option<String> {
+        self.map().get(key)?.as_str().map(str::to_owned)
+    }
 }
 
 /// Builds events for one API (stage and API id).
@@ -74,11 +111,9 @@ impl EventFactory {
             "apiId": self.api_id,
         });
         if !meta.context.is_empty() {
-            let mut authorizer = meta.context.clone();
-            authorizer.insert(
-                "principalId".into(),
-                meta.context.get("sub").cloned().unwrap_or(Value::Null),
-            );
+            let mut authorizer = meta.context.map();
+            let principal = authorizer.get("sub").cloned().unwrap_or(Value::Null);
+            authorizer.insert("principalId".into(), principal);
             authorizer.insert("integrationLatency".into(), json!(0));
             ctx["authorizer"] = Value::Object(authorizer);
         }
@@ -272,8 +307,22 @@ mod tests {
             source_ip: "127.0.0.1".into(),
             user_agent: Some("test".into()),
             domain_name: "127.0.0.1:3001".into(),
-            context,
+            context: Context::new(&context),
         }
+    }
+
+    #[test]
+    fn a_context_reads_back_as_it_was_given() {
+        let mut map = Map::new();
+        map.insert("sub".into(), json!("alice"));
+        map.insert("rooms".into(), json!(["orders", "news*"]));
+        let context = Context::new(&map);
+        assert_eq!(context.map(), map);
+        assert_eq!(context.text("sub").as_deref(), Some("alice"));
+        assert_eq!(context.text("rooms"), None, "not a string");
+        assert!(!context.is_empty());
+        assert!(Context::new(&Map::new()).is_empty());
+        assert_eq!(Context::default().map(), Map::new());
     }
 
     #[test]

@@ -551,7 +551,7 @@ mod tests {
             source_ip: "127.0.0.1".into(),
             user_agent: None,
             domain_name: "localhost".into(),
-            context: serde_json::Map::new(),
+            context: crate::connection::events::Context::default(),
         }
     }
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tracing::{debug, info};
 
 use crate::app::App;
-use crate::connection::events::ConnectionMeta;
+use crate::connection::events::{ConnectionMeta, Context};
 use crate::connection::registry::{Socket, Transport};
 use crate::http::answer::message_response;
 use crate::http::query::decode_query;
@@ -84,7 +84,7 @@ pub(crate) fn admit_and_authorize(
         domain_name: header_text(headers, header::HOST)
             .unwrap_or("localhost")
             .to_owned(),
-        context: serde_json::Map::new(),
+        context: Context::default(),
     };
     let meta = authorize(app, headers, &request, meta)?;
     Ok((request, meta))
@@ -139,8 +139,8 @@ fn authorize(
     if !statement.is_some_and(|s| s.effect == IamPolicyEffect::Allow) {
         return Err(Refusal::new(StatusCode::FORBIDDEN, "Forbidden"));
     }
-    if let Value::Object(context) = allowed.context {
-        meta.context = context;
+    if let Value::Object(context) = &allowed.context {
+        meta.context = Context::new(context);
     }
     Ok(meta)
 }

@@ -15,10 +15,11 @@ use crate::app::App;
 use crate::connection::registry::Transport;
 use crate::session::{admit_and_authorize, connect};
 
-/// The read buffer per connection. tungstenite reads into a 128 KiB buffer by default,
-/// allocated per connection: most of an idle connection's memory. Clients send small
-/// frames; 1 KiB is plenty (larger frames still arrive whole, over several reads).
-const READ_BUFFER_BYTES: usize = 1024;
+/// The read buffer per connection, and the most one read takes. tungstenite reads into a
+/// 128 KiB buffer by default, allocated per connection: most of an idle connection's
+/// memory. Clients send small frames (a subscribe is under 100 bytes); a larger frame still
+/// arrives whole, its buffer grown to its length, over several reads of this size.
+const READ_BUFFER_BYTES: usize = 256;
 
 /// `GET /{stage}` with an upgrade: the handshake.
 pub(crate) async fn handshake(

@@ -48,7 +48,9 @@ pub(crate) async fn run(
     upgraded: Upgraded,
     config: WebSocketConfig,
 ) {
-    match upgraded.into_socket().await {
+    // The upgrade's and the handshake's futures are boxed: held inline, their room would
+    // stay in the connection's task for all its life, idle or not.
+    match Box::pin(upgraded.into_socket()).await {
         Ok((stream, early)) => {
             let (read_half, write_half) = stream.into_split();
             let mut incoming = Incoming {
@@ -66,9 +68,13 @@ pub(crate) async fn run(
             // Bytes read with the handshake go to tungstenite directly: follow them too.
             incoming.count_continuations(&early);
             // With nothing read early this is `from_raw_socket`: the same buffer, empty.
-            let ws =
-                WebSocketStream::from_partially_read(incoming, early, Role::Server, Some(config))
-                    .await;
+            let ws = Box::pin(WebSocketStream::from_partially_read(
+                incoming,
+                early,
+                Role::Server,
+                Some(config),
+            ))
+            .await;
             serve(app, socket, ws, write_half).await;
         }
         Err(error) => {
@@ -203,15 +209,17 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
                 socket.close(close_code::GOING_AWAY, "Going away");
                 continue;
             }
-            () = sleep_until(ends_at) => {
-                socket.close(
-                    close_code::GOING_AWAY,
-                    "Going away: maximum connection duration reached",
-                );
-                continue;
-            }
-            () = sleep_until(idle_at) => {
-                socket.close(close_code::GOING_AWAY, "Going away: idle timeout");
+            // One timer for both deadlines: each is a few hundred bytes of every idle
+            // connection's task.
+            () = sleep_until(idle_at.min(ends_at)) => {
+                if Instant::now() >= ends_at {
+                    socket.close(
+                        close_code::GOING_AWAY,
+                        "Going away: maximum connection duration reached",
+                    );
+                } else {
+                    socket.close(close_code::GOING_AWAY, "Going away: idle timeout");
+                }
                 continue;
             }
             frame = stream.next() => frame,
