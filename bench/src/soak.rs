@@ -497,7 +497,8 @@ async fn client(
         attempt += 1;
         let url = format!("ws://{addr}/local?token={token}");
         let permit = shared.opening.acquire().await.expect("never closed");
-        let connected = tokio_tungstenite::connect_async(&url).await;
+        let config = crate::placement::client_config();
+        let connected = tokio_tungstenite::connect_async_with_config(&url, config, false).await;
         let Ok((mut ws, _)) = connected else {
             drop(permit);
             counters.connect_failures.fetch_add(1, Ordering::Relaxed);

@@ -321,7 +321,10 @@ export class HeraldClient {
     const ws = this.ws;
     this.ws = null;
     if (ws) {
-      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // Closing a socket that is still connecting makes Node's ws report an error a moment
+      // later; with no handler that error would be thrown at the app.
+      ws.onerror = () => {};
       try {
         // A dead connection (code 1006) is dropped at once where the implementation can
         // (Node's ws); a browser's close() never waits on the peer for the app.

@@ -6,6 +6,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import WebSocket from "ws";
 import { HeraldClient } from "../herald-client.js";
 import { Herald, Proxy, Redis, eventually, freePort, sleep } from "./harness.js";
@@ -217,4 +218,26 @@ test("falls back to SSE when upgrades are refused, to polling when SSE is too, a
   assert.deepEqual(fallbacks, ["sse", "poll", "websocket"]);
   assert.ok(proxy.counts.refusedUpgrades >= 2, "the upgrade was tried and refused");
   assert.ok(proxy.counts.polls > 0);
+});
+
+test("closing while the WebSocket is still connecting throws nothing at the app", async () => {
+  // A server that takes the TCP connection and never answers the upgrade.
+  const accepted = [];
+  const silent = net.createServer((socket) => accepted.push(socket));
+  await new Promise((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  const thrown = [];
+  const record = (e) => thrown.push(e.message);
+  process.on("uncaughtException", record);
+  try {
+    const c = client(`ws://127.0.0.1:${silent.address().port}/local`, { token: "t" }).connect();
+    await eventually(() => c.ws !== null && c.ws?.readyState === WebSocket.CONNECTING, "a socket connecting");
+    c.close();
+    await sleep(200);
+    assert.deepEqual(thrown, []);
+    assert.equal(c.state, "disconnected");
+  } finally {
+    process.off("uncaughtException", record);
+    for (const socket of accepted) socket.destroy();
+    silent.close();
+  }
 });
