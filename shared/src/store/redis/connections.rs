@@ -66,13 +66,14 @@ impl Connections for RedisStore {
         let Some(user) = user else {
             return Ok(false);
         };
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.user_key(&user))
-            .arg("XX")
-            .arg(expires_at)
-            .arg(id.as_str())
-            .query_async(&mut redis)
-            .await?;
+        let expires_at = expires_at.to_string();
+        let _: i64 = command(
+            "ZADD",
+            &self.user_key(&user),
+            &["XX", &expires_at, id.as_str()],
+        )
+        .query_async(&mut redis)
+        .await?;
         Ok(true)
     }
 
@@ -92,7 +93,7 @@ impl Connections for RedisStore {
             .position(String::is_empty)
             .map_or(reply.len(), |pair| pair * 2);
         let mut fields = reply;
-        let rooms = fields.split_off(split.min(fields.len()));
+        let rooms = fields.split_off(split);
         let fields = pairs(fields);
         let removed = parse_record(id, &fields);
         let mut writes = vec![command("ZREM", &self.all_key(), &[id.as_str()])];
@@ -114,15 +115,8 @@ impl Connections for RedisStore {
         invocation.key(self.rooms_key(id)).arg(room.as_str());
         let joined = invocation.invoke_async::<i64>(&mut redis);
         let mut listing = self.redis.clone();
-        let key = self.room_key(room);
-        let listed = async move {
-            redis::cmd("ZADD")
-                .arg(&key)
-                .arg(0)
-                .arg(id.as_str())
-                .query_async::<i64>(&mut listing)
-                .await
-        };
+        let listed = command("ZADD", &self.room_key(room), &["0", id.as_str()]);
+        let listed = listed.query_async::<i64>(&mut listing);
         let (joined, listed) = tokio::join!(joined, listed);
         listed?;
         if joined? == 1 {

@@ -249,9 +249,7 @@ impl RedisLink {
             .query_async(&mut self.clone())
             .await
     }
-}
 
-impl RedisLink {
     /// On a cluster, one slot owned by each master (the first of its ranges), in order;
     /// on one server, none.
     pub async fn master_slots(&self) -> RedisResult<Vec<u16>> {
