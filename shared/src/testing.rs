@@ -165,15 +165,22 @@ impl Server {
                 panic!("cannot start {program} ({e}): install it ({install}) or run scripts/test, which does")
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{program} did not listen on port {} within 20 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_port(program, self.port);
+    }
+}
+
+/// How long a server a test started has to listen.
+const LISTEN_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits until `program` listens on loopback `port`; panics after [`LISTEN_PATIENCE`].
+fn wait_for_port(program: &str, port: u16) {
+    let deadline = Instant::now() + LISTEN_PATIENCE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{program} did not listen on port {port} within {LISTEN_PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -393,14 +400,7 @@ impl TlsRedis {
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}): install it (apt-get install redis-server) or run scripts/test, which does")
             });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen for TLS on port {port} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_port("redis-server (TLS)", port);
         Self { child, port, dir }
     }
 

@@ -442,21 +442,22 @@ impl SharedRedis {
 
     /// `INFO section` of the node at `url`.
     pub async fn info(&self, url: &str, section: &str) -> String {
-        let client = redis::Client::open(url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("INFO")
-            .arg(section)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
+        let mut info = redis::cmd("INFO");
+        info.arg(section);
+        node_runs(url, info).await
     }
 
     /// Deletes every key on every node.
     pub async fn flush(&self) {
         for url in self.urls() {
-            let client = redis::Client::open(url).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+            let () = node_runs(&url, redis::cmd("FLUSHALL")).await;
         }
     }
+}
+
+/// Runs `command` on the one node at `url` (not through a cluster's routing).
+async fn node_runs<T: redis::FromRedisValue>(url: &str, command: redis::Cmd) -> T {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    command.query_async(&mut conn).await.unwrap()
 }
