@@ -17,7 +17,8 @@
 //! | `src/chart.rs` | the PNG chart of a sweep |
 //! | `src/flood.rs` | the asynchronous flood: 429s, readers kept, peak memory |
 //! | `src/sse.rs` | the Server-Sent Events client the `sse` scenario reads with |
-//! | `src/soak.rs` | the soak: clients churning with `since`, an instance killed midway, exactly once in the end |
+//! | `src/soak/mod.rs` | the soak: its instances, publisher, memory samples and report |
+//! | `src/soak/client.rs` | a soak client churning with `since` and keeping each offset once, and what the clients share |
 //! | `src/placement.rs` | servers pinned apart from the generator, the clients' read buffer |
 
 pub mod baseline;

@@ -74,24 +74,36 @@ pub(crate) async fn http_connection(
     tokio::io::BufReader::new(stream)
 }
 
+/// The gateway's Invoke API path for the `publish` function.
+pub(crate) const INVOKE_PATH: &str = "/2015-03-31/functions/publish/invocations";
+
 /// Sends one Invoke request and reads the answer; panics on a function error.
 async fn invoke(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, body: &str) {
-    post(http, "/2015-03-31/functions/publish/invocations", body).await;
+    post(http, INVOKE_PATH, body).await;
 }
 
-/// POSTs `body` to `path` and reads the answer; panics on a function error or a non-200.
-async fn post(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, path: &str, body: &str) {
+/// POSTs `body` (JSON) to `path` over the kept-alive connection and reads the answer; an
+/// error only when the request could not be written.
+pub(crate) async fn exchange(
+    http: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    path: &str,
+    body: &str,
+) -> std::io::Result<HttpAnswer> {
     use tokio::io::AsyncWriteExt;
     let request = format!(
         "POST {path} HTTP/1.1\r\nhost: bench\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    http.get_mut()
-        .write_all(request.as_bytes())
+    http.get_mut().write_all(request.as_bytes()).await?;
+    Ok(read_answer(http).await)
+}
+
+/// POSTs `body` to `path` and reads the answer; panics on a function error or a non-200.
+async fn post(http: &mut tokio::io::BufReader<tokio::net::TcpStream>, path: &str, body: &str) {
+    let answer = exchange(http, path, body)
         .await
         .expect("the request is sent");
-    let answer = read_answer(http).await;
     assert!(
         !answer.function_error && answer.status == 200,
         "publish failed ({}): {}",

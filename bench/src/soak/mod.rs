@@ -11,21 +11,20 @@
 //! never received), `unrecovered` (a `since` answered `recovered:false`) and
 //! `publish_errors`.
 
+mod client;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::token;
 use crate::procs::{self, Proc};
-use crate::publisher::{http_connection, read_answer};
+use crate::publisher::{INVOKE_PATH, exchange, http_connection};
+use client::{Held, Shared, client, lock};
 
 /// What a soak runs.
 #[derive(Clone, Debug)]
@@ -101,119 +100,13 @@ impl Report {
 
 /// The instances' names; the last one is killed midway.
 const INSTANCES: [&str; 3] = ["a", "b", "c"];
-/// Handshakes in flight at once.
-const OPENING: usize = 64;
 /// How long the clients have, after the last publish, to hold everything.
 const SETTLE: Duration = Duration::from_secs(30);
-/// How long a client waits before trying another instance after a failed connect.
-const RETRY: Duration = Duration::from_millis(200);
 /// How often the instances' memory is sampled.
 pub const RSS_EVERY: Duration = Duration::from_secs(30);
 /// How long the restarted instance takes its share of clients before its memory counts
 /// as settled.
 const REBORN_SETTLES: Duration = Duration::from_secs(60);
-
-/// One client's account of its room: the offset it first subscribed at, and which later
-/// offsets it holds.
-#[derive(Default)]
-struct Held {
-    start: Option<u64>,
-    epoch: Option<String>,
-    /// Bit `k` set: offset `start + 1 + k` is held.
-    bits: Vec<u64>,
-    /// Every offset up to this one is held.
-    contiguous: u64,
-}
-
-impl Held {
-    /// Records `offset`; false when it was already held (or precedes the start).
-    fn take(&mut self, offset: u64) -> bool {
-        let Some(start) = self.start else {
-            return false;
-        };
-        if offset <= start {
-            return false;
-        }
-        let k = usize::try_from(offset - start - 1).unwrap_or(usize::MAX);
-        let (word, bit) = (k / 64, k % 64);
-        if self.bits.len() <= word {
-            self.bits.resize(word + 1, 0);
-        }
-        if self.bits[word] & (1 << bit) != 0 {
-            return false;
-        }
-        self.bits[word] |= 1 << bit;
-        while self.is_held(self.contiguous + 1) {
-            self.contiguous += 1;
-        }
-        true
-    }
-
-    fn is_held(&self, offset: u64) -> bool {
-        let Some(start) = self.start else {
-            return false;
-        };
-        if offset <= start {
-            return true;
-        }
-        let k = usize::try_from(offset - start - 1).unwrap_or(usize::MAX);
-        self.bits
-            .get(k / 64)
-            .is_some_and(|word| word & (1 << (k % 64)) != 0)
-    }
-
-    /// Offsets after the start up to `last` it does not hold.
-    fn missing(&self, last: u64) -> u64 {
-        let Some(start) = self.start else {
-            return last;
-        };
-        (start + 1..=last).filter(|o| !self.is_held(*o)).count() as u64
-    }
-}
-
-/// Counters every client adds to.
-#[derive(Default)]
-struct Counters {
-    received: AtomicU64,
-    repeats: AtomicU64,
-    churned: AtomicU64,
-    dropped: AtomicU64,
-    recovered: AtomicU64,
-    unrecovered: AtomicU64,
-    fresh: AtomicU64,
-    connect_failures: AtomicU64,
-}
-
-/// What the clients share: where to connect, when to stop churning and stop.
-struct Shared {
-    /// The instances taking clients: index into [`INSTANCES`], and address.
-    live: RwLock<Vec<(usize, SocketAddr)>>,
-    /// Clients connected and subscribed on each instance now.
-    held_by: [std::sync::atomic::AtomicI64; 3],
-    calm: AtomicBool,
-    stop: AtomicBool,
-    /// Wakes every client waiting on its socket when `stop` is set.
-    stopped: tokio::sync::watch::Sender<bool>,
-    counters: Counters,
-    opening: Semaphore,
-}
-
-/// A small deterministic generator (xorshift64*), so that a run's churn can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// An exponentially distributed wait of mean `mean`.
-    fn wait(&mut self, mean: Duration) -> Duration {
-        mean.mul_f64(-(1.0 - self.next()).max(1e-9).ln())
-    }
-}
 
 fn room_name(i: usize, rooms: usize) -> String {
     format!("soak-{}", i % rooms)
@@ -242,15 +135,7 @@ pub async fn run(settings: &Settings) -> Report {
     for name in INSTANCES {
         instances.push(start_instance(name).await);
     }
-    let shared = Arc::new(Shared {
-        live: RwLock::new(instances.iter().map(|p| p.addr).enumerate().collect()),
-        held_by: Default::default(),
-        calm: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        stopped: tokio::sync::watch::Sender::new(false),
-        counters: Counters::default(),
-        opening: Semaphore::new(OPENING),
-    });
+    let shared = Arc::new(Shared::new(instances.iter().map(|p| p.addr).collect()));
     let held: Arc<Vec<Mutex<Held>>> =
         Arc::new((0..settings.clients).map(|_| Mutex::default()).collect());
     let mean_churn = if settings.churn_per_second > 0.0 {
@@ -288,8 +173,8 @@ pub async fn run(settings: &Settings) -> Report {
         let (pids, series, shared) = (pids.clone(), series.clone(), shared.clone());
         tokio::spawn(async move {
             let began = Instant::now();
-            let mut stopped = shared.stopped.subscribe();
-            while !shared.stop.load(Ordering::Acquire) {
+            let mut stopped = shared.stopped();
+            while !shared.is_stopped() {
                 let pids = lock(&pids).clone();
                 let rss = pids
                     .iter()
@@ -301,11 +186,7 @@ pub async fn run(settings: &Settings) -> Report {
                         }
                     })
                     .collect();
-                let held = shared
-                    .held_by
-                    .iter()
-                    .map(|n| u64::try_from(n.load(Ordering::Relaxed)).unwrap_or(0))
-                    .collect();
+                let held = shared.held_by();
                 lock(&series).push((began.elapsed().as_secs_f64(), rss, held));
                 let _ = tokio::time::timeout(RSS_EVERY, stopped.wait_for(|stop| *stop)).await;
             }
@@ -324,21 +205,21 @@ pub async fn run(settings: &Settings) -> Report {
     tokio::time::sleep(settings.duration / 2).await;
     let victim = instances.pop().expect("three instances");
     let victim_addr = victim.addr;
-    lock_live(&shared).retain(|(_, a)| *a != victim_addr);
+    shared.live().retain(|(_, a)| *a != victim_addr);
     drop(victim); // killed (SIGKILL, as the process is dropped)
     lock(&pids)[2] = 0;
     let reborn_at = Instant::now() + settings.down;
     eprintln!("soak: instance c killed");
     tokio::time::sleep(settings.down).await;
     let reborn = start_instance(INSTANCES[2]).await;
-    lock_live(&shared).push((2, reborn.addr));
+    shared.live().push((2, reborn.addr));
     lock(&pids)[2] = reborn.pid();
     instances.push(reborn);
     eprintln!("soak: instance c started again");
     let (publishes, publish_errors) = publishing.await.expect("the publisher finishes");
 
     // No more churn; everyone gets the chance to catch up.
-    shared.calm.store(true, Ordering::Release);
+    shared.calm();
     let finals = lock(&finals).clone();
     let settled = Instant::now();
     let behind = |held: &[Mutex<Held>]| {
@@ -355,8 +236,7 @@ pub async fn run(settings: &Settings) -> Report {
     while behind(&held) > 0 && settled.elapsed() < SETTLE {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    shared.stop.store(true, Ordering::Release);
-    shared.stopped.send_replace(true);
+    shared.stop();
     for client in clients {
         let _ = client.await;
     }
@@ -377,7 +257,7 @@ pub async fn run(settings: &Settings) -> Report {
         report.expected += last.saturating_sub(h.start.unwrap_or(last));
         report.missing += h.missing(last);
     }
-    let c = &shared.counters;
+    let c = shared.counters();
     report.received = c.received.load(Ordering::Relaxed);
     report.repeats = c.repeats.load(Ordering::Relaxed);
     report.churned = c.churned.load(Ordering::Relaxed);
@@ -408,14 +288,6 @@ pub async fn run(settings: &Settings) -> Report {
     report
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock_live(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, Vec<(usize, SocketAddr)>> {
-    shared.live.write().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Publishes to the rooms in turn at the settings' rate for their duration; answers how
 /// many went through and how many failed, and leaves each room's last offset in `finals`.
 async fn publish(
@@ -423,7 +295,6 @@ async fn publish(
     settings: &Settings,
     finals: &Mutex<HashMap<String, u64>>,
 ) -> (u64, u64) {
-    use tokio::io::AsyncWriteExt;
     let mut http = http_connection(addr).await;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(
         1.0 / settings.publishes_per_second.max(0.001),
@@ -437,17 +308,11 @@ async fn publish(
         let room = room_name(k, settings.rooms);
         let body = json!({"room": room, "data": {"k": k}}).to_string();
         k += 1;
-        let request = format!(
-            "POST /2015-03-31/functions/publish/invocations HTTP/1.1\r\nhost: soak\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if http.get_mut().write_all(request.as_bytes()).await.is_err() {
+        let Ok(answer) = exchange(&mut http, INVOKE_PATH, &body).await else {
             failed += 1;
             http = http_connection(addr).await;
             continue;
-        }
-        let answer = read_answer(&mut http).await;
+        };
         let offset = serde_json::from_slice::<Value>(&answer.body)
             .ok()
             .and_then(|v| v["offset"].as_u64());
@@ -469,136 +334,6 @@ async fn publish(
         }
     }
     (done, failed)
-}
-
-/// One client: connects to a live instance, subscribes (with `since` once it holds
-/// something), reads and keeps what it receives, reconnects when its churn timer fires or
-/// the connection drops, until told to stop.
-async fn client(
-    i: usize,
-    room: String,
-    shared: Arc<Shared>,
-    held: Arc<Vec<Mutex<Held>>>,
-    mean_churn: Duration,
-) {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
-    let token = token(&format!("soak-{i}"));
-    let counters = &shared.counters;
-    let mut attempt = i;
-    let mut stopped = shared.stopped.subscribe();
-    loop {
-        if shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-        let (instance, addr) = {
-            let live = shared.live.read().unwrap_or_else(|p| p.into_inner());
-            live[attempt % live.len()]
-        };
-        attempt += 1;
-        let url = format!("ws://{addr}/local?token={token}");
-        let permit = shared.opening.acquire().await.expect("never closed");
-        let config = crate::placement::client_config();
-        let connected = tokio_tungstenite::connect_async_with_config(&url, config, false).await;
-        let Ok((mut ws, _)) = connected else {
-            drop(permit);
-            counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(RETRY).await;
-            continue;
-        };
-        let since = {
-            let h = lock(&held[i]);
-            h.epoch
-                .as_ref()
-                .map(|epoch| json!({"offset": h.contiguous, "epoch": epoch}))
-        };
-        let mut subscribe = json!({"action": "subscribe", "room": room});
-        if let Some(since) = &since {
-            subscribe["since"] = since.clone();
-        }
-        if ws.send(Message::text(subscribe.to_string())).await.is_err() {
-            drop(permit);
-            counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        drop(permit);
-        let churn_at = tokio::time::Instant::now() + rng.wait(mean_churn);
-        let mut subscribed = false;
-        let ended = loop {
-            let frame = tokio::select! {
-                frame = ws.next() => frame,
-                () = tokio::time::sleep_until(churn_at),
-                    if subscribed && !shared.calm.load(Ordering::Acquire) => break End::Churn,
-                _ = stopped.wait_for(|stop| *stop) => break End::Stop,
-            };
-            let Some(Ok(Message::Text(text))) = frame else {
-                break End::Dropped;
-            };
-            let Ok(message) = serde_json::from_str::<Value>(text.as_str()) else {
-                continue;
-            };
-            match message["type"].as_str() {
-                Some("subscribed") => {
-                    if !subscribed {
-                        shared.held_by[instance].fetch_add(1, Ordering::Relaxed);
-                    }
-                    subscribed = true;
-                    let mut h = lock(&held[i]);
-                    if since.is_some() {
-                        if message["recovered"] == true {
-                            counters.recovered.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            counters.unrecovered.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("soak: client {i} not recovered: {message}");
-                        }
-                    } else if h.start.is_some() {
-                        counters.fresh.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        let offset = message["offset"].as_u64().unwrap_or(0);
-                        h.start = Some(offset);
-                        h.contiguous = offset;
-                        h.epoch = message["epoch"].as_str().map(str::to_owned);
-                    }
-                }
-                _ => {
-                    let Some(offset) = message["offset"].as_u64() else {
-                        continue;
-                    };
-                    let mut h = lock(&held[i]);
-                    if h.epoch.is_none() {
-                        h.epoch = message["epoch"].as_str().map(str::to_owned);
-                    }
-                    if h.take(offset) {
-                        counters.received.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        counters.repeats.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        };
-        if subscribed {
-            shared.held_by[instance].fetch_sub(1, Ordering::Relaxed);
-        }
-        match ended {
-            End::Churn => {
-                counters.churned.fetch_add(1, Ordering::Relaxed);
-                let _ = ws.close(None).await;
-            }
-            End::Dropped => {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            End::Stop => {
-                let _ = ws.close(None).await;
-                return;
-            }
-        }
-    }
-}
-
-/// Why a client's connection ended.
-enum End {
-    Churn,
-    Dropped,
-    Stop,
 }
 
 /// Prints the report.
@@ -635,27 +370,4 @@ pub fn print(report: &Report) {
             "NOT WHOLE"
         }
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Held;
-
-    #[test]
-    fn held_offsets_count_once_and_gaps_are_missing() {
-        let mut h = Held {
-            start: Some(10),
-            ..Held::default()
-        };
-        assert!(!h.take(10), "before the start");
-        assert!(h.take(11));
-        assert!(h.take(13));
-        assert!(!h.take(13), "a repeat");
-        assert_eq!(h.contiguous, 11);
-        assert_eq!(h.missing(14), 2);
-        assert!(h.take(12));
-        assert_eq!(h.contiguous, 13);
-        assert!(h.take(200));
-        assert_eq!(h.missing(200), 186);
-    }
 }
