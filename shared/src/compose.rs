@@ -201,7 +201,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_store_is_a_store_error_not_a_configuration_error() {
-        let url = format!("redis://127.0.0.1:{}", crate::testing::free_port());
+        // A port held by a listener that never answers, so no server a parallel test starts
+        // can take it.
+        let (_silent, port) = crate::testing::silent_port();
+        let url = format!("redis://127.0.0.1:{port}");
         let config = config(&[("HERALD_STORE", "redis"), ("HERALD_REDIS_URL", &url)]);
         let err = open_store(&config, Host::Local).await.err().unwrap();
         let BuildError::Store { what, source } = &err else {
@@ -225,7 +228,8 @@ mod tests {
             Some(c.user)
         );
 
-        let nowhere = format!("redis://127.0.0.1:{}", crate::testing::free_port());
+        let (_silent, port) = crate::testing::silent_port();
+        let nowhere = format!("redis://127.0.0.1:{port}");
         let config = config(&[
             ("HERALD_STORE", "redis"),
             ("HERALD_REDIS_CLUSTER", &nowhere),

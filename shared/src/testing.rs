@@ -50,6 +50,15 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out a free port")
 }
 
+/// A loopback port held by a listener that never accepts, and the listener (keep it):
+/// a client finds nothing that answers there, and no server a parallel test starts can
+/// take the port meanwhile, as it could one from [`free_port`].
+pub fn silent_port() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("the OS hands out a free port");
+    let port = listener.local_addr().expect("a bound address").port();
+    (listener, port)
+}
+
 /// `moto_server`'s application served with one request handled at a time. DynamoDB
 /// applies the writes to one item one after another (a conditional update sees the one
 /// before it); `moto_server` handles requests on concurrent threads without that, so two
