@@ -42,8 +42,9 @@ pub fn commands_run(info: &str) -> u64 {
         .sum()
 }
 
-/// A free loopback port, as the OS hands them out.
-pub fn free_port() -> u16 {
+/// A loopback port free when asked, as the OS hands them out: only a candidate, since
+/// another test's server may bind it next ([`spawn_listening`] checks who got it).
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -57,6 +58,18 @@ pub fn silent_port() -> (TcpListener, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("the OS hands out a free port");
     let port = listener.local_addr().expect("a bound address").port();
     (listener, port)
+}
+
+/// A loopback port bound but never listened on, and its socket (keep it): a client is
+/// refused at once, as by a stopped server, and no server a parallel test starts can take
+/// the port meanwhile.
+pub fn refused_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("the OS hands out a free port");
+    let port = socket.local_addr().expect("a bound address").port();
+    (socket, port)
 }
 
 /// `moto_server`'s application served with one request handled at a time. DynamoDB
@@ -98,11 +111,11 @@ impl Server {
     fn launch_in(kind: Kind, dir: Option<PathBuf>) -> Self {
         let mut server = Self {
             kind,
-            port: free_port(),
+            port: 0,
             child: None,
             dir,
         };
-        server.restart();
+        server.start(Port::Any);
         server
     }
 
@@ -125,7 +138,21 @@ impl Server {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        let port = self.port.to_string();
+        self.start(Port::Fixed(self.port));
+    }
+
+    /// Starts the server on `port` and waits until this very process listens there.
+    fn start(&mut self, port: Port) {
+        let kind = self.kind;
+        let dir = self.dir.clone();
+        let (child, port) = spawn_listening(port, |port| Self::command(kind, dir.as_ref(), port));
+        self.child = Some(child);
+        self.port = port;
+    }
+
+    /// The command that starts a server of `kind` on `port`, and how to install it.
+    fn command(kind: Kind, dir: Option<&PathBuf>, port: u16) -> Launch {
+        let port = port.to_string();
         let redis = vec![
             "--port",
             &port,
@@ -136,12 +163,10 @@ impl Server {
             "--appendonly",
             "no",
         ];
-        let config = self
-            .dir
-            .as_ref()
+        let config = dir
             .map(|dir| dir.join(format!("nodes-{port}.conf")).display().to_string())
             .unwrap_or_default();
-        let (program, args, install): (&str, Vec<&str>, &str) = match self.kind {
+        let (program, args, install): (&str, Vec<&str>, &str) = match kind {
             Kind::Redis => ("redis-server", redis, "apt-get install redis-server"),
             Kind::RedisClusterNode => (
                 "redis-server",
@@ -165,32 +190,118 @@ impl Server {
                 "pip install 'moto[server]'",
             ),
         };
-        let child = Command::new(program)
-            .args(&args)
+        let mut command = Command::new(program);
+        command.args(&args);
+        Launch { command, install }
+    }
+}
+
+/// A server's command line and how to install its program.
+struct Launch {
+    command: Command,
+    install: &'static str,
+}
+
+/// Which port a server starts on.
+#[derive(Clone, Copy)]
+enum Port {
+    /// Any free one: a fresh one for each attempt.
+    Any,
+    /// This one, which clients already know (a restart).
+    Fixed(u16),
+}
+
+/// How long a server a test started has to listen.
+const LISTEN_PATIENCE: Duration = Duration::from_secs(20);
+
+/// How often a starting server is looked at.
+const LISTEN_POLL: Duration = Duration::from_millis(10);
+
+/// Starts the server `launch` describes for a port until the process itself listens
+/// there, and returns it with its port. A free port is only free when asked: another test's
+/// server may bind it first, and then this one exits (address in use) while the port
+/// answers for the other, so what is checked is that the child holds the listening socket,
+/// and a lost port is retried on a new one (or, when fixed, again until the patience ends).
+fn spawn_listening(port: Port, launch: impl Fn(u16) -> Launch) -> (Child, u16) {
+    let deadline = Instant::now() + LISTEN_PATIENCE;
+    loop {
+        let port = match port {
+            Port::Any => free_port(),
+            Port::Fixed(port) => port,
+        };
+        let Launch {
+            mut command,
+            install,
+        } = launch(port);
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start {program} ({e}): install it ({install}) or run scripts/test, which does")
             });
-        self.child = Some(child);
-        wait_for_port(program, self.port);
+        loop {
+            if listens(child.id(), port) {
+                return (child, port);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{program} did not listen on port {port} within {LISTEN_PATIENCE:?}");
+            }
+            std::thread::sleep(LISTEN_POLL);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{program} exited without listening on port {port} within {LISTEN_PATIENCE:?}"
+        );
+        std::thread::sleep(LISTEN_POLL);
     }
 }
 
-/// How long a server a test started has to listen.
-const LISTEN_PATIENCE: Duration = Duration::from_secs(20);
-
-/// Waits until `program` listens on loopback `port`; panics after [`LISTEN_PATIENCE`].
-fn wait_for_port(program: &str, port: u16) {
-    let deadline = Instant::now() + LISTEN_PATIENCE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{program} did not listen on port {port} within {LISTEN_PATIENCE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+/// Whether process `pid` holds a TCP socket listening on `port` (read from `/proc`: which
+/// process answers on a port is what a test needs to know, not only that one does). Where
+/// there is no `/proc` (macOS), whether anything answers there.
+fn listens(pid: u32, port: u16) -> bool {
+    /// The state `/proc/net/tcp` gives a listening socket.
+    const LISTEN: &str = "0A";
+    if !std::path::Path::new("/proc/net/tcp").exists() {
+        return std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
     }
+    let wanted = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+                    (local.ends_with(&wanted) && *state == LISTEN)
+                        .then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
 }
 
 impl Drop for Server {
@@ -397,19 +508,35 @@ impl TlsRedis {
             "-out",
             &cert,
         ]);
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key")])
-            .args(["--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install it (apt-get install redis-server) or run scripts/test, which does")
-            });
-        wait_for_port("redis-server (TLS)", port);
+        let (child, port) = spawn_listening(Port::Any, |port| {
+            let mut command = Command::new("redis-server");
+            command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .args([
+                    "--tls-cert-file",
+                    &path("server.pem"),
+                    "--tls-key-file",
+                    &path("server.key"),
+                ])
+                .args([
+                    "--tls-ca-cert-file",
+                    &path("ca.pem"),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .args(["--save", "", "--appendonly", "no"]);
+            Launch {
+                command,
+                install: "apt-get install redis-server",
+            }
+        });
         Self { child, port, dir }
     }
 

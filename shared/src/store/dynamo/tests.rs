@@ -120,7 +120,7 @@ async fn expired_items_are_filtered_even_before_ttl_deletes_them() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_fails_cleanly_and_quickly() {
-    let port = crate::testing::free_port();
+    let (_refused, port) = crate::testing::refused_port();
     let store = DynamoStore::new(
         &local_sdk_config(&format!("http://127.0.0.1:{port}")),
         "herald",
