@@ -23,6 +23,7 @@ use crate::app::{
 use crate::cluster::tracking::TrackingStore;
 use crate::cluster::{self, Cluster, ClusterSettings, Hosts, Registration};
 use crate::connection::events::EventFactory;
+use crate::connection::mirror::MirroringStore;
 use crate::connection::registry::Registry;
 use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::async_invoke::AsyncInvokes;
@@ -130,7 +131,9 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
             .map_err(StartError::Cluster)?;
             (tracked, cluster.clone(), Some(cluster))
         } else {
-            (store, registry.clone(), None)
+            let mirrored: Arc<dyn ConnectionStore> =
+                Arc::new(MirroringStore::new(store, registry.clone()));
+            (mirrored, registry.clone(), None)
         };
     let mut services = compose::services(store, &settings.config);
     if heartbeat.is_some() {

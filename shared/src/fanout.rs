@@ -7,9 +7,10 @@
 //! counted failed); any other failure is counted failed. One recipient's failure never
 //! stops the others. The payload is a `Bytes` shared by every post, serialized once.
 //!
-//! A gateway that knows its own hosts' members ([`Gateway::deliver_room`]: several
-//! `herald-local` instances on one Redis) delivers a room publish itself, one request per
-//! host, and fan-out takes its counts instead of listing the room.
+//! A gateway that knows its own hosts' members ([`Gateway::deliver_room`]: `herald-local`,
+//! whose sockets read a room from one ring per instance, and several instances on one
+//! Redis, asked once each) delivers a room publish itself, and fan-out takes its counts
+//! instead of listing the room.
 
 use std::time::Duration;
 

@@ -5,40 +5,23 @@
 
 use bytes::Bytes;
 use herald::fanout::FanoutConfig;
-use herald::gateway::{Counts, Failures, PushError, RoomDelivery};
+use herald::gateway::{Counts, PushError, RoomDelivery};
 use herald::protocol::RoomName;
 use herald::store::StoreError;
 use tracing::warn;
 
 use super::envelope::{Answer, Op};
 use super::{Cluster, ROOM_REQUEST_TIMEOUT};
-use crate::connection::registry;
 
 impl Cluster {
-    /// Queues `payload` into this instance's members of `room`, a page at a time with
-    /// fan-out's pacing, and counts what became of each; a member found gone is forgotten
-    /// by the store, as fan-out forgets one.
+    /// Delivers `payload` to this instance's members of `room` with one append to its
+    /// ring, and counts what became of them; a member found too far behind is closed as a
+    /// slow consumer and forgotten by the store, as fan-out forgets one gone.
     pub(super) async fn deliver_here(&self, room: &RoomName, payload: &Bytes) -> Counts {
-        let members = self.registry.room_members(room);
-        let mut counts = Counts::default();
-        let page_size = FanoutConfig::default().page_size.max(1);
-        let frame = registry::frame(payload.clone());
-        for page in members.chunks(page_size) {
-            self.registry.pace(page).await;
-            let mut failures = Failures::new();
-            // A member that left since the index was read is gone, as any other.
-            let left = self.post_here(page, &frame, &mut failures);
-            counts.gone += left.len() as u64;
-            counts.delivered += (page.len() - left.len() - failures.len()) as u64;
-            for (i, error) in failures {
-                if matches!(error, PushError::Gone) {
-                    counts.gone += 1;
-                    if let Err(e) = self.store.remove(&page[i]).await {
-                        warn!(connection_id = %page[i], error = %e, "could not forget a gone connection");
-                    }
-                } else {
-                    counts.failed += 1;
-                }
+        let (counts, gone) = self.registry.deliver_here(room, payload).await;
+        for id in gone {
+            if let Err(e) = self.store.remove(&id).await {
+                warn!(connection_id = %id, error = %e, "could not forget a gone connection");
             }
         }
         counts

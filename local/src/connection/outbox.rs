@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use crate::connection::wire::Encoded;
 
@@ -55,6 +55,17 @@ pub enum Refused {
     Full,
 }
 
+/// What [`Outbox::take_upto`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Frames moved into the batch.
+    pub frames: usize,
+    /// Whether frames stamped after the snapshot wait: the reader must look again at once.
+    pub later: bool,
+    /// Whether the outbox is closed and now empty.
+    pub closed: bool,
+}
+
 /// A bounded queue of frames for one socket, with one writer taking from it.
 ///
 /// Its lock and everything under it fit one 64-byte line (checked by a test below).
@@ -71,6 +82,16 @@ struct State {
     /// the line still holds it; the budget is checked in full width).
     bytes: u32,
     closed: bool,
+}
+
+impl State {
+    /// Keeps `waker` for the next push or close (unless it is the one kept already).
+    fn wait(&mut self, waker: &Waker) {
+        match &mut self.writer {
+            Some(kept) if kept.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
 }
 
 impl Default for Outbox {
@@ -169,29 +190,101 @@ impl Outbox {
     /// reused for the next pushes) and returns how many; waits while none is queued.
     /// Once closed and empty, returns 0 without waiting.
     pub async fn take(&self, batch: &mut VecDeque<Frame>) -> usize {
+        poll_fn(|cx| self.poll_take(batch, cx)).await
+    }
+
+    /// [`Outbox::take`] as a poll: ready with what was moved into `batch`, or pending with
+    /// the task's waker kept for the next push or close.
+    pub fn poll_take(&self, batch: &mut VecDeque<Frame>, cx: &mut Context<'_>) -> Poll<usize> {
         debug_assert!(batch.is_empty(), "the previous batch was sent");
-        poll_fn(|cx| {
+        let mut state = self.lock();
+        if !state.frames.is_empty() {
+            std::mem::swap(&mut state.frames, batch);
+            state.bytes = 0;
+            return Poll::Ready(batch.len());
+        }
+        if state.closed {
+            return Poll::Ready(0);
+        }
+        // Going idle: give back what a burst grew (both buffers are empty now), so a
+        // connection that once took a flood is small again. Not done per batch, which
+        // under load would reallocate on every take.
+        batch.shrink_to(IDLE_SLOTS);
+        state.frames.shrink_to(IDLE_SLOTS);
+        state.wait(cx.waker());
+        Poll::Pending
+    }
+
+    /// Moves into `batch` (after what it holds) the queued frames stamped up to `upto`, a
+    /// snapshot of the frames' sequence, for a reader that merges this outbox with rings
+    /// (`registry.rs`); later ones stay. With nothing to take, `waker` (if any) is kept for
+    /// the next push or close.
+    pub fn take_upto(
+        &self,
+        batch: &mut VecDeque<Frame>,
+        upto: u64,
+        waker: Option<&Waker>,
+    ) -> Taken {
+        let mut state = self.lock();
+        let mut taken = Taken::default();
+        if state.frames.iter().all(|f| f.sequence() <= upto) {
+            taken.frames = state.frames.len();
+            batch.append(&mut state.frames);
+            state.bytes = 0;
+        } else {
+            // Pushed out of order by publishers racing: keep the later ones, in order.
+            let frames = std::mem::take(&mut state.frames);
+            for frame in frames {
+                if frame.sequence() <= upto {
+                    batch.push_back(frame);
+                    taken.frames += 1;
+                } else {
+                    state.frames.push_back(frame);
+                    taken.later = true;
+                }
+            }
+            state.bytes = state.frames.iter().map(|f| f.len()).sum::<usize>() as u32;
+        }
+        taken.closed = state.closed && state.frames.is_empty();
+        if taken.frames == 0
+            && !taken.later
+            && !state.closed
+            && let Some(waker) = waker
+        {
+            state.wait(waker);
+        }
+        taken
+    }
+
+    /// Puts `frames` (in sequence order: what a ring owed this socket) among the queued
+    /// ones in sequence order, beyond the bounds: they were accepted for this socket
+    /// already, and a ring's bounds bound them.
+    pub fn merge(&self, frames: Vec<Frame>) {
+        if frames.is_empty() {
+            return;
+        }
+        let writer = {
             let mut state = self.lock();
-            if !state.frames.is_empty() {
-                std::mem::swap(&mut state.frames, batch);
-                state.bytes = 0;
-                return Poll::Ready(batch.len());
-            }
-            if state.closed {
-                return Poll::Ready(0);
-            }
-            // Going idle: give back what a burst grew (both buffers are empty now), so a
-            // connection that once took a flood is small again. Not done per batch, which
-            // under load would reallocate on every take.
-            batch.shrink_to(IDLE_SLOTS);
-            state.frames.shrink_to(IDLE_SLOTS);
-            match &mut state.writer {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+            let added: usize = frames.iter().map(|f| f.len()).sum();
+            state.bytes = u32::try_from(state.bytes as usize + added).unwrap_or(u32::MAX);
+            state.frames.extend(frames);
+            state
+                .frames
+                .make_contiguous()
+                .sort_by_key(|frame| frame.sequence());
+            state.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+
+    /// Wakes the writer if it waits, to look again at where it reads from.
+    pub fn wake(&self) {
+        let writer = self.lock().writer.take();
+        if let Some(writer) = writer {
+            writer.wake();
+        }
     }
 
     /// Moves every queued frame into `batch` without waiting; returns how many.

@@ -6,22 +6,29 @@
 //! reason `slow consumer`) and counted, and the post answers 410 so the publisher's
 //! `delivered` count stays exact and the store forgets it.
 //!
+//! A room's members here read its notifications from one ring (`ring.rs`): a room publish
+//! appends once, whatever the room's size ([`Registry::deliver_here`]), and each socket's
+//! writer merges its outbox and its rooms' rings in the order the frames were stamped
+//! ([`Socket::take`]). Publishes to users and to connection ids go through the outboxes.
+//!
 //! The writers run at a lower priority than the HTTP side (see `upgrade.rs`), so a flood of
 //! publishes can queue faster than they write. Fan-out therefore paces itself: before it
-//! queues a page, it looks at a few of the page's queues, and while most of them hold more
-//! than [`BACKLOG_HIGH_WATER`] notifications and are draining, it waits. Clients that keep
-//! up are never closed as slow consumers by a flood: the publisher is slowed to the rate
-//! the writers deliver at instead.
+//! queues a page (or appends to a ring), it looks at a few of the recipients' queues, and
+//! while most of them hold more than [`BACKLOG_HIGH_WATER`] notifications and are
+//! draining, it waits. Clients that keep up are never closed as slow consumers by a flood:
+//! the publisher is slowed to the rate the writers deliver at instead.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald::gateway::{ConnectionInfo, Failures, Gateway, PushError};
+use herald::gateway::{ConnectionInfo, Counts, Failures, Gateway, PushError, RoomDelivery};
 use herald::ids::{ConnectionId, now_ms};
 use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +37,7 @@ use crate::connection::events::ConnectionMeta;
 pub use crate::connection::outbox::Bounds;
 pub use crate::connection::outbox::Frame;
 use crate::connection::outbox::{Outbox, Refused};
+use crate::connection::ring::Ring;
 use crate::connection::wire::{self, Opcode};
 
 /// Close code for a client whose outbound queue overflowed.
@@ -92,8 +100,9 @@ pub struct Socket {
     /// pushing into the outbox on another core does not miss on it.
     last_active: CacheLine<AtomicI64>,
     disconnected: AtomicBool,
-    /// The rooms this socket joined, mirrored here so a restarted store can be refilled.
-    rooms: Mutex<BTreeSet<RoomName>>,
+    /// The rooms this socket joined, each with its ring here: what the writer reads
+    /// besides the outbox, and what a restarted store is refilled with.
+    rooms: Mutex<BTreeMap<RoomName, Arc<Ring>>>,
     /// How it reaches its client.
     pub transport: Transport,
 }
@@ -113,7 +122,7 @@ impl Socket {
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
             disconnected: AtomicBool::new(false),
-            rooms: Mutex::new(BTreeSet::new()),
+            rooms: Mutex::new(BTreeMap::new()),
             transport,
         })
     }
@@ -145,22 +154,73 @@ impl Socket {
 
     /// The rooms this socket has joined.
     pub fn rooms(&self) -> Vec<RoomName> {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.joined().keys().cloned().collect()
     }
 
-    /// Records a join (`true`) or a leave (`false`); [`Registry::mirror`] keeps the
-    /// registry's index of rooms in step.
-    fn mirror(&self, room: &RoomName, joined: bool) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if joined {
-            rooms.insert(room.clone());
-        } else {
-            rooms.remove(room);
+    fn joined(&self) -> std::sync::MutexGuard<'_, BTreeMap<RoomName, Arc<Ring>>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves what waits for this socket into `batch` (which must be empty) and returns how
+    /// many; waits while nothing does. Once closed and empty, returns 0 without waiting.
+    /// A socket in no room reads its outbox alone; one in rooms merges the outbox and its
+    /// rooms' rings in the order the frames were stamped (see `wire.rs`).
+    pub async fn take(&self, batch: &mut VecDeque<Frame>) -> usize {
+        poll_fn(|cx| self.poll_take(batch, Some(cx))).await
+    }
+
+    /// What [`Socket::take`] would take now, without waiting.
+    pub fn take_now(&self, batch: &mut VecDeque<Frame>) -> usize {
+        match self.poll_take(batch, None) {
+            Poll::Ready(n) => n,
+            Poll::Pending => batch.len(),
+        }
+    }
+
+    fn poll_take(&self, batch: &mut VecDeque<Frame>, cx: Option<&mut Context<'_>>) -> Poll<usize> {
+        let mut rooms = self.joined();
+        if rooms.is_empty() {
+            drop(rooms);
+            return match cx {
+                Some(cx) => self.outbox.poll_take(batch, cx),
+                None => Poll::Ready(self.outbox.take_now(batch)),
+            };
+        }
+        let waker = cx.map(|cx| cx.waker());
+        loop {
+            // Every frame stamped up to here that will ever be in one of these queues
+            // ahead of a later one is in it by the time the queue is locked below.
+            let upto = wire::sequence_now();
+            let own = self.outbox.take_upto(batch, upto, waker);
+            let mut later = own.later;
+            let mut detached = Vec::new();
+            for (room, ring) in rooms.iter() {
+                let read = ring.read(&self.meta.id, upto, batch, waker);
+                later |= read.later;
+                if read.detached {
+                    detached.push(room.clone());
+                }
+            }
+            for room in detached {
+                rooms.remove(&room);
+            }
+            if !batch.is_empty() {
+                let frames = batch.make_contiguous();
+                if !frames.is_sorted_by_key(|frame| frame.sequence()) {
+                    frames.sort_by_key(|frame| frame.sequence());
+                }
+                return Poll::Ready(batch.len());
+            }
+            if own.closed {
+                return Poll::Ready(0);
+            }
+            if !later {
+                return if waker.is_some() {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(0)
+                };
+            }
         }
     }
 
@@ -175,6 +235,21 @@ impl Socket {
     }
 }
 
+#[cfg(test)]
+impl Socket {
+    /// A new WebSocket from loopback, for tests.
+    pub(crate) fn for_test() -> Arc<Self> {
+        Self::new(ConnectionMeta {
+            id: ConnectionId::generate(),
+            connected_at: 0,
+            source_ip: "127.0.0.1".into(),
+            user_agent: None,
+            domain_name: "localhost".into(),
+            context: crate::connection::events::Context::default(),
+        })
+    }
+}
+
 /// A value alone on its cache line.
 #[repr(align(64))]
 struct CacheLine<T>(T);
@@ -182,9 +257,12 @@ struct CacheLine<T>(T);
 /// Live sockets by connection id.
 pub struct Registry {
     sockets: RwLock<Table>,
-    /// The members of each room among these sockets, for a room publish that reaches this
-    /// host's members without the store listing them (several instances on one Redis).
-    rooms: Mutex<HashMap<RoomName, Members>>,
+    /// The ring of each room among these sockets' rooms, for a room publish that reaches
+    /// this host's members without the store listing them.
+    rooms: Mutex<HashMap<RoomName, Arc<Ring>>>,
+    /// Whether every join and leave of the sockets here is mirrored (the host's store
+    /// does it), so that a room's ring holds all its members here.
+    delivers_rooms: AtomicBool,
     slow_consumers: AtomicU64,
     /// What each socket's outbox may hold.
     bounds: Bounds,
@@ -207,6 +285,7 @@ impl Registry {
         Self {
             sockets: RwLock::default(),
             rooms: Mutex::default(),
+            delivers_rooms: AtomicBool::new(false),
             slow_consumers: AtomicU64::new(0),
             bounds,
         }
@@ -226,19 +305,22 @@ impl Registry {
     pub fn remove(&self, id: &ConnectionId) -> Option<Arc<Socket>> {
         let socket = self.write().remove(id)?;
         let mut index = self.rooms();
-        for room in socket.rooms() {
-            if let Some(members) = index.get_mut(&room) {
-                members.remove(id);
-                if members.is_empty() {
-                    index.remove(&room);
-                }
-            }
+        let rooms: Vec<RoomName> = socket.joined().keys().cloned().collect();
+        for room in rooms {
+            self.leave(&mut index, &socket, &room);
         }
         Some(socket)
     }
 
-    /// Records that the socket `id` (if held here) joined (`true`) or left `room`, on the
-    /// socket (to refill a restarted store) and in the index of rooms.
+    /// Says that every join and leave of the sockets here is mirrored ([`Registry::mirror`]
+    /// is called by the host's store for each), so that this registry, as the gateway,
+    /// delivers a room publish from the room's ring without fan-out listing its members.
+    pub fn deliver_rooms(&self) {
+        self.delivers_rooms.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that the socket `id` (if held here) joined (`true`) or left `room`: its ring
+    /// here takes it in or lets it go (with what it had yet to read moved to its outbox).
     pub fn mirror(&self, id: &ConnectionId, room: &RoomName, joined: bool) {
         // Under the index's lock, so a removal (which takes it after the socket is out of
         // the table) sees every room this adds.
@@ -246,14 +328,32 @@ impl Registry {
         let Some(socket) = self.socket(id) else {
             return;
         };
-        socket.mirror(room, joined);
-        if joined {
-            index.entry(room.clone()).or_default().insert(id.clone());
-        } else if let Some(members) = index.get_mut(room) {
-            members.remove(id);
-            if members.is_empty() {
-                index.remove(room);
-            }
+        if !joined {
+            self.leave(&mut index, &socket, room);
+            return;
+        }
+        let ring = index.entry(room.clone()).or_default().clone();
+        ring.join(&socket);
+        let first = {
+            let mut rooms = socket.joined();
+            rooms.insert(room.clone(), ring);
+            rooms.len() == 1
+        };
+        if first {
+            // A writer waiting on its outbox alone must read the ring from now on.
+            socket.outbox.wake();
+        }
+    }
+
+    /// Takes `socket` out of `room`'s ring, dropping the ring once empty; what it had yet
+    /// to read there goes to its outbox, in order.
+    fn leave(&self, index: &mut HashMap<RoomName, Arc<Ring>>, socket: &Socket, room: &RoomName) {
+        let Some(ring) = socket.joined().remove(room) else {
+            return;
+        };
+        socket.outbox.merge(ring.leave(&socket.meta.id));
+        if ring.is_empty() && index.get(room).is_some_and(|r| Arc::ptr_eq(r, &ring)) {
+            index.remove(room);
         }
     }
 
@@ -261,8 +361,46 @@ impl Registry {
     pub fn room_members(&self, room: &RoomName) -> Vec<ConnectionId> {
         self.rooms()
             .get(room)
-            .map(|members| members.iter().cloned().collect())
+            .map(|ring| ring.members())
             .unwrap_or_default()
+    }
+
+    /// Delivers `payload` to this host's members of `room` with one append to its ring,
+    /// after fan-out's pacing: delivered to the members at the time of the append, gone
+    /// for those that it found too far behind (closed as slow consumers, and listed).
+    pub async fn deliver_here(
+        &self,
+        room: &RoomName,
+        payload: &Bytes,
+    ) -> (Counts, Vec<ConnectionId>) {
+        let ring = self.rooms().get(room).cloned();
+        let Some(ring) = ring else {
+            return (Counts::default(), Vec::new());
+        };
+        let frame = match frame(payload.clone()) {
+            Ok(frame) => frame,
+            Err(_) => {
+                let counts = Counts {
+                    failed: ring.len() as u64,
+                    ..Counts::default()
+                };
+                return (counts, Vec::new());
+            }
+        };
+        self.pace_with(|| self.ring_backlog(&ring)).await;
+        let appended = ring.append(&frame, self.bounds);
+        let mut gone = Vec::with_capacity(appended.dropped.len());
+        for (socket, unread) in appended.dropped {
+            socket.outbox.merge(unread);
+            self.overflowed(&socket);
+            gone.push(socket.meta.id.clone());
+        }
+        let counts = Counts {
+            delivered: appended.delivered,
+            gone: appended.detached,
+            failed: 0,
+        };
+        (counts, gone)
     }
 
     /// Whether at least one socket held here has joined `room`.
@@ -275,7 +413,7 @@ impl Registry {
         self.rooms().keys().cloned().collect()
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Members>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Arc<Ring>>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -349,16 +487,13 @@ impl Registry {
 
 type Table = HashMap<ConnectionId, Arc<Socket>, BuildHasherDefault<IdHasher>>;
 
-/// One room's members among the sockets held here.
-type Members = HashSet<ConnectionId, BuildHasherDefault<IdHasher>>;
-
 /// Hashes connection ids for the socket table, which a publish reads once per recipient.
 ///
 /// The ids in the table are random (this gateway generates them), so they need no keyed
 /// hash to resist collisions chosen by a client, as SipHash provides at several times the
 /// cost: mixing their bytes is enough.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -408,11 +543,17 @@ impl Registry {
     /// Waits while most of the sampled queues of `ids` are past the high-water mark and
     /// their writers are draining them (see the module header).
     pub async fn pace(&self, ids: &[ConnectionId]) {
-        let mut last = self.sample_backlog(ids);
+        self.pace_with(|| self.sample_backlog(ids)).await;
+    }
+
+    /// Waits while `sample` finds most sampled queues deep and draining (see
+    /// [`Registry::pace`]).
+    async fn pace_with(&self, sample: impl Fn() -> Option<usize>) {
+        let mut last = sample();
         let mut stalled_since = None;
         while last.is_some() {
             tokio::time::sleep(PACE_TICK).await;
-            let now = self.sample_backlog(ids);
+            let now = sample();
             match (now, last) {
                 (Some(depth), Some(before)) if depth >= before => {
                     let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
@@ -438,14 +579,29 @@ impl Registry {
             // A closed socket's queue is not waited for: it is only ever emptied, or dropped.
             if let Some((queued, bytes)) = socket.outbox.backlog() {
                 depth += bytes;
-                if queued > BACKLOG_HIGH_WATER.min(self.bounds.frames / 2)
-                    || bytes > self.bounds.bytes / 2
-                {
+                if self.is_deep(queued, bytes) {
                     deep += 1;
                 }
             }
         }
         (deep * 2 > sampled).then_some(depth)
+    }
+
+    /// [`Registry::sample_backlog`] for a ring: how far behind up to [`PACE_SAMPLES`] of its
+    /// members are.
+    fn ring_backlog(&self, ring: &Ring) -> Option<usize> {
+        let lags = ring.lags(PACE_SAMPLES);
+        let deep = lags
+            .iter()
+            .filter(|lag| self.is_deep(lag.frames, lag.bytes))
+            .count();
+        let depth = lags.iter().map(|lag| lag.bytes).sum();
+        (deep * 2 > lags.len()).then_some(depth)
+    }
+
+    /// Whether a queue of `frames` and `bytes` is past the high-water mark.
+    fn is_deep(&self, frames: usize, bytes: usize) -> bool {
+        frames > BACKLOG_HIGH_WATER.min(self.bounds.frames / 2) || bytes > self.bounds.bytes / 2
     }
 
     /// Queues `message` for a socket already looked up: gone once a close has been asked
@@ -516,6 +672,19 @@ impl Gateway for Registry {
         }
     }
 
+    /// From the room's ring, when every join here is mirrored ([`Registry::deliver_rooms`]);
+    /// a member found too far behind is closed, and its `$disconnect` forgets it.
+    async fn deliver_room(&self, room: &RoomName, payload: &Bytes) -> Option<RoomDelivery> {
+        if !self.delivers_rooms.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (counts, _gone) = self.deliver_here(room, payload).await;
+        Some(RoomDelivery {
+            counts,
+            error: None,
+        })
+    }
+
     async fn get(&self, id: &ConnectionId) -> Result<ConnectionInfo, PushError> {
         let socket = self.live(id)?;
         Ok(ConnectionInfo {
@@ -543,25 +712,13 @@ mod tests {
 
     use super::*;
 
-    /// A new connection's metadata, from loopback.
-    fn meta() -> ConnectionMeta {
-        ConnectionMeta {
-            id: ConnectionId::generate(),
-            connected_at: 0,
-            source_ip: "127.0.0.1".into(),
-            user_agent: None,
-            domain_name: "localhost".into(),
-            context: crate::connection::events::Context::default(),
-        }
-    }
-
     /// A registry holding `n` sockets, each with `queued` notifications waiting.
     fn registry_with(n: usize, queued: usize) -> (Arc<Registry>, Vec<ConnectionId>) {
         let registry = Arc::new(Registry::default());
         let frame = frame(Bytes::from_static(b"{}")).unwrap();
         let mut ids = Vec::new();
         for _ in 0..n {
-            let socket = Socket::new(meta());
+            let socket = Socket::for_test();
             for _ in 0..queued {
                 socket.outbox.push(&frame, registry.bounds()).unwrap();
             }
@@ -601,6 +758,168 @@ mod tests {
         // A join mirrored for a socket no longer held here is not indexed.
         registry.mirror(&ids[0], &news, true);
         assert!(registry.room_members(&news).is_empty());
+    }
+
+    fn text(s: &str) -> Frame {
+        frame(Bytes::from(s.to_owned())).unwrap()
+    }
+
+    /// A registry that delivers rooms, holding `n` sockets.
+    fn delivering(n: usize) -> (Arc<Registry>, Vec<Arc<Socket>>) {
+        let registry = Arc::new(Registry::default());
+        registry.deliver_rooms();
+        let sockets: Vec<_> = (0..n).map(|_| Socket::for_test()).collect();
+        for socket in &sockets {
+            registry.insert(socket.clone());
+        }
+        (registry, sockets)
+    }
+
+    #[tokio::test]
+    async fn a_socket_in_rooms_gets_its_outbox_and_rings_in_the_order_sent() {
+        let (registry, sockets) = delivering(1);
+        let socket = &sockets[0];
+        let (orders, news) = (
+            RoomName::parse("orders").unwrap(),
+            RoomName::parse("news").unwrap(),
+        );
+        registry.mirror(&socket.meta.id, &orders, true);
+        registry.mirror(&socket.meta.id, &news, true);
+        registry.post_to(socket, &text("direct 1")).unwrap();
+        registry
+            .deliver_here(&news, &Bytes::from_static(b"news 1"))
+            .await;
+        registry
+            .deliver_here(&orders, &Bytes::from_static(b"orders 1"))
+            .await;
+        registry.post_to(socket, &text("direct 2")).unwrap();
+        registry
+            .deliver_here(&news, &Bytes::from_static(b"news 2"))
+            .await;
+        let mut batch = VecDeque::new();
+        assert_eq!(socket.take(&mut batch).await, 5);
+        let sent: Vec<&[u8]> = batch.iter().map(|f| f.payload()).collect();
+        assert_eq!(
+            sent,
+            [
+                &b"direct 1"[..],
+                b"news 1",
+                b"orders 1",
+                b"direct 2",
+                b"news 2"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_room_publish_counts_the_members_here_and_a_leave_keeps_what_was_owed() {
+        let (registry, sockets) = delivering(3);
+        let room = RoomName::parse("orders").unwrap();
+        for socket in &sockets {
+            registry.mirror(&socket.meta.id, &room, true);
+        }
+        let (counts, gone) = registry
+            .deliver_here(&room, &Bytes::from_static(b"one"))
+            .await;
+        assert_eq!((counts.delivered, counts.gone, counts.failed), (3, 0, 0));
+        assert!(gone.is_empty());
+        let delivery = Gateway::deliver_room(&*registry, &room, &Bytes::from_static(b"two"))
+            .await
+            .expect("this registry delivers rooms");
+        assert_eq!(delivery.counts.delivered, 3);
+        // A leave before the writer ran: both notifications are still the socket's to send.
+        registry.mirror(&sockets[0].meta.id, &room, false);
+        let (counts, _) = registry
+            .deliver_here(&room, &Bytes::from_static(b"three"))
+            .await;
+        assert_eq!(counts.delivered, 2);
+        let mut batch = VecDeque::new();
+        assert_eq!(sockets[0].take_now(&mut batch), 2);
+        assert_eq!(batch, [text("one"), text("two")]);
+        assert_eq!(sockets[0].outbox.backlog(), Some((0, 0)));
+        // The last member removed drops the room.
+        for socket in &sockets[1..] {
+            registry.remove(&socket.meta.id);
+        }
+        assert!(!registry.hosts(&room));
+        let (counts, _) = registry
+            .deliver_here(&room, &Bytes::from_static(b"four"))
+            .await;
+        assert_eq!(counts, Counts::default());
+    }
+
+    #[tokio::test]
+    async fn a_registry_not_told_of_every_join_leaves_rooms_to_fan_out() {
+        let registry = Registry::default();
+        let room = RoomName::parse("orders").unwrap();
+        assert!(
+            Gateway::deliver_room(&registry, &room, &Bytes::from_static(b"x"))
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_on_its_outbox_wakes_for_its_first_room_and_its_appends() {
+        let (registry, sockets) = delivering(1);
+        let socket = sockets[0].clone();
+        let room = RoomName::parse("orders").unwrap();
+        let writer = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            socket.take(&mut batch).await;
+            batch
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!writer.is_finished(), "nothing to take yet");
+        registry.mirror(&sockets[0].meta.id, &room, true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!writer.is_finished(), "a join brings nothing to send");
+        registry
+            .deliver_here(&room, &Bytes::from_static(b"hello"))
+            .await;
+        let batch = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the append woke the writer")
+            .unwrap();
+        assert_eq!(batch, [text("hello")]);
+    }
+
+    #[tokio::test]
+    async fn a_member_a_full_ring_behind_is_closed_as_a_slow_consumer_and_counted_gone() {
+        let registry = Arc::new(Registry::new(Bounds {
+            frames: 4,
+            bytes: usize::MAX,
+        }));
+        registry.deliver_rooms();
+        let (reads, stalls) = (Socket::for_test(), Socket::for_test());
+        registry.insert(reads.clone());
+        registry.insert(stalls.clone());
+        let room = RoomName::parse("orders").unwrap();
+        registry.mirror(&reads.meta.id, &room, true);
+        registry.mirror(&stalls.meta.id, &room, true);
+        let mut batch = VecDeque::new();
+        for i in 0..4 {
+            let (counts, _) = registry
+                .deliver_here(&room, &Bytes::from(format!("{i}")))
+                .await;
+            assert_eq!(counts.delivered, 2);
+            reads.take_now(&mut batch);
+        }
+        let (counts, gone) = registry
+            .deliver_here(&room, &Bytes::from_static(b"4"))
+            .await;
+        assert_eq!((counts.delivered, counts.gone), (1, 1));
+        assert_eq!(gone, std::slice::from_ref(&stalls.meta.id));
+        assert_eq!(registry.slow_consumers(), 1);
+        assert_eq!(
+            stalls.close_reason(),
+            Some((SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON.into()))
+        );
+        assert_eq!(
+            stalls.outbox.len(),
+            4,
+            "what it was owed waits for its close"
+        );
     }
 
     fn deep(registry: &Registry, ids: &[ConnectionId]) -> usize {
@@ -656,7 +975,7 @@ mod tests {
             frames: 1024,
             bytes,
         }));
-        let socket = Socket::new(meta());
+        let socket = Socket::for_test();
         registry.insert(socket.clone());
         let frame = frame(Bytes::from(vec![b'x'; bytes - 4])).unwrap();
         assert_eq!(frame.len(), bytes, "a 4-byte header");

@@ -8,8 +8,14 @@
 //! A frame keeps its opcode and where its payload starts ([`Encoded`]), so the transports
 //! that are not WebSockets (SSE, long polling) read a queued notification's payload as it
 //! is, without parsing the frame back.
+//!
+//! Each frame is stamped, when encoded, with the next number of one process-wide sequence
+//! ([`Encoded::sequence`]): a socket that reads from several queues (its outbox and the
+//! rings of its rooms, `ring.rs`) merges them by it, so that what one publisher sent one
+//! after another reaches each client in that order.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -29,14 +35,42 @@ pub enum Opcode {
 const FIN: u8 = 0x80;
 
 /// A frame as it goes on the wire, with what it carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Encoded {
     bytes: Bytes,
     /// `None` for bytes tungstenite framed itself (the pongs it answers pings with), which
     /// only a WebSocket writer sends.
     opcode: Option<Opcode>,
     payload_at: usize,
+    sequence: u64,
 }
+
+/// The sequence every frame is stamped from; 0 is never handed out, so that a reader whose
+/// snapshot is 0 has seen nothing.
+static SEQUENCE: AtomicU64 = AtomicU64::new(1);
+
+/// The next number of the sequence.
+fn stamp() -> u64 {
+    SEQUENCE.fetch_add(1, Ordering::SeqCst)
+}
+
+/// The last number handed out so far: every frame stamped up to it was stamped before this
+/// call, so a queue locked after it holds each of those it will ever hold that was pushed
+/// before the frame stamped next.
+pub fn sequence_now() -> u64 {
+    SEQUENCE.load(Ordering::SeqCst) - 1
+}
+
+/// Two frames are the same when they carry the same bytes, whenever they were stamped.
+impl PartialEq for Encoded {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+            && self.opcode == other.opcode
+            && self.payload_at == other.payload_at
+    }
+}
+
+impl Eq for Encoded {}
 
 impl Encoded {
     /// Bytes tungstenite framed itself: sent as they are, carrying nothing another
@@ -47,7 +81,13 @@ impl Encoded {
             bytes,
             opcode: None,
             payload_at,
+            sequence: stamp(),
         }
+    }
+
+    /// Where the frame stands in the process-wide order of frames (see the module header).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
     }
 
     /// The frame's opcode, when it was encoded here.
@@ -97,6 +137,7 @@ pub fn encode(opcode: Opcode, payload: &[u8]) -> Encoded {
         bytes: frame.freeze(),
         opcode: Some(opcode),
         payload_at,
+        sequence: stamp(),
     }
 }
 

@@ -64,7 +64,7 @@ pub(crate) async fn poll(
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         while notifications.is_empty() {
             let taken = tokio::select! {
-                n = socket.outbox.take(&mut batch) => n,
+                n = socket.take(&mut batch) => n,
                 () = tokio::time::sleep_until(deadline) => break,
             };
             if taken == 0 {

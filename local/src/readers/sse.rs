@@ -129,7 +129,7 @@ impl Stream {
         }
         loop {
             let taken = tokio::select! {
-                n = self.socket.outbox.take(&mut self.batch) => n,
+                n = self.socket.take(&mut self.batch) => n,
                 () = tokio::time::sleep(sse::SSE_HEARTBEAT) => {
                     return Some((Ok(Bytes::from_static(sse::KEEP_ALIVE)), self));
                 }

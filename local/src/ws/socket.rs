@@ -316,7 +316,7 @@ async fn write(mut out: OwnedWriteHalf, socket: Arc<Socket>) {
     'serving: loop {
         let taken = tokio::select! {
             biased;
-            taken = socket.outbox.take(&mut unsent.frames) => taken,
+            taken = socket.take(&mut unsent.frames) => taken,
             () = socket.closing.cancelled() => break,
         };
         if taken == 0 {
@@ -349,7 +349,7 @@ async fn write(mut out: OwnedWriteHalf, socket: Arc<Socket>) {
                 .truncate(usize::from(unsent.front_written > 0));
         } else {
             // What was queued when the close came goes first, in order.
-            socket.outbox.take_now(&mut unsent.frames);
+            socket.take_now(&mut unsent.frames);
         }
         while !unsent.frames.is_empty() {
             unsent.write_some(&mut out).await?;

@@ -124,8 +124,9 @@ pub trait Gateway: Send + Sync + 'static {
     }
 
     /// Delivers `payload` to every member of `room` itself, when this gateway can do so
-    /// without fan-out listing the members: several hosts, each knowing its own sockets'
-    /// rooms, asked once each. `None` (the default): fan-out lists the members and posts.
+    /// without fan-out listing the members: a host that knows its own sockets' rooms (one
+    /// append to the room's ring), or several, asked once each. `None` (the default):
+    /// fan-out lists the members and posts.
     async fn deliver_room(&self, _room: &RoomName, _payload: &Bytes) -> Option<RoomDelivery> {
         None
     }
