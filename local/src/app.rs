@@ -20,6 +20,7 @@ use crate::connection::registry::{
     Bounds, DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES, Registry,
 };
 use crate::connection::runtime::SocketRuntime;
+use crate::control_plane::faults::Faults;
 
 /// The address `herald-local` listens on: loopback only, unless told otherwise.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -202,6 +203,8 @@ pub struct Settings {
     pub async_queue: usize,
     /// How the HTTP side bounds its connections (head timeout, shutdown drain).
     pub http: HttpLimits,
+    /// Faults `@connections` posts meet (none by default).
+    pub faults: Faults,
 }
 
 impl Settings {
@@ -219,6 +222,7 @@ impl Settings {
             control_plane: ControlPlane::default(),
             async_queue: DEFAULT_QUEUED_INVOCATIONS,
             http: HttpLimits::default(),
+            faults: Faults::default(),
         }
     }
 }
@@ -271,10 +275,15 @@ pub(crate) struct App {
     pub services: Services,
     pub verifier: Verifier,
     pub registry: Arc<Registry>,
-    /// Where posts for any connection go: this instance's sockets, or the cluster.
-    pub router: Arc<dyn Gateway>,
-    /// Where the handlers' pushes go: the router, or the SDK client over HTTP.
+    /// Where `@connections` posts for any connection go: this instance's sockets, or the
+    /// cluster, through the injected faults if any (`control_plane/faults.rs`).
+    pub control: Arc<dyn Gateway>,
+    /// Where the handlers' pushes go: this instance's sockets or the cluster, or the SDK
+    /// client over HTTP.
     pub gateway: Arc<dyn Gateway>,
+    /// Where the Invoke API's publishes post: the handlers' gateway, through the injected
+    /// faults if any.
+    pub publisher: Arc<dyn Gateway>,
     pub events: EventFactory,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,

@@ -57,6 +57,7 @@ pub use connection::registry::{
     Bounds as OutboundBounds, DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES,
     MAX_OUTBOUND_QUEUE_BYTES, Registry, SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON,
 };
+pub use control_plane::faults::{Faults, FaultsError, MAX_FAULT_LATENCY};
 pub use control_plane::sigv4::{self, Credentials};
 pub use control_plane::{BODY_BYTES_IN_FLIGHT, DEFAULT_QUEUED_INVOCATIONS};
 pub use root::{MIN_HS256_SECRET_BYTES, Ready, bind, prepare, run};

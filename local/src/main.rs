@@ -12,8 +12,8 @@ use herald_local::{
     DEFAULT_FRAMES_PER_SECOND, DEFAULT_HEAD_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES, DEFAULT_PORT, DEFAULT_PUBLISH_FUNCTIONS,
-    DEFAULT_QUEUED_INVOCATIONS, DEFAULT_STAGE, FrameRate, HttpLimits, MAX_OUTBOUND_QUEUE_BYTES,
-    OutboundBounds, Settings, SocketLimits, cli,
+    DEFAULT_QUEUED_INVOCATIONS, DEFAULT_STAGE, Faults, FrameRate, HttpLimits,
+    MAX_OUTBOUND_QUEUE_BYTES, OutboundBounds, Settings, SocketLimits, cli,
 };
 
 /// A local API Gateway for WebSockets running Herald's handlers.
@@ -124,6 +124,16 @@ struct Flags {
     /// after another; one more is answered 429 TooManyRequestsException.
     #[arg(long, env = "HERALD_ASYNC_QUEUE", default_value_t = DEFAULT_QUEUED_INVOCATIONS)]
     async_queue: usize,
+    /// The share of @connections posts (0 to 1) answered 429 LimitExceededException, as API
+    /// Gateway throttles under load: for trying retry code locally. Off by default.
+    #[arg(long, env = "HERALD_FAULT_THROTTLE", default_value_t = 0.0)]
+    fault_throttle: f64,
+    /// The share of @connections posts (0 to 1) answered 403 ForbiddenException.
+    #[arg(long, env = "HERALD_FAULT_FORBIDDEN", default_value_t = 0.0)]
+    fault_forbidden: f64,
+    /// Milliseconds added to every @connections post before it is answered.
+    #[arg(long, env = "HERALD_FAULT_LATENCY_MS", default_value_t = 0)]
+    fault_latency_ms: u64,
     /// The access key id control-plane requests (@connections, Lambda Invoke) must be
     /// signed with (SigV4, as AWS's SDKs sign); with --secret-access-key.
     #[arg(long, env = "HERALD_ACCESS_KEY_ID", requires = "secret_access_key")]
@@ -362,6 +372,11 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             insecure_open: flags.insecure_open_control_plane,
         },
         async_queue: flags.async_queue,
+        faults: Faults::new(
+            flags.fault_throttle,
+            flags.fault_forbidden,
+            Duration::from_millis(flags.fault_latency_ms),
+        )?,
         http: HttpLimits {
             head_timeout: Duration::from_secs(flags.head_timeout_secs),
             drain: Duration::from_secs(flags.drain_secs),

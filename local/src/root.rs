@@ -27,6 +27,7 @@ use crate::connection::mirror::MirroringStore;
 use crate::connection::registry::Registry;
 use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::async_invoke::AsyncInvokes;
+use crate::control_plane::faults::FaultyGateway;
 use crate::{routes, serve};
 
 /// How long the dev token is valid.
@@ -222,6 +223,25 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     } else {
         router.clone()
     };
+    // Faults meet the control plane's posts: `@connections`, and the publishes of the
+    // Invoke API (through `@connections` already when they go over HTTP).
+    let faults = settings.faults;
+    if !faults.is_off() {
+        tracing::warn!(%faults, "fault injection on: control-plane posts fail and lag on purpose");
+    }
+    let faulty = |inner: &Arc<dyn Gateway>| -> Arc<dyn Gateway> {
+        if faults.is_off() {
+            inner.clone()
+        } else {
+            Arc::new(FaultyGateway::new(inner.clone(), faults))
+        }
+    };
+    let control = faulty(&router);
+    let publisher = if settings.push_via_http {
+        gateway.clone()
+    } else {
+        faulty(&gateway)
+    };
     let events = EventFactory {
         stage: settings.stage.clone(),
         api_id: API_ID.into(),
@@ -233,7 +253,7 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     let async_invokes = AsyncInvokes::start(
         settings.async_queue,
         services.clone(),
-        gateway.clone(),
+        publisher.clone(),
         shutdown.clone(),
     );
     let dev_token = match &auth {
@@ -246,8 +266,9 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         services,
         verifier,
         registry,
-        router,
+        control,
         gateway,
+        publisher,
         events,
         shutdown,
         connections: TaskTracker::new(),

@@ -7,7 +7,8 @@
 //!
 //! Both APIs are the control plane: with credentials configured, a request runs only with
 //! a valid SigV4 signature (`sigv4.rs`), and is otherwise answered 403 as AWS answers it.
-//! Asynchronous invocations wait in a bounded queue (`async_invoke.rs`).
+//! Asynchronous invocations wait in a bounded queue (`async_invoke.rs`). Posts can be made
+//! to fail or lag as API Gateway's do under load (`faults.rs`).
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 pub(crate) mod async_invoke;
+pub mod faults;
 pub mod sigv4;
 
 pub use async_invoke::DEFAULT_QUEUED_INVOCATIONS;
@@ -228,7 +230,7 @@ fn authenticate(
 /// `POST|GET|DELETE /{stage}/@connections/{id}`, for a socket held here or, with several
 /// instances, anywhere in the cluster.
 async fn manage(app: &App, method: &Method, id: &ConnectionId, body: Bytes) -> Response {
-    let router = &*app.router;
+    let router = &*app.control;
     let result = match *method {
         Method::POST => router
             .post(id, body)
@@ -323,7 +325,7 @@ async fn invoke(plane: &Plane, name: &str, headers: &HeaderMap, body: Bytes) -> 
                     );
                 }
             };
-            let result = herald::handlers::publish(&app.services, &*app.gateway, payload).await;
+            let result = herald::handlers::publish(&app.services, &*app.publisher, payload).await;
             let mut response = match result {
                 Ok(answer) => json_response(StatusCode::OK, &answer),
                 Err(e) => {

@@ -13,6 +13,7 @@ mod compose;
 mod control_plane;
 mod demo;
 mod dynamodb;
+mod faults;
 mod handshake;
 mod history;
 mod invoke;
