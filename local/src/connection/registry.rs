@@ -18,7 +18,7 @@
 //! draining, it waits. Clients that keep up are never closed as slow consumers by a flood:
 //! the publisher is slowed to the rate the writers deliver at instead.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -44,6 +44,12 @@ use crate::connection::wire::{self, Opcode};
 pub const SLOW_CONSUMER_CODE: u16 = crate::connection::close_code::POLICY_VIOLATION;
 /// Close reason for a client whose outbound queue overflowed.
 pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue full";
+
+/// How many rooms' rings one socket reads at most; its notifications from further rooms
+/// are queued into its outbox. A member that stops reading holds each of its rings at up to
+/// the outbox's bounds, so this bounds what one connection can hold: its outbox, and this
+/// many rings' worth.
+pub const MAX_RINGS_PER_SOCKET: usize = 4;
 
 /// Frames queued for one client before it counts as a slow consumer.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
@@ -100,9 +106,10 @@ pub struct Socket {
     /// pushing into the outbox on another core does not miss on it.
     last_active: CacheLine<AtomicI64>,
     disconnected: AtomicBool,
-    /// The rooms this socket joined, each with its ring here: what the writer reads
-    /// besides the outbox, and what a restarted store is refilled with.
-    rooms: Mutex<BTreeMap<RoomName, Arc<Ring>>>,
+    /// The rooms this socket joined, each with its ring here when the socket reads it
+    /// (its first [`MAX_RINGS_PER_SOCKET`] rooms): what the writer reads besides the
+    /// outbox, and what a restarted store is refilled with.
+    rooms: Mutex<BTreeMap<RoomName, Option<Arc<Ring>>>>,
     /// How it reaches its client.
     pub transport: Transport,
 }
@@ -157,7 +164,7 @@ impl Socket {
         self.joined().keys().cloned().collect()
     }
 
-    fn joined(&self) -> std::sync::MutexGuard<'_, BTreeMap<RoomName, Arc<Ring>>> {
+    fn joined(&self) -> std::sync::MutexGuard<'_, BTreeMap<RoomName, Option<Arc<Ring>>>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -179,7 +186,7 @@ impl Socket {
 
     fn poll_take(&self, batch: &mut VecDeque<Frame>, cx: Option<&mut Context<'_>>) -> Poll<usize> {
         let mut rooms = self.joined();
-        if rooms.is_empty() {
+        if rooms.values().all(Option::is_none) {
             drop(rooms);
             return match cx {
                 Some(cx) => self.outbox.poll_take(batch, cx),
@@ -194,7 +201,10 @@ impl Socket {
             let own = self.outbox.take_upto(batch, upto, waker);
             let mut later = own.later;
             let mut detached = Vec::new();
-            for (room, ring) in rooms.iter() {
+            let rings = rooms
+                .iter()
+                .filter_map(|(room, ring)| Some((room, ring.as_ref()?)));
+            for (room, ring) in rings {
                 let read = ring.read(&self.meta.id, upto, batch, waker);
                 later |= read.later;
                 if read.detached {
@@ -257,9 +267,9 @@ struct CacheLine<T>(T);
 /// Live sockets by connection id.
 pub struct Registry {
     sockets: RwLock<Table>,
-    /// The ring of each room among these sockets' rooms, for a room publish that reaches
-    /// this host's members without the store listing them.
-    rooms: Mutex<HashMap<RoomName, Arc<Ring>>>,
+    /// Each room among these sockets' rooms: its members here, for a room publish that
+    /// reaches them without the store listing them.
+    rooms: Mutex<HashMap<RoomName, Room>>,
     /// Whether every join and leave of the sockets here is mirrored (the host's store
     /// does it), so that a room's ring holds all its members here.
     delivers_rooms: AtomicBool,
@@ -332,12 +342,21 @@ impl Registry {
             self.leave(&mut index, &socket, room);
             return;
         }
-        let ring = index.entry(room.clone()).or_default().clone();
-        ring.join(&socket);
+        let members = index.entry(room.clone()).or_default();
         let first = {
             let mut rooms = socket.joined();
-            rooms.insert(room.clone(), ring);
-            rooms.len() == 1
+            if rooms.contains_key(room) {
+                return;
+            }
+            let rings = rooms.values().filter(|ring| ring.is_some()).count();
+            if rings < MAX_RINGS_PER_SOCKET {
+                members.ring.join(&socket);
+                rooms.insert(room.clone(), Some(members.ring.clone()));
+            } else {
+                members.queued.insert(id.clone());
+                rooms.insert(room.clone(), None);
+            }
+            rings == 0
         };
         if first {
             // A writer waiting on its outbox alone must read the ring from now on.
@@ -345,14 +364,22 @@ impl Registry {
         }
     }
 
-    /// Takes `socket` out of `room`'s ring, dropping the ring once empty; what it had yet
-    /// to read there goes to its outbox, in order.
-    fn leave(&self, index: &mut HashMap<RoomName, Arc<Ring>>, socket: &Socket, room: &RoomName) {
+    /// Takes `socket` out of `room`, dropping the room once empty; what it had yet to read
+    /// in the room's ring goes to its outbox, in order.
+    fn leave(&self, index: &mut HashMap<RoomName, Room>, socket: &Socket, room: &RoomName) {
         let Some(ring) = socket.joined().remove(room) else {
             return;
         };
-        socket.outbox.merge(ring.leave(&socket.meta.id));
-        if ring.is_empty() && index.get(room).is_some_and(|r| Arc::ptr_eq(r, &ring)) {
+        let id = &socket.meta.id;
+        match ring {
+            Some(ring) => socket.outbox.merge(ring.leave(id)),
+            None => {
+                if let Some(members) = index.get_mut(room) {
+                    members.queued.remove(id);
+                }
+            }
+        }
+        if index.get(room).is_some_and(Room::is_empty) {
             index.remove(room);
         }
     }
@@ -361,45 +388,66 @@ impl Registry {
     pub fn room_members(&self, room: &RoomName) -> Vec<ConnectionId> {
         self.rooms()
             .get(room)
-            .map(|ring| ring.members())
+            .map(|members| {
+                let mut ids = members.ring.members();
+                ids.extend(members.queued.iter().cloned());
+                ids
+            })
             .unwrap_or_default()
     }
 
-    /// Delivers `payload` to this host's members of `room` with one append to its ring,
-    /// after fan-out's pacing: delivered to the members at the time of the append, gone
-    /// for those that it found too far behind (closed as slow consumers, and listed).
+    /// Delivers `payload` to this host's members of `room` with one append to its ring
+    /// (and a push into the outbox of each member reading too many rings already), after
+    /// fan-out's pacing: delivered to the members at the time of the append, gone for those
+    /// found too far behind (closed as slow consumers, and listed).
     pub async fn deliver_here(
         &self,
         room: &RoomName,
         payload: &Bytes,
     ) -> (Counts, Vec<ConnectionId>) {
-        let ring = self.rooms().get(room).cloned();
-        let Some(ring) = ring else {
-            return (Counts::default(), Vec::new());
+        let (ring, queued) = match self.rooms().get(room) {
+            Some(members) => (
+                members.ring.clone(),
+                members.queued.iter().cloned().collect::<Vec<_>>(),
+            ),
+            None => return (Counts::default(), Vec::new()),
         };
         let frame = match frame(payload.clone()) {
             Ok(frame) => frame,
             Err(_) => {
                 let counts = Counts {
-                    failed: ring.len() as u64,
+                    failed: (ring.len() + queued.len()) as u64,
                     ..Counts::default()
                 };
                 return (counts, Vec::new());
             }
         };
         self.pace_with(|| self.ring_backlog(&ring)).await;
+        if !queued.is_empty() {
+            self.pace(&queued).await;
+        }
         let appended = ring.append(&frame, self.bounds);
+        let mut counts = Counts {
+            delivered: appended.delivered,
+            gone: appended.detached,
+            failed: 0,
+        };
         let mut gone = Vec::with_capacity(appended.dropped.len());
         for (socket, unread) in appended.dropped {
             socket.outbox.merge(unread);
             self.overflowed(&socket);
             gone.push(socket.meta.id.clone());
         }
-        let counts = Counts {
-            delivered: appended.delivered,
-            gone: appended.detached,
-            failed: 0,
-        };
+        let failures = self.post_all(&queued, &frame);
+        counts.delivered += (queued.len() - failures.len()) as u64;
+        for (i, error) in failures {
+            if matches!(error, PushError::Gone) {
+                counts.gone += 1;
+                gone.push(queued[i].clone());
+            } else {
+                counts.failed += 1;
+            }
+        }
         (counts, gone)
     }
 
@@ -413,7 +461,7 @@ impl Registry {
         self.rooms().keys().cloned().collect()
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Arc<Ring>>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Room>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -486,6 +534,21 @@ impl Registry {
 }
 
 type Table = HashMap<ConnectionId, Arc<Socket>, BuildHasherDefault<IdHasher>>;
+
+/// One room's members among the sockets held here: those that read its ring, and those
+/// already reading [`MAX_RINGS_PER_SOCKET`] other rings, whose notifications from this room
+/// are queued into their outboxes.
+#[derive(Default)]
+struct Room {
+    ring: Arc<Ring>,
+    queued: HashSet<ConnectionId, BuildHasherDefault<IdHasher>>,
+}
+
+impl Room {
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty() && self.queued.is_empty()
+    }
+}
 
 /// Hashes connection ids for the socket table, which a publish reads once per recipient.
 ///
@@ -846,6 +909,50 @@ mod tests {
             .deliver_here(&room, &Bytes::from_static(b"four"))
             .await;
         assert_eq!(counts, Counts::default());
+    }
+
+    #[tokio::test]
+    async fn a_socket_reads_a_bounded_number_of_rings_and_is_queued_the_other_rooms() {
+        let (registry, sockets) = delivering(1);
+        let socket = &sockets[0];
+        let rooms: Vec<RoomName> = (0..MAX_RINGS_PER_SOCKET + 2)
+            .map(|n| RoomName::parse(&format!("room{n}")).unwrap())
+            .collect();
+        for room in &rooms {
+            registry.mirror(&socket.meta.id, room, true);
+        }
+        let rings = socket.joined().values().filter(|r| r.is_some()).count();
+        assert_eq!(rings, MAX_RINGS_PER_SOCKET);
+        for (n, room) in rooms.iter().enumerate().rev() {
+            let (counts, _) = registry
+                .deliver_here(room, &Bytes::from(format!("{n}")))
+                .await;
+            assert_eq!(counts.delivered, 1, "{room}");
+        }
+        assert_eq!(socket.outbox.len(), 2, "the rooms past the cap are queued");
+        let mut batch = VecDeque::new();
+        socket.take(&mut batch).await;
+        let sent: Vec<String> = batch
+            .iter()
+            .map(|f| String::from_utf8(f.payload().to_vec()).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..rooms.len()).rev().map(|n| n.to_string()).collect();
+        assert_eq!(
+            sent, expected,
+            "in the order published, rings and queue merged"
+        );
+        // Leaving a queued room and a ring room: each stops reaching it.
+        registry.mirror(&socket.meta.id, &rooms[rooms.len() - 1], false);
+        registry.mirror(&socket.meta.id, &rooms[0], false);
+        for room in [&rooms[0], &rooms[rooms.len() - 1]] {
+            let (counts, _) = registry.deliver_here(room, &Bytes::from_static(b"x")).await;
+            assert_eq!(counts.delivered, 0);
+            assert!(!registry.hosts(room), "an empty room is dropped");
+        }
+        assert_eq!(
+            registry.room_members(&rooms[1]),
+            std::slice::from_ref(&socket.meta.id)
+        );
     }
 
     #[tokio::test]
