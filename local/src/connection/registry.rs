@@ -343,7 +343,7 @@ impl Registry {
             return;
         }
         let members = index.entry(room.clone()).or_default();
-        let first = {
+        let reads_ring = {
             let mut rooms = socket.joined();
             if rooms.contains_key(room) {
                 return;
@@ -352,14 +352,16 @@ impl Registry {
             if rings < MAX_RINGS_PER_SOCKET {
                 members.ring.join(&socket);
                 rooms.insert(room.clone(), Some(members.ring.clone()));
+                true
             } else {
                 members.queued.insert(id.clone());
                 rooms.insert(room.clone(), None);
+                false
             }
-            rings == 0
         };
-        if first {
-            // A writer waiting on its outbox alone must read the ring from now on.
+        if reads_ring {
+            // A writer waiting now is not yet among the ring's waiting writers: it must look
+            // again, and wait on this ring too.
             socket.outbox.wake();
         }
     }
@@ -989,6 +991,36 @@ mod tests {
             .expect("the append woke the writer")
             .unwrap();
         assert_eq!(batch, [text("hello")]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_on_one_ring_wakes_for_a_room_it_joins_next() {
+        let (registry, sockets) = delivering(1);
+        let socket = sockets[0].clone();
+        let (first, second) = (
+            RoomName::parse("first").unwrap(),
+            RoomName::parse("second").unwrap(),
+        );
+        registry.mirror(&socket.meta.id, &first, true);
+        let writer = tokio::spawn({
+            let socket = socket.clone();
+            async move {
+                let mut batch = VecDeque::new();
+                socket.take(&mut batch).await;
+                batch
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!writer.is_finished(), "waiting on the first ring");
+        registry.mirror(&socket.meta.id, &second, true);
+        registry
+            .deliver_here(&second, &Bytes::from_static(b"second"))
+            .await;
+        let batch = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the second ring's append woke the writer")
+            .unwrap();
+        assert_eq!(batch, [text("second")]);
     }
 
     #[tokio::test]
