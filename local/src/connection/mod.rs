@@ -7,6 +7,7 @@
 pub mod close_code;
 pub mod events;
 pub mod frame_rate;
+pub(crate) mod id_hash;
 pub(crate) mod mirror;
 pub(crate) mod outbox;
 pub mod registry;

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
@@ -34,6 +34,7 @@ use herald::protocol::{MAX_NOTIFICATION_BYTES, RoomName};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::events::ConnectionMeta;
+use crate::connection::id_hash::IdHasher;
 pub use crate::connection::outbox::Bounds;
 pub use crate::connection::outbox::Frame;
 use crate::connection::outbox::{Outbox, Refused};
@@ -109,7 +110,7 @@ pub struct Socket {
     /// The rooms this socket joined, each with its ring here when the socket reads it
     /// (its first [`MAX_RINGS_PER_SOCKET`] rooms): what the writer reads besides the
     /// outbox, and what a restarted store is refilled with.
-    rooms: Mutex<BTreeMap<RoomName, Option<Arc<Ring>>>>,
+    rooms: Mutex<BTreeMap<RoomName, Option<Arc<Ring<Socket>>>>>,
     /// How it reaches its client.
     pub transport: Transport,
 }
@@ -164,7 +165,7 @@ impl Socket {
         self.joined().keys().cloned().collect()
     }
 
-    fn joined(&self) -> std::sync::MutexGuard<'_, BTreeMap<RoomName, Option<Arc<Ring>>>> {
+    fn joined(&self) -> std::sync::MutexGuard<'_, BTreeMap<RoomName, Option<Arc<Ring<Socket>>>>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -350,7 +351,7 @@ impl Registry {
             }
             let rings = rooms.values().filter(|ring| ring.is_some()).count();
             if rings < MAX_RINGS_PER_SOCKET {
-                members.ring.join(&socket);
+                members.ring.join(id, &socket);
                 rooms.insert(room.clone(), Some(members.ring.clone()));
                 true
             } else {
@@ -542,36 +543,13 @@ type Table = HashMap<ConnectionId, Arc<Socket>, BuildHasherDefault<IdHasher>>;
 /// are queued into their outboxes.
 #[derive(Default)]
 struct Room {
-    ring: Arc<Ring>,
+    ring: Arc<Ring<Socket>>,
     queued: HashSet<ConnectionId, BuildHasherDefault<IdHasher>>,
 }
 
 impl Room {
     fn is_empty(&self) -> bool {
         self.ring.is_empty() && self.queued.is_empty()
-    }
-}
-
-/// Hashes connection ids for the socket table, which a publish reads once per recipient.
-///
-/// The ids in the table are random (this gateway generates them), so they need no keyed
-/// hash to resist collisions chosen by a client, as SipHash provides at several times the
-/// cost: mixing their bytes is enough.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
@@ -654,7 +632,7 @@ impl Registry {
 
     /// [`Registry::sample_backlog`] for a ring: how far behind up to [`PACE_SAMPLES`] of its
     /// members are.
-    fn ring_backlog(&self, ring: &Ring) -> Option<usize> {
+    fn ring_backlog(&self, ring: &Ring<Socket>) -> Option<usize> {
         let lags = ring.lags(PACE_SAMPLES);
         let deep = lags
             .iter()

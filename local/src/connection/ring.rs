@@ -26,21 +26,36 @@ use std::task::Waker;
 
 use herald::ids::ConnectionId;
 
+use crate::connection::id_hash::IdHasher;
 use crate::connection::outbox::{Bounds, Frame};
-use crate::connection::registry::{IdHasher, Socket};
 
 /// Slots of writers that left a quiet room tolerated in its list of waiting writers before
 /// it is rebuilt.
 const WAITING_SLACK: usize = 64;
 
-/// One room's ring.
-#[derive(Default)]
-pub struct Ring {
-    state: Mutex<State>,
+/// One room's ring, whose members are `S`s (the registry's sockets), held weakly so that
+/// the ring keeps none alive and can hand back one it lets go.
+pub struct Ring<S> {
+    state: Mutex<State<S>>,
 }
 
-#[derive(Default)]
-struct State {
+impl<S> Default for Ring<S> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                first: 0,
+                bytes: 0,
+                appended_bytes: 0,
+                members: HashMap::default(),
+                waiting: Vec::new(),
+                round: 0,
+            }),
+        }
+    }
+}
+
+struct State<S> {
     /// Entries some member has yet to read, oldest first.
     entries: VecDeque<Entry>,
     /// The position of `entries[0]`; positions count every append since the ring began.
@@ -49,7 +64,7 @@ struct State {
     bytes: usize,
     /// Bytes on the wire ever appended: where the next entry starts.
     appended_bytes: u64,
-    members: HashMap<ConnectionId, Member, BuildHasherDefault<IdHasher>>,
+    members: HashMap<ConnectionId, Member<S>, BuildHasherDefault<IdHasher>>,
     /// The writers waiting for the next append, each once per round (see [`Member`]).
     waiting: Vec<Waker>,
     /// Counts the appends that woke `waiting`: a member's registration is current only in
@@ -65,25 +80,34 @@ struct Entry {
     starts_at: u64,
 }
 
-struct Member {
+struct Member<S> {
     /// The position of the next entry to read.
     cursor: u64,
     /// The round in which this member's writer was put in `waiting`, and where.
     waiting_in: Option<(u64, usize)>,
     /// The socket, to close it when it falls behind.
-    socket: Weak<Socket>,
+    socket: Weak<S>,
 }
 
 /// What an append did.
-#[derive(Default)]
-pub struct Appended {
+pub struct Appended<S> {
     /// Members that will read the entry.
     pub delivered: u64,
     /// Members too far behind, detached by this append, each with what it had yet to read
     /// before it: the caller closes them as slow consumers.
-    pub dropped: Vec<(Arc<Socket>, Vec<Frame>)>,
+    pub dropped: Vec<(Arc<S>, Vec<Frame>)>,
     /// How many were detached (a socket already dropped is not in `dropped`).
     pub detached: u64,
+}
+
+impl<S> Default for Appended<S> {
+    fn default() -> Self {
+        Self {
+            delivered: 0,
+            dropped: Vec::new(),
+            detached: 0,
+        }
+    }
 }
 
 /// What a read found.
@@ -106,24 +130,22 @@ pub struct Lag {
     pub bytes: usize,
 }
 
-impl Ring {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+impl<S> Ring<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<S>> {
         // A panic while holding this lock leaves the ring itself consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `socket` a member from the next append on; a member already stays as it is.
-    pub fn join(&self, socket: &Arc<Socket>) {
+    /// Makes `socket` (connection `id`) a member from the next append on; a member
+    /// already stays as it is.
+    pub fn join(&self, id: &ConnectionId, socket: &Arc<S>) {
         let mut state = self.lock();
         let head = state.head();
-        state
-            .members
-            .entry(socket.meta.id.clone())
-            .or_insert_with(|| Member {
-                cursor: head,
-                waiting_in: None,
-                socket: Arc::downgrade(socket),
-            });
+        state.members.entry(id.clone()).or_insert_with(|| Member {
+            cursor: head,
+            waiting_in: None,
+            socket: Arc::downgrade(socket),
+        });
     }
 
     /// Ends `id`'s membership and answers, in order, the frames it had yet to read: they
@@ -164,7 +186,7 @@ impl Ring {
     /// Appends `frame` for every member, within `bounds`: members too far behind to keep
     /// it are detached and closed as slow consumers (see the module header). Wakes the
     /// writers that wait.
-    pub fn append(&self, frame: &Frame, bounds: Bounds) -> Appended {
+    pub fn append(&self, frame: &Frame, bounds: Bounds) -> Appended<S> {
         let (appended, waiting) = {
             let mut state = self.lock();
             let members = state.members.len();
@@ -267,7 +289,7 @@ impl Ring {
     }
 }
 
-impl State {
+impl<S> State<S> {
     /// The position the next append takes.
     fn head(&self) -> u64 {
         self.first + self.entries.len() as u64
@@ -356,6 +378,23 @@ mod tests {
     use super::*;
     use crate::connection::wire;
 
+    /// A member as the tests see one: its id.
+    struct Reader {
+        id: ConnectionId,
+    }
+
+    type TestRing = Ring<Reader>;
+
+    fn reader() -> Arc<Reader> {
+        Arc::new(Reader {
+            id: ConnectionId::generate(),
+        })
+    }
+
+    fn join(ring: &TestRing, reader: &Arc<Reader>) {
+        ring.join(&reader.id, reader);
+    }
+
     fn text(s: &str) -> Frame {
         Arc::new(wire::encode(wire::Opcode::Text, s.as_bytes()))
     }
@@ -366,9 +405,9 @@ mod tests {
     };
 
     /// Everything `socket` can read from `ring` now.
-    fn read_all(ring: &Ring, socket: &Socket) -> Vec<Frame> {
+    fn read_all(ring: &TestRing, reader: &Reader) -> Vec<Frame> {
         let mut batch = VecDeque::new();
-        ring.read(&socket.meta.id, wire::sequence_now(), &mut batch, None);
+        ring.read(&reader.id, wire::sequence_now(), &mut batch, None);
         batch.into()
     }
 
@@ -384,12 +423,12 @@ mod tests {
 
     #[test]
     fn an_append_reaches_each_member_once_and_is_freed_once_all_have_read_it() {
-        let ring = Ring::default();
-        let members: Vec<_> = (0..3).map(|_| Socket::for_test()).collect();
+        let ring = TestRing::default();
+        let members: Vec<_> = (0..3).map(|_| reader()).collect();
         for socket in &members {
-            ring.join(socket);
+            join(&ring, socket);
         }
-        ring.join(&members[0]);
+        join(&ring, &members[0]);
         assert_eq!(ring.len(), 3, "joining twice is one membership");
         let appended = ring.append(&text("one"), ROOMY);
         assert_eq!(appended.delivered, 3);
@@ -406,14 +445,14 @@ mod tests {
 
     #[test]
     fn a_member_reads_what_was_appended_after_it_joined_and_an_empty_ring_keeps_nothing() {
-        let ring = Ring::default();
+        let ring = TestRing::default();
         assert_eq!(ring.append(&text("to nobody"), ROOMY).delivered, 0);
         assert!(ring.lock().entries.is_empty());
-        let early = Socket::for_test();
-        ring.join(&early);
+        let early = reader();
+        join(&ring, &early);
         ring.append(&text("before"), ROOMY);
-        let late = Socket::for_test();
-        ring.join(&late);
+        let late = reader();
+        join(&ring, &late);
         assert_eq!(ring.append(&text("after"), ROOMY).delivered, 2);
         assert_eq!(read_all(&ring, &late), [text("after")]);
         assert_eq!(read_all(&ring, &early), [text("before"), text("after")]);
@@ -421,19 +460,19 @@ mod tests {
 
     #[test]
     fn leaving_hands_back_in_order_what_was_not_yet_read() {
-        let ring = Ring::default();
-        let (stays, leaves) = (Socket::for_test(), Socket::for_test());
-        ring.join(&stays);
-        ring.join(&leaves);
+        let ring = TestRing::default();
+        let (stays, leaves) = (reader(), reader());
+        join(&ring, &stays);
+        join(&ring, &leaves);
         ring.append(&text("a"), ROOMY);
         assert_eq!(read_all(&ring, &leaves), [text("a")]);
         ring.append(&text("b"), ROOMY);
         ring.append(&text("c"), ROOMY);
-        assert_eq!(ring.leave(&leaves.meta.id), [text("b"), text("c")]);
-        assert!(ring.leave(&leaves.meta.id).is_empty(), "leaving twice");
+        assert_eq!(ring.leave(&leaves.id), [text("b"), text("c")]);
+        assert!(ring.leave(&leaves.id).is_empty(), "leaving twice");
         assert_eq!(ring.append(&text("d"), ROOMY).delivered, 1);
         let mut batch = VecDeque::new();
-        let read = ring.read(&leaves.meta.id, wire::sequence_now(), &mut batch, None);
+        let read = ring.read(&leaves.id, wire::sequence_now(), &mut batch, None);
         assert!(read.detached && batch.is_empty());
         assert_eq!(
             read_all(&ring, &stays),
@@ -448,10 +487,10 @@ mod tests {
             frames: 2,
             bytes: usize::MAX,
         };
-        let ring = Ring::default();
-        let (reads, stalls) = (Socket::for_test(), Socket::for_test());
-        ring.join(&reads);
-        ring.join(&stalls);
+        let ring = TestRing::default();
+        let (reads, stalls) = (reader(), reader());
+        join(&ring, &reads);
+        join(&ring, &stalls);
         for (i, body) in ["1", "2"].into_iter().enumerate() {
             let appended = ring.append(&text(body), bounds);
             assert_eq!(
@@ -470,7 +509,7 @@ mod tests {
         let [(socket, owed)] = &appended.dropped[..] else {
             panic!("one dropped");
         };
-        assert_eq!(socket.meta.id, stalls.meta.id);
+        assert_eq!(socket.id, stalls.id);
         assert_eq!(*owed, [text("1"), text("2")], "not the entry that found it");
         assert_eq!(ring.len(), 1);
         assert_eq!(
@@ -487,9 +526,9 @@ mod tests {
             frames: 1024,
             bytes: 10,
         };
-        let ring = Ring::default();
-        let stalls = Socket::for_test();
-        ring.join(&stalls);
+        let ring = TestRing::default();
+        let stalls = reader();
+        join(&ring, &stalls);
         // Five-byte frames: a two-byte header and "abc".
         assert_eq!(ring.append(&text("abc"), bounds).detached, 0);
         assert_eq!(
@@ -504,14 +543,14 @@ mod tests {
 
     #[test]
     fn a_read_stops_at_the_snapshot_and_says_more_waits() {
-        let ring = Ring::default();
-        let socket = Socket::for_test();
-        ring.join(&socket);
+        let ring = TestRing::default();
+        let socket = reader();
+        join(&ring, &socket);
         ring.append(&text("seen"), ROOMY);
         let upto = wire::sequence_now();
         ring.append(&text("later"), ROOMY);
         let mut batch = VecDeque::new();
-        let read = ring.read(&socket.meta.id, upto, &mut batch, None);
+        let read = ring.read(&socket.id, upto, &mut batch, None);
         assert_eq!((read.taken, read.later), (1, true));
         assert_eq!(batch, [text("seen")]);
         assert_eq!(read_all(&ring, &socket), [text("later")]);
@@ -519,10 +558,10 @@ mod tests {
 
     #[test]
     fn lags_say_how_far_behind_members_are() {
-        let ring = Ring::default();
-        let (reads, stalls) = (Socket::for_test(), Socket::for_test());
-        ring.join(&reads);
-        ring.join(&stalls);
+        let ring = TestRing::default();
+        let (reads, stalls) = (reader(), reader());
+        join(&ring, &reads);
+        join(&ring, &stalls);
         ring.append(&text("abc"), ROOMY);
         ring.append(&text("abc"), ROOMY);
         read_all(&ring, &reads);
@@ -545,20 +584,15 @@ mod tests {
 
     #[test]
     fn a_waiting_reader_is_woken_once_by_the_next_append() {
-        let ring = Ring::default();
-        let socket = Socket::for_test();
-        ring.join(&socket);
+        let ring = TestRing::default();
+        let socket = reader();
+        join(&ring, &socket);
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut batch = VecDeque::new();
         for _ in 0..3 {
             // Looking again while waiting keeps one registration.
-            ring.read(
-                &socket.meta.id,
-                wire::sequence_now(),
-                &mut batch,
-                Some(&waker),
-            );
+            ring.read(&socket.id, wire::sequence_now(), &mut batch, Some(&waker));
         }
         assert_eq!(ring.lock().waiting.len(), 1);
         ring.append(&text("x"), ROOMY);
@@ -568,28 +602,18 @@ mod tests {
 
     #[test]
     fn members_joining_and_leaving_a_quiet_room_do_not_grow_its_waiting_list() {
-        let ring = Ring::default();
-        let stays = Socket::for_test();
-        ring.join(&stays);
+        let ring = TestRing::default();
+        let stays = reader();
+        join(&ring, &stays);
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut batch = VecDeque::new();
-        ring.read(
-            &stays.meta.id,
-            wire::sequence_now(),
-            &mut batch,
-            Some(&waker),
-        );
+        ring.read(&stays.id, wire::sequence_now(), &mut batch, Some(&waker));
         for _ in 0..1_000 {
-            let passing = Socket::for_test();
-            ring.join(&passing);
-            ring.read(
-                &passing.meta.id,
-                wire::sequence_now(),
-                &mut batch,
-                Some(&waker),
-            );
-            ring.leave(&passing.meta.id);
+            let passing = reader();
+            join(&ring, &passing);
+            ring.read(&passing.id, wire::sequence_now(), &mut batch, Some(&waker));
+            ring.leave(&passing.id);
         }
         assert!(ring.lock().waiting.len() <= 2 + WAITING_SLACK + 1);
         ring.append(&text("x"), ROOMY);
