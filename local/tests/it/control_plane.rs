@@ -11,7 +11,7 @@ use aws_sdk_apigatewaymanagement::config::{Credentials as SdkCredentials, Region
 use aws_sdk_apigatewaymanagement::error::ProvideErrorMetadata;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_smithy_async::time::StaticTimeSource;
-use common::{Gateway, PATIENCE, settings};
+use common::{Gateway, settings};
 use herald_local::{
     BODY_BYTES_IN_FLIGHT, ControlPlane, ControlPlaneMode, Credentials, Settings, StartError,
 };
@@ -322,40 +322,26 @@ async fn blank_credentials_are_no_credentials() {
 
 #[tokio::test]
 async fn the_binary_takes_empty_credential_variables_for_none() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
+    // It must not start signed with empty keys.
+    let mut binary = common::binary();
+    binary
         .args(["--host", "0.0.0.0", "--port", "0"])
         .env("HERALD_JWT_SECRET", "s")
         .env("HERALD_ACCESS_KEY_ID", "")
-        .env("HERALD_SECRET_ACCESS_KEY", "")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(PATIENCE, output)
-        .await
-        .expect("it exits at once")
-        .unwrap();
-    assert!(
-        !output.status.success(),
-        "it must not start signed with empty keys"
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .env("HERALD_SECRET_ACCESS_KEY", "");
+    let stderr = common::refused_start(binary).await;
     assert!(stderr.contains("HERALD_ACCESS_KEY_ID"), "{stderr}");
 }
 
 #[tokio::test]
 async fn the_binary_refuses_to_expose_an_open_control_plane() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
+    let mut binary = common::binary();
+    binary
         .args(["--host", "0.0.0.0", "--port", "0"])
         .env("HERALD_JWT_SECRET", "s")
         .env_remove("HERALD_ACCESS_KEY_ID")
-        .env_remove("HERALD_SECRET_ACCESS_KEY")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(PATIENCE, output)
-        .await
-        .expect("it exits at once")
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .env_remove("HERALD_SECRET_ACCESS_KEY");
+    let stderr = common::refused_start(binary).await;
     assert!(stderr.contains("HERALD_ACCESS_KEY_ID"), "{stderr}");
 }
 

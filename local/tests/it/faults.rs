@@ -9,7 +9,7 @@ use aws_sdk_apigatewaymanagement::primitives::Blob;
 use herald_local::Faults;
 use serde_json::{Value, json};
 
-use crate::common::{self, Gateway, PATIENCE};
+use crate::common::{self, Gateway};
 
 /// A gateway whose control-plane posts meet `faults`.
 async fn faulty(faults: Faults) -> Gateway {
@@ -153,17 +153,9 @@ async fn the_binary_refuses_shares_past_their_bounds_naming_the_flag() {
         ),
         (vec!["--fault-latency-ms", "30001"], "--fault-latency-ms"),
     ] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
-            .args(["--port", "0"])
-            .args(&args)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(PATIENCE, output)
-            .await
-            .expect("it exits at once")
-            .unwrap();
-        assert!(!output.status.success(), "{args:?} must not start");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut binary = common::binary();
+        binary.args(["--port", "0"]).args(&args);
+        let stderr = common::refused_start(binary).await;
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }

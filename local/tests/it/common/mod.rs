@@ -25,6 +25,24 @@ pub const SECRET: &[u8] = b"herald-local-test-secret-of-at-least-32-bytes";
 /// How long a test waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The `herald-local` binary, to be given its arguments and environment.
+pub fn binary() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"));
+    command.kill_on_drop(true);
+    command
+}
+
+/// Runs `command` (a [`binary`]) and expects it to refuse to start, at once; what it said
+/// on stderr.
+pub async fn refused_start(mut command: tokio::process::Command) -> String {
+    let output = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("it exits at once")
+        .unwrap();
+    assert!(!output.status.success(), "{command:?} must not start");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Starts the `herald-local` binary on a free port with `args` and the environment `env`
 /// alone (plus the test secret); the process and the address it printed.
 pub async fn spawn_binary(
