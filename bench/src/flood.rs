@@ -16,7 +16,8 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::{self, Server};
+use crate::load;
+use crate::server::{Server, Ws};
 use crate::{procs, publisher};
 
 /// How often the gateway's resident memory is read.
@@ -67,7 +68,7 @@ async fn invoke_event(http: &mut BufReader<TcpStream>, body: &str) -> u16 {
 }
 
 /// Reads until the notification `"last"`: how many arrived, or the close code.
-async fn read_all(mut ws: load::Ws) -> Result<u64, u16> {
+async fn read_all(mut ws: Ws) -> Result<u64, u16> {
     let mut received = 0;
     loop {
         let message = tokio::time::timeout(PATIENCE, ws.next())

@@ -12,6 +12,7 @@
 //! | `src/report.rs` | the table, the ratios between runs, the JSON |
 //! | `src/procs.rs` | starting `herald-local`, the baseline and the seed's server as processes; CPU and memory from `/proc` |
 //! | `src/baseline.rs` | the bare tokio + tungstenite broadcast server |
+//! | `src/server.rs` | where the load goes (the kinds of server), a client's socket, the clock publishes are stamped with |
 //! | `src/load.rs` | clients, fan-out, memory and churn measurements |
 //! | `src/publisher.rs` | the publisher, and the HTTP/1.1 it speaks to the servers |
 //! | `src/chart.rs` | the PNG chart of a sweep |
@@ -32,5 +33,6 @@ pub mod publisher;
 pub mod report;
 pub mod runs;
 pub mod scenarios;
+pub mod server;
 pub mod soak;
 pub mod sse;

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use herald::protocol::{self, ClientRequest, RoomName};
@@ -19,21 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::procs::{self, SECRET};
 use crate::publisher::Publisher;
+use crate::server::{Server, Ws, now_us};
 use crate::sse::SseClient;
-
-/// Where the load goes.
-#[derive(Clone, Debug)]
-pub enum Server {
-    /// `herald-local` instances: clients spread over all, publishes through the first.
-    Gateway(Vec<SocketAddr>),
-    /// The bare broadcast server.
-    Baseline(SocketAddr),
-    /// The same server's broadcast ring: a publish is one append.
-    Ring(SocketAddr),
-    /// Instances of the seed's Node server on one Redis: clients spread over all,
-    /// publishes through the first (`POST /publish`).
-    Seed(Vec<SocketAddr>),
-}
 
 /// The figures of one fan-out run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,14 +96,6 @@ fn redis_commands(url: &str) -> u64 {
     herald::testing::commands_run(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Now, in µs since the epoch, as every publish is stamped.
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[derive(Deserialize)]
 struct Stamp {
     seq: usize,
@@ -144,10 +123,6 @@ pub fn token(user: &str) -> String {
     herald::auth::sign_hs256(SECRET.as_bytes(), user, &["*"], &["*"], 3600)
         .expect("the benchmark's token signs")
 }
-
-/// One client's socket.
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens one client, subscribed to `room` when there is one and the server is a gateway.
 async fn subscriber(server: &Server, i: usize, room: Option<&str>) -> Ws {

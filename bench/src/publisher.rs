@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::{Server, Ws, now_us};
+use crate::server::{Server, Ws, now_us};
 
 /// Publishes one payload and waits for the server's acknowledgement.
 pub(crate) enum Publisher {

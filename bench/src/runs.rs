@@ -2,8 +2,9 @@
 //! baseline, three instances on one Redis, the seed's Node server ×3, a gateway over Redis
 //! for SSE clients.
 
-use crate::load::{self, Fanout, Server, Transport};
+use crate::load::{self, Fanout, Transport};
 use crate::procs;
+use crate::server::Server;
 
 /// How the gateway runs without history, to measure what keeping it costs.
 pub const NO_HISTORY: (&str, &str) = ("HERALD_HISTORY_SIZE", "0");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cli::{Cli, Scenario};
-use crate::load::{self, Fanout, Server, Transport};
+use crate::load::{self, Fanout, Transport};
 use crate::report::{
     NO_HISTORY_SUFFIX, history_ratio, print_fanout, print_medians, ratio, write_json,
 };
@@ -13,6 +13,7 @@ use crate::runs::{
     NO_HISTORY, SSE_P50_TARGET_MS, baseline_fanout, gateway_fanout, gateway_fanout_with,
     multi_fanout, multi_fanout_extras, redis_fanout, ring_fanout, seed_fanout,
 };
+use crate::server::Server;
 use crate::{baseline, chart, flood, placement, procs};
 
 /// Runs the scenario `cli` names, with its placement.
