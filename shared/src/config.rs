@@ -10,7 +10,9 @@ use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
 use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
 use crate::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
-use crate::store::{DynamoSettings, RedisNodes, RedisSettings, Retention, StoreSettings};
+use crate::store::{
+    DynamoSettings, DynamoTimeouts, RedisNodes, RedisSettings, Retention, StoreSettings,
+};
 
 /// A configuration problem, naming the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +69,9 @@ pub struct Config {
     pub dynamodb_endpoint: Option<String>,
     /// `HERALD_ROOM_SHARDS`: partitions each room's members are spread over in DynamoDB.
     pub room_shards: u32,
+    /// `HERALD_DYNAMODB_ATTEMPT_TIMEOUT_MS`, `HERALD_DYNAMODB_TIMEOUT_MS`: how long one
+    /// attempt of a DynamoDB call, and a call with its retries, may take.
+    pub dynamodb_timeouts: DynamoTimeouts,
     /// `HERALD_WS_ENDPOINT`: the management API endpoint to post to.
     pub ws_endpoint: Option<String>,
     /// The JWT configuration, when a key is set.
@@ -126,6 +131,7 @@ impl Config {
                 endpoint: self.dynamodb_endpoint.clone(),
                 room_shards: self.room_shards,
                 create_table,
+                timeouts: self.dynamodb_timeouts,
             }),
         })
     }
@@ -239,6 +245,7 @@ impl Config {
                     var: "HERALD_ROOM_SHARDS",
                     reason: "too large".into(),
                 })?,
+            dynamodb_timeouts: dynamodb_timeouts(&get)?,
             ws_endpoint: get("HERALD_WS_ENDPOINT"),
             auth,
             jwt_secret_arn: get("HERALD_JWT_SECRET_ARN"),
@@ -265,6 +272,31 @@ where
             })
         })
         .transpose()
+}
+
+/// The DynamoDB store's timeouts: each at least 1 ms, and a call at least as long as one
+/// of its attempts.
+fn dynamodb_timeouts(get: &impl Fn(&str) -> Option<String>) -> Result<DynamoTimeouts, ConfigError> {
+    let millis = |var| -> Result<Option<Duration>, ConfigError> {
+        Ok(positive(get, var)?.map(|ms| Duration::from_millis(ms as u64)))
+    };
+    let defaults = DynamoTimeouts::default();
+    let timeouts = DynamoTimeouts {
+        attempt: millis("HERALD_DYNAMODB_ATTEMPT_TIMEOUT_MS")?.unwrap_or(defaults.attempt),
+        call: millis("HERALD_DYNAMODB_TIMEOUT_MS")?.unwrap_or(defaults.call),
+    };
+    if timeouts.call < timeouts.attempt {
+        return Err(ConfigError::Invalid {
+            var: "HERALD_DYNAMODB_TIMEOUT_MS",
+            reason: format!(
+                "a call ({} ms) must be allowed at least one attempt's time \
+                 (HERALD_DYNAMODB_ATTEMPT_TIMEOUT_MS, {} ms)",
+                timeouts.call.as_millis(),
+                timeouts.attempt.as_millis()
+            ),
+        });
+    }
+    Ok(timeouts)
 }
 
 fn positive(
@@ -449,6 +481,52 @@ mod tests {
         };
         assert_eq!((settings.table.as_str(), settings.room_shards), ("t", 3));
         assert!(!settings.create_table);
+        assert_eq!(settings.timeouts, DynamoTimeouts::default());
+    }
+
+    #[test]
+    fn dynamodb_timeouts_are_read_and_checked_against_each_other() {
+        let set = config(&[
+            ("HERALD_DYNAMODB_ATTEMPT_TIMEOUT_MS", "1"),
+            ("HERALD_DYNAMODB_TIMEOUT_MS", "1"),
+        ])
+        .unwrap();
+        let one = Duration::from_millis(1);
+        assert_eq!(
+            set.dynamodb_timeouts,
+            DynamoTimeouts {
+                attempt: one,
+                call: one
+            },
+            "a call as long as one attempt"
+        );
+        let err = config(&[
+            ("HERALD_DYNAMODB_ATTEMPT_TIMEOUT_MS", "2"),
+            ("HERALD_DYNAMODB_TIMEOUT_MS", "1"),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    var: "HERALD_DYNAMODB_TIMEOUT_MS",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Against the default attempt (3 s), a call of 2 s is too short.
+        assert!(config(&[("HERALD_DYNAMODB_TIMEOUT_MS", "2000")]).is_err());
+        for var in [
+            "HERALD_DYNAMODB_ATTEMPT_TIMEOUT_MS",
+            "HERALD_DYNAMODB_TIMEOUT_MS",
+        ] {
+            let err = config(&[(var, "0")]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { var: v, .. } if v == var),
+                "{err}"
+            );
+        }
     }
 
     #[test]

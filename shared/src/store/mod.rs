@@ -28,7 +28,7 @@ pub mod suite;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use dynamo::{ALL_SHARDS, DynamoSettings, DynamoStore, TABLE, TableSchema};
+pub use dynamo::{ALL_SHARDS, DynamoSettings, DynamoStore, DynamoTimeouts, TABLE, TableSchema};
 pub use history::{Channel, Draft, Entry, HistoryRead, Position, Range, Retention};
 pub use memory::MemoryStore;
 pub use redis::{

@@ -96,12 +96,32 @@ const BATCH_RETRIES: u32 = 8;
 const BATCH_BACKOFF: Duration = Duration::from_millis(25);
 /// How long connecting to DynamoDB may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long one attempt of a call may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a call may take with its retries.
-const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long one attempt of a call may take, unless configured
+/// (`HERALD_DYNAMODB_ATTEMPT_TIMEOUT_MS`).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a call may take with its retries, unless configured
+/// (`HERALD_DYNAMODB_TIMEOUT_MS`).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// Attempts per call, the first included.
 const ATTEMPTS: u32 = 3;
+
+/// How long the DynamoDB store waits for an answer before it counts the store unavailable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DynamoTimeouts {
+    /// One attempt of a call.
+    pub attempt: Duration,
+    /// A call with its retries.
+    pub call: Duration,
+}
+
+impl Default for DynamoTimeouts {
+    fn default() -> Self {
+        Self {
+            attempt: DEFAULT_ATTEMPT_TIMEOUT,
+            call: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+}
 
 /// Where the DynamoDB store lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +135,8 @@ pub struct DynamoSettings {
     pub room_shards: u32,
     /// Create the table when it is missing (`herald-local`); on AWS the template does.
     pub create_table: bool,
+    /// How long calls may take.
+    pub timeouts: DynamoTimeouts,
 }
 
 /// [`ConnectionStore`](super::ConnectionStore) on DynamoDB.
@@ -129,13 +151,23 @@ impl DynamoStore {
     /// A store on `table`, with clients built from `sdk` (which honours
     /// `AWS_ENDPOINT_URL_DYNAMODB`). Calls time out after a few seconds instead of hanging.
     pub fn new(sdk: &SdkConfig, table: &str, room_shards: u32) -> Self {
+        Self::with_timeouts(sdk, table, room_shards, DynamoTimeouts::default())
+    }
+
+    /// [`DynamoStore::new`] whose calls time out after `timeouts`.
+    pub fn with_timeouts(
+        sdk: &SdkConfig,
+        table: &str,
+        room_shards: u32,
+        timeouts: DynamoTimeouts,
+    ) -> Self {
         let config = aws_sdk_dynamodb::config::Builder::from(sdk)
             .retry_config(RetryConfig::standard().with_max_attempts(ATTEMPTS))
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .operation_timeout(CALL_TIMEOUT)
+                    .operation_attempt_timeout(timeouts.attempt)
+                    .operation_timeout(timeouts.call)
                     .build(),
             )
             .build();
@@ -149,7 +181,12 @@ impl DynamoStore {
     /// The store `settings` describe, its table created first when they ask for it.
     pub async fn open(settings: &DynamoSettings) -> Result<Self, StoreError> {
         let sdk = crate::aws::sdk_config(settings.endpoint.as_deref()).await;
-        let store = Self::new(&sdk, &settings.table, settings.room_shards);
+        let store = Self::with_timeouts(
+            &sdk,
+            &settings.table,
+            settings.room_shards,
+            settings.timeouts,
+        );
         if settings.create_table {
             store.create_table_if_missing().await?;
         }

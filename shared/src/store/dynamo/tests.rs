@@ -142,6 +142,31 @@ async fn an_unreachable_endpoint_fails_cleanly_and_quickly() {
 }
 
 #[tokio::test]
+async fn a_silent_endpoint_is_unavailable_within_the_configured_timeouts() {
+    // A listener that accepts and never answers: every attempt runs to its timeout.
+    let (_silent, port) = crate::testing::silent_port();
+    let timeouts = super::DynamoTimeouts {
+        attempt: Duration::from_millis(200),
+        call: Duration::from_millis(700),
+    };
+    let store = DynamoStore::with_timeouts(
+        &local_sdk_config(&format!("http://127.0.0.1:{port}")),
+        "herald",
+        1,
+        timeouts,
+    );
+    let started = std::time::Instant::now();
+    let err = store.get(&ConnectionId::generate()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    let took = started.elapsed();
+    assert!(took >= timeouts.attempt, "{took:?}");
+    assert!(
+        took < super::DEFAULT_ATTEMPT_TIMEOUT,
+        "the configured timeouts, not the defaults: {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn creating_the_table_twice_is_harmless_and_turns_ttl_on() {
     let store = store().await;
     store.create_table_if_missing().await.unwrap();
