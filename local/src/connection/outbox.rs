@@ -243,7 +243,8 @@ impl Outbox {
                     taken.later = true;
                 }
             }
-            state.bytes = state.frames.iter().map(|f| f.len()).sum::<usize>() as u32;
+            let kept: usize = state.frames.iter().map(|f| f.len()).sum();
+            state.bytes = u32::try_from(kept).unwrap_or(u32::MAX);
         }
         taken.closed = state.closed && state.frames.is_empty();
         if taken.frames == 0
