@@ -107,13 +107,8 @@ async fn latency_is_added_to_every_post_and_to_nothing_else() {
 #[tokio::test]
 async fn a_publish_counts_as_failed_the_posts_its_faults_refused_and_delivers_the_rest() {
     let gw = faulty(Faults::new(0.0, 0.5, Duration::ZERO).unwrap()).await;
-    let mut clients = Vec::new();
     // Subscribing is answered while every other post may fail: clients keep working.
-    for n in 0..40 {
-        let mut client = gw.connect(&format!("member{n}"), &["orders"], &[]).await;
-        client.subscribe("orders").await;
-        clients.push(client);
-    }
+    let mut clients = gw.members(40, "orders").await;
     let answer: Value = gw
         .invoke(json!({"room": "orders", "data": "hello"}))
         .await
@@ -164,12 +159,8 @@ async fn the_binary_refuses_shares_past_their_bounds_naming_the_flag() {
 async fn a_publish_retries_throttled_posts_and_counts_failed_only_what_stayed_throttled() {
     // Half of all posts throttled: with fan-out's retries nearly every member is reached.
     let gw = faulty(Faults::new(0.5, 0.0, Duration::ZERO).unwrap()).await;
-    let mut clients = Vec::new();
-    for n in 0..40 {
-        let mut client = gw.connect(&format!("member{n}"), &["orders"], &[]).await;
-        client.subscribe("orders").await;
-        clients.push(client);
-    }
+    // Held open for the publish.
+    let _members = gw.members(40, "orders").await;
     let answer = gw
         .invoke(json!({"room": "orders", "data": 1}))
         .await

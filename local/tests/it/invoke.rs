@@ -299,12 +299,7 @@ async fn a_room_publish_reaches_every_member_without_listing_the_room() {
     let mut settings = settings();
     settings.store = Some(store.clone());
     let gw = Gateway::start_with(settings).await;
-    let mut clients = Vec::new();
-    for n in 0..50 {
-        let mut client = gw.connect(&format!("member{n}"), &["big"], &[]).await;
-        client.subscribe("big").await;
-        clients.push(client);
-    }
+    let mut clients = gw.members(50, "big").await;
     for n in 0..3 {
         let answer = gw.invoke(json!({"room":"big","data":n})).await.unwrap();
         assert_eq!(answer["delivered"], 50);

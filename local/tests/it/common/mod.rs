@@ -158,6 +158,17 @@ impl Gateway {
         client
     }
 
+    /// Connects `n` users (`member0`, `member1`, …), each subscribed to `room`.
+    pub async fn members(&self, n: usize, room: &str) -> Vec<Client> {
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut client = self.connect(&format!("member{i}"), &[room], &[]).await;
+            client.subscribe(room).await;
+            clients.push(client);
+        }
+        clients
+    }
+
     /// Tries a handshake; the HTTP status on refusal.
     pub async fn handshake(&self, url: &str, bearer: Option<&str>) -> Result<Client, u16> {
         let mut request = url.into_client_request().unwrap();
