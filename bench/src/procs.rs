@@ -79,11 +79,14 @@ async fn spawn(mut command: Command, marker: &str) -> Proc {
 }
 
 /// Starts `herald-local` (release or debug, next to this binary) on a free port with the
-/// benchmark's secret and no per-user limit; `env` adds variables (a Redis store, say).
+/// benchmark's secret, no per-user limit and no sharding (the fan-out figures are of an
+/// instance delivering a room itself; page jobs are paced by the post budget, on purpose);
+/// `env` adds variables (a Redis store, say).
 pub async fn gateway(env: &[(&str, &str)]) -> Proc {
     let mut command = placed(sibling("herald-local"));
     command
         .args(["--port", "0", "--max-connections-per-user", "0"])
+        .args(["--shard-threshold", "0"])
         .env_clear()
         .env("HERALD_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn");

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use herald::config::Config;
 use herald::limits::{DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_ROOMS_PER_CONNECTION};
+use herald::shard::{DEFAULT_POST_BUDGET_PER_SECOND, DEFAULT_SHARD_THRESHOLD};
 use herald::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
 use herald_local::{
     AuthMode, ControlPlane, ControlPlaneMode, Credentials, DEFAULT_DRAIN, DEFAULT_FRAME_BURST,
@@ -86,6 +87,14 @@ struct Flags {
     /// Seconds a kept notification stays (0: no history).
     #[arg(long, env = "HERALD_HISTORY_TTL_SECS", default_value_t = DEFAULT_HISTORY_AGE.as_secs())]
     history_ttl_secs: u64,
+    /// Recipients above which a publish is delivered in page jobs from an in-process queue,
+    /// answering at once with `queued_pages`, as on AWS (0: never).
+    #[arg(long, env = "HERALD_SHARD_THRESHOLD", default_value_t = DEFAULT_SHARD_THRESHOLD)]
+    shard_threshold: usize,
+    /// Posts a second the page jobs may make, shared by every instance on the store, as
+    /// the deployment's `@connections` budget on AWS (0: unpaced).
+    #[arg(long, env = "HERALD_POST_BUDGET_PER_SECOND", default_value_t = DEFAULT_POST_BUDGET_PER_SECOND)]
+    post_budget_per_second: u32,
     /// Frames a second each client may send (0: no limit); over it a frame is dropped and
     /// answered rate_limited, and ten times over it for ten seconds closes with 1008.
     #[arg(long, env = "HERALD_FRAMES_PER_SECOND", default_value_t = DEFAULT_FRAMES_PER_SECOND)]
@@ -328,6 +337,11 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         (
             "HERALD_MAX_ROOMS_PER_CONNECTION",
             flags.max_rooms_per_connection.to_string(),
+        ),
+        ("HERALD_SHARD_THRESHOLD", flags.shard_threshold.to_string()),
+        (
+            "HERALD_POST_BUDGET_PER_SECOND",
+            flags.post_budget_per_second.to_string(),
         ),
     ];
     let config = Config::from_lookup(|name| {

@@ -28,6 +28,7 @@ use crate::connection::registry::Registry;
 use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::async_invoke::AsyncInvokes;
 use crate::control_plane::faults::FaultyGateway;
+use crate::control_plane::page_queue::LocalPageQueue;
 use crate::{routes, serve};
 
 /// How long the dev token is valid.
@@ -250,6 +251,13 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     if let Some(cluster) = heartbeat {
         tokio::spawn(cluster::heartbeat(cluster, shutdown.clone()));
     }
+    // Page jobs are delivered as publishes are: through the control plane's gateway.
+    let mut services = services;
+    services.sharding.queue = Some(LocalPageQueue::start(
+        services.clone(),
+        publisher.clone(),
+        shutdown.clone(),
+    ));
     let async_invokes = AsyncInvokes::start(
         settings.async_queue,
         services.clone(),

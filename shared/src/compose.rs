@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::error::{self, Source};
 use crate::gateway::ManagementClients;
 use crate::handlers::Services;
+use crate::shard::{PostBudget, Sharding, SqsQueue};
 use crate::store::{self, ConnectionStore, StoreError, StoreSettings};
 
 /// Why a component could not be built.
@@ -91,9 +92,16 @@ pub async fn open_store(
     open(&store_settings(config, host)?).await
 }
 
-/// The handlers' services on `store`, with the limits and pacing of `config`.
+/// The handlers' services on `store`, with the limits, pacing, shard threshold and post
+/// budget of `config`; the host adds the queue page jobs go to.
 pub fn services(store: Arc<dyn ConnectionStore>, config: &Config) -> Services {
-    Services::new(store, config.limits.clone(), config.fanout.clone())
+    let mut services = Services::new(store.clone(), config.limits.clone(), config.fanout.clone());
+    services.sharding = Sharding {
+        threshold: config.shards.threshold,
+        queue: None,
+        budget: PostBudget::new(store, config.shards.post_budget_per_second).map(Arc::new),
+    };
+    services
 }
 
 /// What every Lambda function is built from.
@@ -110,12 +118,15 @@ impl Lambda {
         })
     }
 
-    /// The services of the connect, disconnect, message and publish functions.
+    /// The services of the connect, disconnect, message, publish and deliver functions:
+    /// publishes above the shard threshold go to `HERALD_DELIVERY_QUEUE_URL`, when set.
     pub async fn services(&self) -> Result<Services, BuildError> {
-        Ok(services(
-            open_store(&self.config, Host::Lambda).await?,
-            &self.config,
-        ))
+        let mut services = services(open_store(&self.config, Host::Lambda).await?, &self.config);
+        if let Some(url) = &self.config.delivery_queue_url {
+            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            services.sharding.queue = Some(Arc::new(SqsQueue::new(&sdk, url)));
+        }
+        Ok(services)
     }
 
     /// The authorizer's verifier: the key from the environment or, on AWS, the Secrets

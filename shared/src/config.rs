@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
 use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
+use crate::shard::{DEFAULT_POST_BUDGET_PER_SECOND, DEFAULT_SHARD_THRESHOLD, ShardSettings};
 use crate::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
 use crate::store::{
     DynamoSettings, DynamoTimeouts, RedisNodes, RedisSettings, Retention, StoreSettings,
@@ -74,6 +75,12 @@ pub struct Config {
     pub dynamodb_timeouts: DynamoTimeouts,
     /// `HERALD_WS_ENDPOINT`: the management API endpoint to post to.
     pub ws_endpoint: Option<String>,
+    /// `HERALD_SHARD_THRESHOLD` and `HERALD_POST_BUDGET_PER_SECOND`: when a publish is
+    /// delivered in page jobs, and the deployment's `@connections` budget.
+    pub shards: ShardSettings,
+    /// `HERALD_DELIVERY_QUEUE_URL`: the SQS queue page jobs go to (on AWS; without it the
+    /// Lambda functions deliver every publish themselves).
+    pub delivery_queue_url: Option<String>,
     /// The JWT configuration, when a key is set.
     pub auth: Option<AuthConfig>,
     /// `HERALD_JWT_SECRET_ARN`: a Secrets Manager secret holding the HS256 secret, read at
@@ -247,6 +254,13 @@ impl Config {
                 })?,
             dynamodb_timeouts: dynamodb_timeouts(&get)?,
             ws_endpoint: get("HERALD_WS_ENDPOINT"),
+            shards: ShardSettings {
+                threshold: number(&get, "HERALD_SHARD_THRESHOLD")?
+                    .unwrap_or(DEFAULT_SHARD_THRESHOLD),
+                post_budget_per_second: number(&get, "HERALD_POST_BUDGET_PER_SECOND")?
+                    .unwrap_or(DEFAULT_POST_BUDGET_PER_SECOND),
+            },
+            delivery_queue_url: get("HERALD_DELIVERY_QUEUE_URL"),
             auth,
             jwt_secret_arn: get("HERALD_JWT_SECRET_ARN"),
             jwt_issuer: get("HERALD_JWT_ISSUER"),
@@ -332,6 +346,40 @@ mod tests {
         assert_eq!(c.auth, None);
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.fanout, FanoutConfig::default());
+        assert_eq!(c.shards, ShardSettings::default());
+        assert_eq!(c.delivery_queue_url, None);
+    }
+
+    #[test]
+    fn sharding_is_read_and_zero_turns_each_part_off() {
+        let c = config(&[
+            ("HERALD_SHARD_THRESHOLD", "10"),
+            ("HERALD_POST_BUDGET_PER_SECOND", "250"),
+            ("HERALD_DELIVERY_QUEUE_URL", "http://127.0.0.1:9/q"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.shards,
+            ShardSettings {
+                threshold: 10,
+                post_budget_per_second: 250
+            }
+        );
+        assert_eq!(
+            c.delivery_queue_url.as_deref(),
+            Some("http://127.0.0.1:9/q")
+        );
+        let off = config(&[
+            ("HERALD_SHARD_THRESHOLD", "0"),
+            ("HERALD_POST_BUDGET_PER_SECOND", "0"),
+        ])
+        .unwrap();
+        assert_eq!(off.shards.threshold, 0);
+        assert_eq!(off.shards.post_budget_per_second, 0);
+        for var in ["HERALD_SHARD_THRESHOLD", "HERALD_POST_BUDGET_PER_SECOND"] {
+            let err = config(&[(var, "-1")]).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid { var: v, .. } if v == var));
+        }
     }
 
     #[test]

@@ -75,8 +75,8 @@ enum Outcome {
     Forgotten,
 }
 
-/// Where the next recipients come from.
-enum Recipients<'a> {
+/// Where the next recipients come from: a target's, read a page at a time.
+pub(crate) enum Recipients<'a> {
     Fixed(std::vec::IntoIter<ConnectionId>),
     Paged {
         store: &'a dyn ConnectionStore,
@@ -88,7 +88,10 @@ enum Recipients<'a> {
 }
 
 impl<'a> Recipients<'a> {
-    async fn new(store: &'a dyn ConnectionStore, target: &'a Target) -> Result<Self, StoreError> {
+    pub(crate) async fn new(
+        store: &'a dyn ConnectionStore,
+        target: &'a Target,
+    ) -> Result<Self, StoreError> {
         Ok(match target {
             Target::Connections(ids) => Self::Fixed(ids.clone().into_iter()),
             Target::User(user) => Self::Fixed(store.user_connections(user).await?.into_iter()),
@@ -108,7 +111,10 @@ impl<'a> Recipients<'a> {
     }
 
     /// Up to `page_size` recipients at once; empty when there are no more.
-    async fn next_page(&mut self, page_size: usize) -> Result<Vec<ConnectionId>, StoreError> {
+    pub(crate) async fn next_page(
+        &mut self,
+        page_size: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
         let mut page = Vec::with_capacity(page_size);
         while page.len() < page_size {
             match self.next(page_size).await? {

@@ -71,7 +71,7 @@ pub async fn publish(
     let client = aws_sdk_lambda::Client::new(&config);
     let payload = json!({"room": options.room, "data": data}).to_string();
     let started = Instant::now();
-    let mut delivered = 0u64;
+    let (mut delivered, mut queued_pages) = (0u64, 0u64);
     let mut last = Value::Null;
     for done in 1..=options.count {
         let answer = client
@@ -93,6 +93,7 @@ pub async fn publish(
         }
         last = serde_json::from_str(&body).unwrap_or(Value::String(body));
         delivered += last["delivered"].as_u64().unwrap_or(0);
+        queued_pages += last["queued_pages"].as_u64().unwrap_or(0);
         if options.count > 1 {
             progress(done, options.count, started);
         }
@@ -102,11 +103,16 @@ pub async fn publish(
     } else {
         eprintln!();
         let secs = started.elapsed().as_secs_f64();
-        let summary = json!({
+        let mut summary = json!({
             "published": options.count,
             "delivered": delivered,
             "seconds": (secs * 1000.0).round() / 1000.0,
         });
+        // Publishes above the shard threshold are delivered after their answers: say so
+        // rather than let `delivered` read as everything.
+        if queued_pages > 0 {
+            summary["queued_pages"] = json!(queued_pages);
+        }
         writeln!(out, "{summary}")?;
     }
     Ok(())

@@ -7,7 +7,8 @@
 //!
 //! Both APIs are the control plane: with credentials configured, a request runs only with
 //! a valid SigV4 signature (`sigv4.rs`), and is otherwise answered 403 as AWS answers it.
-//! Asynchronous invocations wait in a bounded queue (`async_invoke.rs`). Posts can be made
+//! Asynchronous invocations wait in a bounded queue (`async_invoke.rs`), and the page jobs
+//! of sharded publishes in another, delivered by in-process workers (`page_queue.rs`). Posts can be made
 //! to fail or lag as API Gateway's do under load (`faults.rs`).
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::sync::Semaphore;
 
 pub(crate) mod async_invoke;
 pub mod faults;
+pub(crate) mod page_queue;
 pub mod sigv4;
 
 pub use async_invoke::DEFAULT_QUEUED_INVOCATIONS;

@@ -43,6 +43,9 @@ impl Instance {
                 String::from_utf8(SECRET.to_vec()).unwrap(),
             )
             .env("HERALD_MAX_CONNECTIONS_PER_USER", "0")
+            // Rooms delivered by the instances hosting them, the path these tests measure
+            // at any size (page jobs have tests of their own, in `sharding`).
+            .env("HERALD_SHARD_THRESHOLD", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

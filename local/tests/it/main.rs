@@ -23,6 +23,7 @@ mod memory;
 mod poll;
 mod protocol_doc;
 mod redis_tls;
+mod sharding;
 mod sse;
 mod stalled_clients;
 mod upgrade;

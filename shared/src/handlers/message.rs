@@ -282,7 +282,7 @@ async fn dispatch(
                 // Per user, in the store: every connection and every host counts together.
                 let key = format!("publish:{}", identity.user);
                 let allowed = store
-                    .count_event(&key, rate.window(), rate.burst)
+                    .count_events(&key, rate.window(), 1, rate.burst)
                     .await
                     .map_err(store_error)?;
                 if !allowed {

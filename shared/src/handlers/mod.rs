@@ -7,6 +7,7 @@
 
 mod authorize;
 mod connect;
+mod deliver;
 mod disconnect;
 mod message;
 mod poll;
@@ -20,6 +21,7 @@ use aws_lambda_events::encodings::Body;
 
 pub use authorize::authorize;
 pub use connect::connect;
+pub use deliver::{deliver, deliver_job};
 pub use disconnect::disconnect;
 pub use message::message;
 pub use poll::{POLL_INTERVAL, poll};
@@ -29,6 +31,7 @@ pub use stream::{Chunks, STREAM_END_MARGIN, Streamed, stream, time_left};
 use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;
 use crate::limits::Limits;
+use crate::shard::Sharding;
 use crate::store::ConnectionStore;
 
 /// What the handlers that touch the store share: connect, disconnect, message, publish, poll
@@ -44,6 +47,8 @@ pub struct Services {
     /// The instance id stamped on new connection records (`herald-local` with a shared
     /// store); `None` on Lambda.
     pub instance: Option<String>,
+    /// Sharded fan-out: off unless a host gives it a queue.
+    pub sharding: Sharding,
 }
 
 impl Services {
@@ -54,6 +59,7 @@ impl Services {
             limits,
             fanout,
             instance: None,
+            sharding: Sharding::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! the result and not retried through SQS, which would re-deliver to everyone else.
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use bytes::Bytes;
 use serde_json::Value;
 use tracing::{error, warn};
 
@@ -17,7 +18,8 @@ use crate::protocol::{
     BatchOutcome, Notification, ProtocolError, PublishInput, PublishOutcome, PublishRequest,
     Target, check_size,
 };
-use crate::store::{Channel, Draft};
+use crate::shard::{self, PageQueue, Plan};
+use crate::store::{Channel, Draft, Position};
 
 /// Why a publish did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -130,7 +132,8 @@ async fn sqs(services: &Services, gateway: &dyn Gateway, event: SqsEvent) -> Sqs
 }
 
 /// Publishes one validated request: serialize once, honour the idempotency key, keep it in
-/// the room's or user's history, fan out.
+/// the room's or user's history, fan out; or, above the shard threshold with a queue,
+/// queue one job per page of recipients and answer how many.
 pub async fn publish_one(
     services: &Services,
     gateway: &dyn Gateway,
@@ -176,15 +179,33 @@ pub async fn publish_one(
         },
         None => (draft.bare(), None),
     };
-    match deliver(
-        &**store,
-        gateway,
-        &request.target,
-        payload,
-        &services.fanout,
-    )
-    .await
-    {
+    // Planned after the notification is kept, as fan-out lists recipients after it.
+    let plan = match services.sharding.queue() {
+        Some(queue) => {
+            let threshold = services.sharding.threshold;
+            match shard::plan(&**store, &request.target, threshold).await {
+                Ok(plan) => Some((queue, plan)),
+                Err(e) => {
+                    error!(notification_id = %id, error = %e, "could not count the recipients");
+                    release_key(services, request, &id).await;
+                    return Err(PublishError::Unavailable(error::source(e)));
+                }
+            }
+        }
+        None => None,
+    };
+    let listed;
+    let target = match plan {
+        Some((queue, Plan::Sharded)) => {
+            return sharded(services, request, queue, id, &payload, position).await;
+        }
+        Some((_, Plan::Listed(ids))) => {
+            listed = Target::Connections(ids);
+            &listed
+        }
+        Some((_, Plan::Direct)) | None => &request.target,
+    };
+    match deliver(&**store, gateway, target, payload, &services.fanout).await {
         Ok(counts) => Ok(PublishOutcome {
             id,
             delivered: counts.delivered,
@@ -192,11 +213,39 @@ pub async fn publish_one(
             failed: counts.failed,
             offset: position.as_ref().map(|p| p.offset),
             epoch: position.map(|p| p.epoch),
+            queued_pages: None,
         }),
         Err(e) => {
             // Kept in the history already: a client recovering finds it. The key is given
             // back so the caller may retry the recipients this fan-out did not reach.
             error!(notification_id = %id, error = %e, "fan-out interrupted");
+            release_key(services, request, &id).await;
+            Err(PublishError::Unavailable(error::source(e)))
+        }
+    }
+}
+
+/// Queues the page jobs of a publish above the shard threshold and answers how many.
+async fn sharded(
+    services: &Services,
+    request: &PublishRequest,
+    queue: &dyn PageQueue,
+    id: String,
+    payload: &Bytes,
+    position: Option<Position>,
+) -> Result<PublishOutcome, PublishError> {
+    match shard::enqueue_pages(&*services.store, queue, &request.target, &id, payload).await {
+        Ok(pages) => Ok(PublishOutcome {
+            id,
+            queued_pages: Some(pages),
+            offset: position.as_ref().map(|p| p.offset),
+            epoch: position.map(|p| p.epoch),
+            ..PublishOutcome::default()
+        }),
+        Err(e) => {
+            // As an interrupted fan-out: kept in the history, the key given back; the
+            // pages already queued will be delivered, and the error says how many.
+            error!(notification_id = %id, error = %e, "sharded publish not wholly queued");
             release_key(services, request, &id).await;
             Err(PublishError::Unavailable(error::source(e)))
         }
@@ -210,7 +259,12 @@ async fn check_room_limit(services: &Services, target: &Target) -> Result<(), Pu
     };
     let allowed = services
         .store
-        .count_event(&format!("room-publish:{room}"), rate.window(), rate.burst)
+        .count_events(
+            &format!("room-publish:{room}"),
+            rate.window(),
+            1,
+            rate.burst,
+        )
         .await
         .map_err(|e| PublishError::Unavailable(error::source(e)))?;
     if allowed {

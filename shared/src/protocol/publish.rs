@@ -206,24 +206,64 @@ fn parse_target(field: &str, value: &Value) -> Result<Target, ProtocolError> {
     }
 }
 
-/// The answer to one publish.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to one publish. A publish delivered in page jobs answers the pages queued
+/// instead of counts, which nobody knows yet: `{"id","offset","epoch","queued_pages"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct PublishOutcome {
     /// The notification id (for a repeated idempotency key, the first publish's).
     pub id: String,
     /// Sockets the notification was written to.
+    #[serde(default)]
     pub delivered: u64,
     /// Recipients that no longer exist; the store has forgotten them.
+    #[serde(default)]
     pub gone: u64,
     /// Recipients that could not be reached (throttled past the retry limit, or errors).
+    #[serde(default)]
     pub failed: u64,
     /// The notification's offset in its room's or user's history, with history on (not
     /// for a repeated idempotency key: that publish did not append).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub offset: Option<u64>,
     /// The history's epoch, with `offset`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub epoch: Option<String>,
+    /// Page jobs queued, for a publish above the shard threshold: its recipients are
+    /// reached after the answer, and `delivered`, `gone` and `failed` are not given.
+    #[serde(default)]
+    pub queued_pages: Option<u64>,
+}
+
+impl Serialize for PublishOutcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            delivered: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            gone: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            failed: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            offset: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            epoch: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            queued_pages: Option<u64>,
+        }
+        let counted = self.queued_pages.is_none();
+        Wire {
+            id: &self.id,
+            delivered: counted.then_some(self.delivered),
+            gone: counted.then_some(self.gone),
+            failed: counted.then_some(self.failed),
+            offset: self.offset,
+            epoch: self.epoch.as_deref(),
+            queued_pages: self.queued_pages,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// The answer to a batch.

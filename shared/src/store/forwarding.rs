@@ -171,13 +171,13 @@ mod tests {
         assert_eq!(read.await.unwrap().position.offset, at.offset);
         assert!(
             store
-                .count_event("k", std::time::Duration::from_secs(1), 1)
+                .count_events("k", std::time::Duration::from_secs(1), 1, 1)
                 .await
                 .unwrap()
         );
         assert!(
             !store
-                .count_event("k", std::time::Duration::from_secs(1), 1)
+                .count_events("k", std::time::Duration::from_secs(1), 1, 1)
                 .await
                 .unwrap()
         );

@@ -149,6 +149,11 @@ store_trait! {
             limit: usize,
         ) -> Result<Page<ConnectionId>, StoreError>;
 
+        /// How many members `room` has (everyone in the store for `None`), expired ones
+        /// possibly included, when the backend can count them in one cheap step; `None`
+        /// when it would have to read them all (DynamoDB), so the caller reads a page.
+        async fn member_count(&self, room: Option<&RoomName>) -> Result<Option<u64>, StoreError>;
+
         /// A user's live connections (bounded by the per-user limit, so never paged).
         async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError>;
 
@@ -219,14 +224,17 @@ store_trait! {
         /// run. Does nothing when the key is held by another id.
         async fn release_idempotency_key(&self, key: &str, id: &str) -> Result<(), StoreError>;
 
-        /// Counts one event under `key` in the current window of `window` (windows are
-        /// aligned to the epoch, so every host agrees where one ends) and answers whether
-        /// it is within `limit`. One atomic step in each backend, shared by every host on
-        /// the store: the per-user rate of socket publishes.
-        async fn count_event(
+        /// Counts `events` events under `key` in the current window of `window` (windows
+        /// are aligned to the epoch, so every host agrees where one ends) when they fit
+        /// within `limit`, and answers whether they did; events that do not fit are not
+        /// counted. One atomic step in each backend, shared by every host on the store: the
+        /// per-user rate of socket publishes, a room's publish rate, the deployment's
+        /// `@connections` budget.
+        async fn count_events(
             &self,
             key: &str,
             window: Duration,
+            events: u32,
             limit: u32,
         ) -> Result<bool, StoreError>;
     }

@@ -78,6 +78,7 @@ fn every_function_names_a_binary_of_the_workspace() {
     let expected: BTreeSet<String> = [
         "authorizer",
         "connect",
+        "deliver",
         "disconnect",
         "message",
         "publish",
@@ -295,4 +296,52 @@ fn the_stream_function_streams_behind_a_url_and_ends_before_its_timeout() {
         actions,
         vec!["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"]
     );
+}
+
+#[test]
+fn large_publishes_queue_pages_for_a_deliver_function_with_a_dead_letter_queue() {
+    let template = template();
+    let resources = &template["Resources"];
+    let queue = &resources["DeliveryQueue"]["Properties"];
+    assert_eq!(
+        tagged(&queue["RedrivePolicy"]["deadLetterTargetArn"], "GetAtt"),
+        Some("DeliveryDeadLetterQueue.Arn"),
+        "a page that cannot be read ends in the dead-letter queue"
+    );
+    let deliver = &resources["DeliverFunction"]["Properties"];
+    let timeout = deliver["Timeout"].as_u64().unwrap();
+    assert!(
+        queue["VisibilityTimeout"].as_u64().unwrap() >= 6 * timeout,
+        "AWS: visibility at least six times the function's timeout"
+    );
+    let event = &deliver["Events"]["Pages"];
+    assert_eq!(event["Type"], "SQS");
+    assert_eq!(
+        strings(&event["Properties"]["FunctionResponseTypes"]),
+        ["ReportBatchItemFailures"]
+    );
+    // Only the functions that publish may queue pages, and only on this queue.
+    let functions = resources_of(&template, "AWS::Serverless::Function");
+    let mut senders = Vec::new();
+    for (name, function) in &functions {
+        let policies = serde_yaml::to_string(&function["Properties"]["Policies"]).unwrap();
+        if policies.contains("sqs:") {
+            assert!(policies.contains("DeliveryQueue"), "{name}: {policies}");
+            senders.push(name.as_str());
+        }
+    }
+    assert_eq!(senders, ["MessageFunction", "PublishFunction"]);
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        tagged(&globals["HERALD_DELIVERY_QUEUE_URL"], "Ref"),
+        Some("DeliveryQueue")
+    );
+}
+
+/// The text under a short-form intrinsic (`!Ref X`, `!GetAtt X.Y`) tagged `tag`.
+fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == tag => tagged.value.as_str(),
+        _ => None,
+    }
 }

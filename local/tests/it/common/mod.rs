@@ -49,6 +49,35 @@ pub async fn spawn_binary(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, SocketAddr) {
+    spawn_binary_to(args, env, std::process::Stdio::null()).await
+}
+
+/// Log lines of a process, each with the instant this test read it.
+pub type LogLines = Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>;
+
+/// [`spawn_binary`], keeping its log (stderr) as it is written.
+pub async fn spawn_binary_logged(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, SocketAddr, LogLines) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (mut child, addr) = spawn_binary_to(args, env, std::process::Stdio::piped()).await;
+    let lines = LogLines::default();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let kept = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            kept.lock().unwrap().push((std::time::Instant::now(), line));
+        }
+    });
+    (child, addr, lines)
+}
+
+async fn spawn_binary_to(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, SocketAddr) {
     use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-local"))
@@ -61,7 +90,7 @@ pub async fn spawn_binary(
         )
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");

@@ -234,6 +234,11 @@ impl Connections for DynamoStore {
         .await
     }
 
+    async fn member_count(&self, _room: Option<&RoomName>) -> Result<Option<u64>, StoreError> {
+        // DynamoDB counts by reading every item (a Query's COUNT still pays for them all).
+        Ok(None)
+    }
+
     async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
         self.user_query(user).await
     }

@@ -57,12 +57,16 @@ impl Counters for DynamoStore {
         unless_condition_failed(deleted).map(drop)
     }
 
-    async fn count_event(
+    async fn count_events(
         &self,
         key: &str,
         window: Duration,
+        events: u32,
         limit: u32,
     ) -> Result<bool, StoreError> {
+        let Some(room) = limit.checked_sub(events) else {
+            return Ok(false);
+        };
         let (index, ends) = crate::store::current_window(now_ms(), window);
         let [_, (_, ttl)] = keys::expiry(ends);
         // One conditional update: counted only while under the limit, so a refused event
@@ -72,12 +76,12 @@ impl Counters for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Key::events(key, index).item()))
-            .update_expression("ADD #count :one SET #ttl = :ttl")
-            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+            .update_expression("ADD #count :events SET #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#count) OR #count <= :room")
             .expression_attribute_names("#count", attr::COUNT)
             .expression_attribute_names("#ttl", TABLE.ttl_attribute)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(i64::from(limit)))
+            .expression_attribute_values(":events", n(i64::from(events)))
+            .expression_attribute_values(":room", n(i64::from(room)))
             .expression_attribute_values(":ttl", ttl)
             .send()
             .await;

@@ -123,6 +123,15 @@ impl Connections for MemoryStore {
         })
     }
 
+    async fn member_count(&self, room: Option<&RoomName>) -> Result<Option<u64>, StoreError> {
+        let inner = self.lock();
+        let count = match room {
+            Some(room) => inner.rooms.get(room).map_or(0, BTreeMap::len),
+            None => inner.connections.len(),
+        };
+        Ok(Some(count as u64))
+    }
+
     async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
         let now = now_ms();
         let inner = self.lock();

@@ -43,10 +43,11 @@ impl Counters for MemoryStore {
         Ok(())
     }
 
-    async fn count_event(
+    async fn count_events(
         &self,
         key: &str,
         window: Duration,
+        events: u32,
         limit: u32,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
@@ -63,7 +64,11 @@ impl Counters for MemoryStore {
         if entry.0 != index {
             *entry = (index, 0, ends);
         }
-        entry.1 = entry.1.saturating_add(1);
-        Ok(entry.1 <= limit)
+        let counted = entry.1.saturating_add(events);
+        if counted > limit {
+            return Ok(false);
+        }
+        entry.1 = counted;
+        Ok(true)
     }
 }

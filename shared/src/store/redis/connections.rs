@@ -160,6 +160,15 @@ impl Connections for RedisStore {
         self.live_page(&self.room_key(room), cursor, limit).await
     }
 
+    async fn member_count(&self, room: Option<&RoomName>) -> Result<Option<u64>, StoreError> {
+        let key = match room {
+            Some(room) => self.room_key(room),
+            None => self.all_key(),
+        };
+        let mut redis = self.redis.clone();
+        Ok(Some(redis.zcard(key).await?))
+    }
+
     async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {
         let mut redis = self.redis.clone();
         let ids: Vec<String> = redis

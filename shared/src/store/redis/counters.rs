@@ -43,10 +43,11 @@ impl Counters for RedisStore {
             .map_err(StoreError::from)
     }
 
-    async fn count_event(
+    async fn count_events(
         &self,
         key: &str,
         window: Duration,
+        events: u32,
         limit: u32,
     ) -> Result<bool, StoreError> {
         let (index, ends) = crate::store::current_window(now_ms(), window);
@@ -56,8 +57,10 @@ impl Counters for RedisStore {
             .count
             .key(format!("{}events:{{{key}}}:{index}", self.prefix))
             .arg(ends)
+            .arg(events)
+            .arg(limit)
             .invoke_async(&mut redis)
             .await?;
-        Ok(counted <= i64::from(limit))
+        Ok(counted == 1)
     }
 }

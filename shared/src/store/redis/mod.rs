@@ -123,13 +123,15 @@ fn scripts() -> &'static Scripts {
             return 1
             ",
         ),
-        // KEYS: the window's counter. ARGV: when the window ends (ms). Counts one event;
-        // the counter expires with its window.
+        // KEYS: the window's counter. ARGV: when the window ends (ms), events, limit.
+        // Counts the events when they fit (1), else counts nothing (0); the counter
+        // expires with its window.
         count: Script::new(
             r"
-            local n = redis.call('INCR', KEYS[1])
-            if n == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
-            return n
+            local n = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[2])
+            if n > tonumber(ARGV[3]) then return 0 end
+            redis.call('SET', KEYS[1], n, 'PXAT', ARGV[1])
+            return 1
             ",
         ),
     })

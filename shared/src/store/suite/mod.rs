@@ -46,6 +46,8 @@ macro_rules! store_suite {
             instances_name_each_holder_in_order,
             events_are_counted_per_key_and_window,
             concurrent_events_pass_exactly_the_limit,
+            events_counted_together_pass_only_when_they_all_fit,
+            member_counts_are_exact_or_not_given,
             history_of_a_new_channel_starts_at_zero,
             history_counter_only_read_lives_only_the_age,
             history_offsets_are_dense_under_concurrent_publishers,
@@ -456,13 +458,13 @@ pub async fn events_are_counted_per_key_and_window(store: &dyn ConnectionStore) 
         for _ in 0..7 {
             verdicts.push(
                 store
-                    .count_event(&key, EVENT_WINDOW, 5)
+                    .count_events(&key, EVENT_WINDOW, 1, 5)
                     .await
                     .expect("count"),
             );
         }
         let apart = store
-            .count_event(&other, EVENT_WINDOW, 5)
+            .count_events(&other, EVENT_WINDOW, 1, 5)
             .await
             .expect("count");
         if window_now(EVENT_WINDOW) != window {
@@ -473,7 +475,7 @@ pub async fn events_are_counted_per_key_and_window(store: &dyn ConnectionStore) 
         tokio::time::sleep(EVENT_WINDOW).await;
         assert!(
             store
-                .count_event(&key, EVENT_WINDOW, 5)
+                .count_events(&key, EVENT_WINDOW, 1, 5)
                 .await
                 .expect("count"),
             "a new window starts over"
@@ -483,6 +485,50 @@ pub async fn events_are_counted_per_key_and_window(store: &dyn ConnectionStore) 
     panic!("every attempt straddled a window's edge");
 }
 
+/// Several events counted at once pass only when all of them fit, and events that do not
+/// fit are not counted: `@connections` budget grants are taken this way.
+pub async fn events_counted_together_pass_only_when_they_all_fit(store: &dyn ConnectionStore) {
+    for _ in 0..WINDOW_ATTEMPTS {
+        let key = unique("events");
+        let window = window_now(EVENT_WINDOW);
+        let mut verdicts = Vec::new();
+        for events in [3, 3, 2, 1, 6] {
+            let counted = store.count_events(&key, EVENT_WINDOW, events, 5);
+            verdicts.push(counted.await.expect("count"));
+        }
+        if window_now(EVENT_WINDOW) != window {
+            continue;
+        }
+        // 3 fits; 3 more would make 6; 2 makes 5, at the limit; 1 more is one past it; 6
+        // alone is more than the limit.
+        assert_eq!(verdicts, [true, false, true, false, false]);
+        return;
+    }
+    panic!("every attempt straddled a window's edge");
+}
+
+/// A backend that counts a room's members counts each live member once; one that cannot
+/// says so.
+pub async fn member_counts_are_exact_or_not_given(store: &dyn ConnectionStore) {
+    let room = RoomName::parse(&unique("counted")).expect("a room name");
+    for _ in 0..3 {
+        let c = connection("counted");
+        store.add(&c).await.expect("add");
+        store.join(&c.id, &room).await.expect("join");
+        store
+            .join(&c.id, &room)
+            .await
+            .expect("a second join is idempotent");
+    }
+    let counted = store.member_count(Some(&room)).await.expect("count");
+    assert!(matches!(counted, None | Some(3)), "{counted:?}");
+    let everyone = store.member_count(None).await.expect("count");
+    assert!(everyone.is_none_or(|n| n >= 3), "{everyone:?}");
+    let empty = RoomName::parse(&unique("empty")).expect("a room name");
+    let none = store.member_count(Some(&empty)).await.expect("count");
+    assert!(matches!(none, None | Some(0)), "{none:?}");
+}
+
 /// Eight hosts counting at once: exactly `limit` events pass in a window, never more. (On
 /// DynamoDB this needs writes to one item applied in order, which the tests' `moto_server`
 /// gets from [`Server::dynamodb`](crate::testing::Server::dynamodb).)
@@ -490,7 +536,7 @@ pub async fn concurrent_events_pass_exactly_the_limit(store: &dyn ConnectionStor
     for _ in 0..WINDOW_ATTEMPTS {
         let key = unique("events");
         let window = window_now(CONCURRENT_WINDOW);
-        let counts = (0..40).map(|_| store.count_event(&key, CONCURRENT_WINDOW, 20));
+        let counts = (0..40).map(|_| store.count_events(&key, CONCURRENT_WINDOW, 1, 20));
         let passed = futures::future::join_all(counts)
             .await
             .into_iter()

@@ -1,0 +1,100 @@
+//! Page jobs in this process: what SQS and the `deliver` function are on AWS. A publish
+//! above the shard threshold queues one job per page of recipients here and answers at
+//! once; [`DELIVER_WORKERS`] workers deliver the pages through the same handler the
+//! `deliver` function runs (`herald::handlers::deliver_job`), posting through the control
+//! plane's gateway (so injected faults meet them as API Gateway's would) under the shared
+//! `@connections` budget.
+//!
+//! The queue is bounded in bytes ([`QUEUED_PAGE_BYTES`]): a publish that finds it full waits
+//! up to [`ENQUEUE_PATIENCE`] for room, then fails with "the delivery queue is full"
+//! (pages it queued before are delivered, and the error says how many).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald::gateway::Gateway;
+use herald::handlers::{Services, deliver_job};
+use herald::shard::{PageJob, PageQueue, QueueError};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of page jobs (notifications and ids) waiting at most.
+pub(crate) const QUEUED_PAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The queue counts bytes in units of this many, so that a semaphore's permits cover it.
+const UNIT: usize = 1024;
+/// How long a publish waits for room in a full queue.
+pub(crate) const ENQUEUE_PATIENCE: Duration = Duration::from_secs(10);
+/// Pages delivered at once: as a few `deliver` invocations would on AWS, each posting with
+/// fan-out's own concurrency.
+pub(crate) const DELIVER_WORKERS: usize = 4;
+
+type Waiting = (PageJob, OwnedSemaphorePermit);
+
+/// The in-process queue of page jobs.
+pub(crate) struct LocalPageQueue {
+    jobs: mpsc::UnboundedSender<Waiting>,
+    room: Arc<Semaphore>,
+}
+
+impl LocalPageQueue {
+    /// Starts the workers, delivering through `gateway` with `services`; they stop when
+    /// `stop` is cancelled, dropping what is still queued (the sockets are closing).
+    pub(crate) fn start(
+        services: Services,
+        gateway: Arc<dyn Gateway>,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let (jobs, waiting) = mpsc::unbounded_channel::<Waiting>();
+        let waiting = Arc::new(Mutex::new(waiting));
+        for _ in 0..DELIVER_WORKERS {
+            let (services, gateway, waiting, stop) = (
+                services.clone(),
+                gateway.clone(),
+                waiting.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let next = tokio::select! {
+                        () = stop.cancelled() => break,
+                        next = async { waiting.lock().await.recv().await } => next,
+                    };
+                    let Some((job, held)) = next else {
+                        break;
+                    };
+                    deliver_job(&services, &gateway, job).await;
+                    drop(held);
+                }
+            });
+        }
+        Arc::new(Self {
+            jobs,
+            room: Arc::new(Semaphore::new(QUEUED_PAGE_BYTES / UNIT)),
+        })
+    }
+
+    /// Units of the queue's bound `job` takes: at least one, at most the whole bound.
+    fn units(job: &PageJob) -> u32 {
+        let units = (job.weight() / UNIT + 1).min(QUEUED_PAGE_BYTES / UNIT);
+        u32::try_from(units).expect("the bound's units fit in u32")
+    }
+}
+
+#[async_trait]
+impl PageQueue for LocalPageQueue {
+    async fn enqueue(&self, jobs: Vec<PageJob>) -> Result<(), QueueError> {
+        for job in jobs {
+            let room = self.room.clone().acquire_many_owned(Self::units(&job));
+            let held = match tokio::time::timeout(ENQUEUE_PATIENCE, room).await {
+                Ok(Ok(held)) => held,
+                Ok(Err(_)) | Err(_) => return Err(QueueError::Full),
+            };
+            // The workers stopped: the gateway is shutting down.
+            self.jobs
+                .send((job, held))
+                .map_err(|_| QueueError::Unavailable(herald::error::because("shutting down")))?;
+        }
+        Ok(())
+    }
+}
