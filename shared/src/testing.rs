@@ -15,6 +15,8 @@ enum Kind {
     /// its cluster owns (so a restart rejoins with the same id and slots, empty).
     RedisClusterNode,
     DynamoDb,
+    /// `moto_server` as users start it: requests handled on concurrent threads.
+    PlainMoto,
 }
 
 /// A server process of this test's own: `redis-server`, or `moto_server` for DynamoDB.
@@ -104,6 +106,12 @@ impl Server {
         Self::launch(Kind::DynamoDb)
     }
 
+    /// Starts `moto_server` exactly as a user would (`python3 -m moto.server`), without the
+    /// serialization [`Server::dynamodb`] adds for the store suite's concurrency cases.
+    pub fn plain_moto() -> Self {
+        Self::launch(Kind::PlainMoto)
+    }
+
     fn launch(kind: Kind) -> Self {
         Self::launch_in(kind, None)
     }
@@ -123,7 +131,7 @@ impl Server {
     pub fn url(&self) -> String {
         match self.kind {
             Kind::Redis | Kind::RedisClusterNode => format!("redis://127.0.0.1:{}", self.port),
-            Kind::DynamoDb => format!("http://127.0.0.1:{}", self.port),
+            Kind::DynamoDb | Kind::PlainMoto => format!("http://127.0.0.1:{}", self.port),
         }
     }
 
@@ -187,6 +195,11 @@ impl Server {
             Kind::DynamoDb => (
                 "python3",
                 vec!["-c", SERIALIZED_MOTO, "127.0.0.1", &port],
+                "pip install 'moto[server]'",
+            ),
+            Kind::PlainMoto => (
+                "python3",
+                vec!["-m", "moto.server", "-H", "127.0.0.1", "-p", &port],
                 "pip install 'moto[server]'",
             ),
         };

@@ -87,3 +87,39 @@ async fn an_unreachable_table_gives_clean_errors_not_hangs() {
     // The socket that was open stays usable for what needs no store.
     assert_eq!(client.ask(json!({"action":"ping"})).await["type"], "pong");
 }
+
+/// Clients that connect and subscribe at the same instant.
+const AT_ONCE: usize = 200;
+
+#[tokio::test]
+async fn two_hundred_clients_connect_and_subscribe_at_once_on_a_plain_moto_server() {
+    let server = Server::plain_moto();
+    let gw = std::sync::Arc::new(gateway_on(&server).await);
+    let joined = futures::future::join_all((0..AT_ONCE).map(|i| {
+        let gw = gw.clone();
+        async move {
+            let mut client = gw.connect(&format!("crowd-{i}"), &["lobby"], &[]).await;
+            let reply = client
+                .ask(json!({"action": "subscribe", "room": "lobby"}))
+                .await;
+            (client, reply)
+        }
+    }))
+    .await;
+    let refused: Vec<_> = joined
+        .iter()
+        .filter(|(_, reply)| reply["type"] != "subscribed")
+        .map(|(_, reply)| reply.to_string())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(3)]
+    );
+    let answer = gw
+        .invoke(json!({"room": "lobby", "data": 1}))
+        .await
+        .unwrap();
+    assert_eq!(answer["delivered"], AT_ONCE, "{answer}");
+}

@@ -1,19 +1,14 @@
 //! Connections and memberships on DynamoDB, each operation in as few requests as its
 //! guarantees allow.
 
-use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem};
-
-use super::errors::{
-    TRANSACTION_CONDITION_FAILED, build_error, store_error, unless_condition_failed,
-};
+use super::errors::{store_error, unless_condition_failed};
 use super::keys::{self, Item, Key, attr, n, s};
 use super::schema::TABLE;
 use super::{ALL_SHARDS, DynamoStore};
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
 use crate::store::{Connection, Connections, Page, StoreError};
+use async_trait::async_trait;
 
 /// The condition that a connection's record exists and has not expired.
 fn live_condition() -> String {
@@ -103,16 +98,17 @@ impl Connections for DynamoStore {
             ),
             (TABLE.index_sort_key.to_owned(), s(partition)),
         ]);
-        let everyone =
-            Key::everyone(keys::shard_of(&c.id, ALL_SHARDS), &c.id).with_expiry(c.expires_at);
-        self.client
-            .transact_write_items()
-            .transact_items(self.put(record)?)
-            .transact_items(self.put(everyone)?)
-            .send()
-            .await
-            .map(drop)
-            .map_err(store_error)
+        let shard = keys::shard_of(&c.id, ALL_SHARDS);
+        let everyone = Key::everyone(shard, &c.id).with_expiry(c.expires_at);
+        let written = self.put_many(vec![record, everyone]).await;
+        if written.is_err() {
+            // Half a connection would count against its user's limit until it expired.
+            let both = [Key::connection(&c.id), Key::everyone(shard, &c.id)];
+            if let Err(e) = self.delete_many(&both).await {
+                tracing::warn!(connection_id = %c.id, error = %e, "a failed add left items");
+            }
+        }
+        written
     }
 
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
@@ -153,39 +149,13 @@ impl Connections for DynamoStore {
     }
 
     async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+        // Live first; a removal racing the write leaves items that expire with the
+        // connection and are cleaned up by the first post to it (see the module).
         let connection = self.get(id).await?.ok_or(StoreError::NotFound)?;
-        let live = ConditionCheck::builder()
-            .table_name(&self.table)
-            .set_key(Some(Key::connection(id).item()))
-            .condition_expression(live_condition())
-            .expression_attribute_values(":now", n(now_ms()))
-            .build()
-            .map_err(build_error)?;
         let shard = keys::shard_of(id, self.room_shards);
         let reverse = Key::room_of(id, room).with_expiry(connection.expires_at);
         let member = Key::member(room, shard, id).with_expiry(connection.expires_at);
-        let written = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().condition_check(live).build())
-            .transact_items(self.put(reverse)?)
-            .transact_items(self.put(member)?)
-            .send()
-            .await;
-        let Err(e) = written else { return Ok(()) };
-        // The only condition is the connection's liveness.
-        let liveness_failed = match e.as_service_error() {
-            Some(TransactWriteItemsError::TransactionCanceledException(t)) => t
-                .cancellation_reasons()
-                .iter()
-                .any(|r| r.code() == Some(TRANSACTION_CONDITION_FAILED)),
-            _ => false,
-        };
-        Err(if liveness_failed {
-            StoreError::NotFound
-        } else {
-            store_error(e)
-        })
+        self.put_many(vec![reverse, member]).await
     }
 
     async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
@@ -202,13 +172,7 @@ impl Connections for DynamoStore {
             .item()
             .is_some();
         let member = Key::member(room, keys::shard_of(id, self.room_shards), id);
-        self.client
-            .transact_write_items()
-            .transact_items(self.delete(&reverse)?)
-            .transact_items(self.delete(&member)?)
-            .send()
-            .await
-            .map_err(store_error)?;
+        self.delete_many(&[reverse, member]).await?;
         Ok(was_member)
     }
 

@@ -17,8 +17,6 @@ const THROTTLED: [&str; 3] = [
 
 /// The code of a failed condition.
 const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
-/// A transaction's cancellation reason for a failed condition.
-pub(super) const TRANSACTION_CONDITION_FAILED: &str = "ConditionalCheckFailed";
 
 /// Maps an SDK error: throttling, unreachable endpoints and timeouts each have their kind.
 pub(super) fn store_error<E, R>(error: SdkError<E, R>) -> StoreError
