@@ -98,3 +98,58 @@ impl PageQueue for LocalPageQueue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use herald::fanout::FanoutConfig;
+    use herald::gateway::RecordingGateway;
+    use herald::ids::ConnectionId;
+    use herald::limits::Limits;
+    use herald::store::MemoryStore;
+
+    use super::*;
+
+    fn job(page: u64, payload: &Bytes) -> PageJob {
+        PageJob {
+            notification: "n".into(),
+            page,
+            connections: vec![ConnectionId::new(format!("c{page}"))],
+            payload: payload.clone(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_holds_its_bytes_and_no_more_then_says_it_is_full() {
+        let gateway = Arc::new(RecordingGateway::new());
+        // Workers that take a job never finish it within the test.
+        gateway.set_delay(Duration::from_secs(24 * 3600));
+        let services = Services::new(
+            Arc::new(MemoryStore::new()),
+            Limits::default(),
+            FanoutConfig::default(),
+        );
+        let stop = CancellationToken::new();
+        let queue = LocalPageQueue::start(services, gateway.clone(), stop.clone());
+        let payload = Bytes::from(vec![b'7'; 1024 * 1024]);
+        let units = LocalPageQueue::units(&job(0, &payload)) as usize;
+        let fit = QUEUED_PAGE_BYTES / UNIT / units;
+        for page in 0..fit as u64 {
+            queue.enqueue(vec![job(page, &payload)]).await.unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        let refused = queue.enqueue(vec![job(fit as u64, &payload)]).await;
+        assert!(
+            matches!(refused, Err(QueueError::Full)),
+            "one past the bound"
+        );
+        assert_eq!(
+            started.elapsed(),
+            ENQUEUE_PATIENCE,
+            "after waiting for room"
+        );
+        stop.cancel();
+    }
+}

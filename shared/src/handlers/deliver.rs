@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use tracing::{info, warn};
 
 use super::Services;
@@ -32,15 +32,11 @@ pub async fn deliver(
             }
             Err(error) => {
                 warn!(message_id = %message_id, %error, "SQS record is not a page job");
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = message_id;
-                failures.push(failure);
+                failures.push(message_id);
             }
         }
     }
-    let mut response = SqsBatchResponse::default();
-    response.batch_item_failures = failures;
-    response
+    super::sqs_answer(failures)
 }
 
 /// Delivers one page job under the services' budget and logs what it did: what every host

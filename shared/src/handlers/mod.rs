@@ -64,6 +64,21 @@ impl Services {
     }
 }
 
+/// The answer to an SQS event: the records that failed, by message id, for SQS to retry
+/// (or move to the dead-letter queue); every other record is done.
+fn sqs_answer(failed: Vec<String>) -> aws_lambda_events::sqs::SqsBatchResponse {
+    let mut response = aws_lambda_events::sqs::SqsBatchResponse::default();
+    response.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut failure = aws_lambda_events::sqs::BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}
+
 /// The event's connection id, if it has one.
 fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Option<ConnectionId> {
     event

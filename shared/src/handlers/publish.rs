@@ -4,7 +4,7 @@
 //! not be processed (the store failed). Recipients that were gone or failed are counted in
 //! the result and not retried through SQS, which would re-deliver to everyone else.
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use serde_json::Value;
 use tracing::{error, warn};
@@ -121,14 +121,10 @@ async fn sqs(services: &Services, gateway: &dyn Gateway, event: SqsEvent) -> Sqs
         };
         if let Err(e) = result {
             warn!(message_id = %message_id, error = %e, "SQS record not published");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = message_id;
-            failures.push(failure);
+            failures.push(message_id);
         }
     }
-    let mut response = SqsBatchResponse::default();
-    response.batch_item_failures = failures;
-    response
+    super::sqs_answer(failures)
 }
 
 /// Publishes one validated request: serialize once, honour the idempotency key, keep it in
