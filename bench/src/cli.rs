@@ -162,6 +162,14 @@ pub enum Scenario {
     },
     /// A short run of every fan-out kind that fails unless nothing is lost or duplicated.
     Smoke,
+    /// DynamoDB requests and write units of each operation (connect, subscribe, publish,
+    /// unsubscribe, disconnect), counted in front of a `moto_server` started here, and
+    /// their price per million (see infra/COST.md).
+    Cost {
+        /// Clients, all in one room.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+    },
     /// The bare broadcast server (started by the other scenarios).
     BaselineServer {
         /// The port to listen on (0: a free one).

@@ -16,6 +16,7 @@
 //! | `src/load.rs` | clients, fan-out, memory and churn measurements |
 //! | `src/publisher.rs` | the publisher, and the HTTP/1.1 it speaks to the servers |
 //! | `src/chart.rs` | the PNG chart of a sweep |
+//! | `src/cost.rs` | DynamoDB requests and write units per operation, counted by a proxy in front of `moto_server` |
 //! | `src/flood.rs` | the asynchronous flood: 429s, readers kept, peak memory |
 //! | `src/sse.rs` | the Server-Sent Events client the `sse` scenario reads with |
 //! | `src/soak/mod.rs` | the soak: its instances, publisher, memory samples and report |
@@ -25,6 +26,7 @@
 pub mod baseline;
 pub mod chart;
 pub mod cli;
+pub mod cost;
 pub mod flood;
 pub mod load;
 pub mod placement;

@@ -83,10 +83,19 @@ async fn spawn(mut command: Command, marker: &str) -> Proc {
 /// instance delivering a room itself; page jobs are paced by the post budget, on purpose);
 /// `env` adds variables (a Redis store, say).
 pub async fn gateway(env: &[(&str, &str)]) -> Proc {
+    gateway_with(
+        &["--max-connections-per-user", "0", "--shard-threshold", "0"],
+        env,
+    )
+    .await
+}
+
+/// Starts `herald-local` on a free port with the benchmark's secret, `args` and `env`.
+pub async fn gateway_with(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut command = placed(sibling("herald-local"));
     command
-        .args(["--port", "0", "--max-connections-per-user", "0"])
-        .args(["--shard-threshold", "0"])
+        .args(["--port", "0"])
+        .args(args)
         .env_clear()
         .env("HERALD_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn");

@@ -63,6 +63,7 @@ pub async fn run(cli: Cli) {
         } => sweep(connections, publishes, size, png, json_path).await,
         Scenario::Chart { from, chart: png } => redraw_chart(from, png).await,
         Scenario::Smoke => smoke(json_path).await,
+        Scenario::Cost { clients } => write_json(json_path, &crate::cost::run(clients).await),
         Scenario::Soak {
             clients,
             minutes,
