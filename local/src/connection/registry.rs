@@ -808,6 +808,16 @@ mod tests {
     }
 
     /// A registry that delivers rooms, holding `n` sockets.
+    /// A writer's first take from `socket`, waiting until there is something to take.
+    fn waiting_writer(socket: &Arc<Socket>) -> tokio::task::JoinHandle<VecDeque<Frame>> {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            socket.take(&mut batch).await;
+            batch
+        })
+    }
+
     fn delivering(n: usize) -> (Arc<Registry>, Vec<Arc<Socket>>) {
         let registry = Arc::new(Registry::default());
         registry.deliver_rooms();
@@ -951,11 +961,7 @@ mod tests {
         let (registry, sockets) = delivering(1);
         let socket = sockets[0].clone();
         let room = RoomName::parse("orders").unwrap();
-        let writer = tokio::spawn(async move {
-            let mut batch = VecDeque::new();
-            socket.take(&mut batch).await;
-            batch
-        });
+        let writer = waiting_writer(&socket);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "nothing to take yet");
         registry.mirror(&sockets[0].meta.id, &room, true);
@@ -980,14 +986,7 @@ mod tests {
             RoomName::parse("second").unwrap(),
         );
         registry.mirror(&socket.meta.id, &first, true);
-        let writer = tokio::spawn({
-            let socket = socket.clone();
-            async move {
-                let mut batch = VecDeque::new();
-                socket.take(&mut batch).await;
-                batch
-            }
-        });
+        let writer = waiting_writer(&socket);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "waiting on the first ring");
         registry.mirror(&socket.meta.id, &second, true);

@@ -20,9 +20,11 @@ use crate::store::{ConnectionStore, StoreError, current_window};
 
 /// The store key every worker counts posts under.
 const BUDGET_KEY: &str = "post-budget";
-/// How long one budget window lasts: short, so a burst is at most a tenth of a second's
-/// budget above the rate.
-pub const BUDGET_WINDOW: Duration = Duration::from_millis(100);
+/// Budget windows per second: ten, so a burst is at most a tenth of a second's budget
+/// above the rate.
+const WINDOWS_PER_SECOND: u32 = 10;
+/// How long one budget window lasts.
+pub const BUDGET_WINDOW: Duration = Duration::from_millis(1_000 / WINDOWS_PER_SECOND as u64);
 /// Posts a worker takes from the store at once: fan-out's concurrency, so a worker posting
 /// one at a time asks the store about once per round of posts in flight.
 pub const GRANT: u32 = 64;
@@ -44,10 +46,8 @@ impl PostBudget {
         }
         // Windows of a tenth of a second each take a tenth of the budget; a budget under
         // ten a second is counted per second instead, so a window's share is never zero.
-        let windows = u32::try_from(Duration::from_secs(1).as_millis() / BUDGET_WINDOW.as_millis())
-            .expect("a handful of windows per second");
-        let (window, per_window) = if per_second >= windows {
-            (BUDGET_WINDOW, per_second / windows)
+        let (window, per_window) = if per_second >= WINDOWS_PER_SECOND {
+            (BUDGET_WINDOW, per_second / WINDOWS_PER_SECOND)
         } else {
             (Duration::from_secs(1), per_second)
         };
