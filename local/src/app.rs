@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::auth::Verifier;
 use herald::config::Config;
 use herald::gateway::Gateway;
 use herald::handlers::Services;
@@ -21,6 +20,8 @@ use crate::connection::registry::{
 };
 use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::faults::Faults;
+use crate::functions::SharedHandlers;
+use crate::functions::lambda::Functions;
 
 /// The address `herald-local` listens on: loopback only, unless told otherwise.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -205,6 +206,9 @@ pub struct Settings {
     pub http: HttpLimits,
     /// Faults `@connections` posts meet (none by default).
     pub faults: Faults,
+    /// Lambda mode: run the function binaries in this folder behind the Lambda Runtime
+    /// API instead of calling the handlers in process (`functions/lambda.rs`).
+    pub lambda_dir: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -223,6 +227,7 @@ impl Settings {
             async_queue: DEFAULT_QUEUED_INVOCATIONS,
             http: HttpLimits::default(),
             faults: Faults::default(),
+            lambda_dir: None,
         }
     }
 }
@@ -264,6 +269,9 @@ pub enum StartError {
         min = herald::auth::MIN_HS256_SECRET_BYTES
     )]
     WeakJwtSecret(usize),
+    /// Lambda mode could not start its functions.
+    #[error(transparent)]
+    Lambda(#[from] crate::functions::lambda::LambdaError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -273,17 +281,14 @@ pub enum StartError {
 pub(crate) struct App {
     pub settings: Settings,
     pub services: Services,
-    pub verifier: Verifier,
+    /// What runs the handlers: in process, or the function binaries (`functions/`).
+    pub handlers: SharedHandlers,
+    /// In Lambda mode, the function binaries (the readers invoke `poll` and `stream`).
+    pub functions: Option<Arc<Functions>>,
     pub registry: Arc<Registry>,
     /// Where `@connections` posts for any connection go: this instance's sockets, or the
     /// cluster, through the injected faults if any (`control_plane/faults.rs`).
     pub control: Arc<dyn Gateway>,
-    /// Where the handlers' pushes go: this instance's sockets or the cluster, or the SDK
-    /// client over HTTP.
-    pub gateway: Arc<dyn Gateway>,
-    /// Where the Invoke API's publishes post: the handlers' gateway, through the injected
-    /// faults if any.
-    pub publisher: Arc<dyn Gateway>,
     pub events: EventFactory,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,

@@ -8,7 +8,8 @@
 //!
 //! Each folder is one concept; arrows point one way, from the top of this table down:
 //! `root` builds the [`App`] and serves `routes`, whose handlers (`ws`, `readers`,
-//! `control_plane`, `demo`) open and close connections through `session`, on top of
+//! `control_plane`, `demo`) open and close connections through `session` and run the
+//! handlers through `functions`, on top of
 //! `connection`, `cluster` and `http`, which know nothing above them.
 //!
 //! | place | what |
@@ -22,6 +23,7 @@
 //! | `src/session/` | opening a connection (admission, token, authorizer, `$connect`) and closing it (`$disconnect`), for every transport |
 //! | `src/ws/` | the WebSocket transport: the handshake route, the upgrade, each socket's reader and writer |
 //! | `src/readers/` | the fallback transports: Server-Sent Events, long polling, CORS for both |
+//! | `src/functions/` | what runs the handlers: in process, or (`--lambda-dir`) the function binaries behind an embedded Lambda Runtime API, with their delivery queue and readers |
 //! | `src/control_plane/` | the `@connections` Management API and the Lambda Invoke API, SigV4, asynchronous invocations |
 //! | `src/connection/` | a connection's parts: events as API Gateway builds them, the registry of sockets (the in-process `Gateway`), the outbox, frames on the wire, close codes, the frame rate, the connections' runtime |
 //! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, re-registration after a loss, the heartbeat, the store that mirrors local rooms |
@@ -34,6 +36,7 @@ mod cluster;
 pub mod connection;
 pub mod control_plane;
 mod demo;
+pub mod functions;
 mod http;
 mod readers;
 mod root;
@@ -60,4 +63,5 @@ pub use connection::registry::{
 pub use control_plane::faults::{Faults, FaultsError, MAX_FAULT_LATENCY};
 pub use control_plane::sigv4::{self, Credentials};
 pub use control_plane::{BODY_BYTES_IN_FLIGHT, DEFAULT_QUEUED_INVOCATIONS};
+pub use functions::lambda::{ColdStart, FUNCTIONS, LambdaError};
 pub use root::{MIN_HS256_SECRET_BYTES, Ready, bind, prepare, run};

@@ -159,6 +159,12 @@ struct Flags {
     /// who reaches the port can then publish and disconnect. Never on a shared network.
     #[arg(long, env = "HERALD_INSECURE_OPEN_CONTROL_PLANE")]
     insecure_open_control_plane: bool,
+    /// Lambda mode: run the eight function binaries in this folder (DIR/<name>/bootstrap
+    /// as `cargo lambda build` writes them, or DIR/<name> as `cargo build --release` does,
+    /// e.g. target/release) behind an embedded Lambda Runtime API, instead of the handlers
+    /// in process. Needs HERALD_STORE=redis or dynamodb.
+    #[arg(long, env = "HERALD_LAMBDA_DIR")]
+    lambda_dir: Option<std::path::PathBuf>,
 }
 
 /// The subcommands for shells and scripts.
@@ -395,11 +401,24 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             head_timeout: Duration::from_secs(flags.head_timeout_secs),
             drain: Duration::from_secs(flags.drain_secs),
         },
+        lambda_dir: flags.lambda_dir,
     };
     let stage = settings.stage.clone();
     // The port opens only once the gateway can serve.
     let ready = herald_local::bind(&flags.host, flags.port, settings).await?;
     let addr = ready.addr;
+    if !ready.cold_starts.is_empty() {
+        let starts: Vec<String> = ready
+            .cold_starts
+            .iter()
+            .map(|c| format!("{} {:.1} ms", c.function, c.took.as_secs_f64() * 1e3))
+            .collect();
+        say(&format!(
+            "Lambda mode: the function binaries run behind the Runtime API; cold starts \
+             (spawn to first /next): {}",
+            starts.join(", ")
+        ));
+    }
     if let AuthMode::Dev { token } = &ready.auth {
         tracing::warn!(
             "DEV MODE: no HERALD_JWT_SECRET or HERALD_JWT_PUBLIC_KEY is set, so tokens are \

@@ -29,6 +29,9 @@ use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::async_invoke::AsyncInvokes;
 use crate::control_plane::faults::FaultyGateway;
 use crate::control_plane::page_queue::LocalPageQueue;
+use crate::functions::delivery_queue::DeliveryQueue;
+use crate::functions::lambda::{self, ColdStart, Endpoints, Functions};
+use crate::functions::{InProcess, SharedHandlers};
 use crate::{routes, serve};
 
 /// How long the dev token is valid.
@@ -194,7 +197,7 @@ fn check_secret(settings: &Settings, addr: SocketAddr) -> Result<(), StartError>
     Err(StartError::WeakJwtSecret(secret.len()))
 }
 
-fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
+async fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     let addr = listener.local_addr()?;
     let Parts {
         settings,
@@ -253,30 +256,58 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
     }
     // Page jobs are delivered as publishes are: through the control plane's gateway.
     let mut services = services;
-    services.sharding.queue = Some(LocalPageQueue::start(
-        services.clone(),
-        publisher.clone(),
-        shutdown.clone(),
-    ));
-    let async_invokes = AsyncInvokes::start(
-        settings.async_queue,
-        services.clone(),
-        publisher.clone(),
-        shutdown.clone(),
-    );
+    let (page_queue, page_jobs) = LocalPageQueue::new();
+    services.sharding.queue = Some(page_queue.clone());
+    // The functions outlive `shutdown`: the connections' `$disconnect`s run after it.
+    let functions_stop = CancellationToken::new();
+    let (handlers, functions, delivery_queue): (SharedHandlers, _, _) = match &settings.lambda_dir {
+        None => (
+            Arc::new(InProcess {
+                services: services.clone(),
+                verifier,
+                gateway: gateway.clone(),
+                publisher: publisher.clone(),
+            }),
+            None,
+            None,
+        ),
+        Some(dir) => {
+            let delivery_queue = DeliveryQueue::serve(page_queue).await?;
+            let endpoints = Endpoints {
+                management: format!("http://{addr}/{}", settings.stage),
+                queue: delivery_queue.endpoint.clone(),
+            };
+            let env = lambda::environment(
+                &settings.config,
+                &endpoints,
+                settings.control_plane.credentials.as_ref(),
+                matches!(auth, AuthMode::Dev { .. }),
+            );
+            let functions = Arc::new(
+                Functions::start(dir, &settings.config, env, functions_stop.clone()).await?,
+            );
+            (functions.clone(), Some(functions), Some(delivery_queue))
+        }
+    };
+    page_jobs.work(handlers.clone(), shutdown.clone());
+    let async_invokes =
+        AsyncInvokes::start(settings.async_queue, handlers.clone(), shutdown.clone());
     let dev_token = match &auth {
         AuthMode::Dev { token } => Some(token.clone()),
         AuthMode::Configured => None,
     };
+    let cold_starts = functions
+        .as_ref()
+        .map(|f| f.cold_starts.clone())
+        .unwrap_or_default();
     let app = Arc::new(App {
         dev_token,
         settings,
         services,
-        verifier,
+        handlers,
+        functions,
         registry,
         control,
-        gateway,
-        publisher,
         events,
         shutdown,
         connections: TaskTracker::new(),
@@ -286,15 +317,20 @@ fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError> {
         addr,
         auth,
         control_plane,
+        cold_starts,
         app,
         async_invokes,
         listener,
+        lambda: delivery_queue.map(|queue| LambdaMode {
+            _delivery_queue: queue,
+            stop: functions_stop,
+        }),
     })
 }
 
 /// Prepares the gateway on an already bound `listener` (tests bind `127.0.0.1:0`).
 pub async fn prepare(listener: TcpListener, settings: Settings) -> Result<Ready, StartError> {
-    finish(assemble(settings).await?, listener)
+    finish(assemble(settings).await?, listener).await
 }
 
 /// Prepares everything, then binds `host:port`: the port opens only once the gateway can
@@ -302,7 +338,7 @@ pub async fn prepare(listener: TcpListener, settings: Settings) -> Result<Ready,
 pub async fn bind(host: &str, port: u16, settings: Settings) -> Result<Ready, StartError> {
     let parts = assemble(settings).await?;
     let listener = TcpListener::bind((host, port)).await?;
-    finish(parts, listener)
+    finish(parts, listener).await
 }
 
 /// A gateway that has bound its port and is ready to serve.
@@ -313,9 +349,25 @@ pub struct Ready {
     pub auth: AuthMode,
     /// How the control plane is guarded.
     pub control_plane: ControlPlaneMode,
+    /// In Lambda mode, each function's cold start; otherwise empty.
+    pub cold_starts: Vec<ColdStart>,
     pub(crate) app: Arc<App>,
     pub(crate) async_invokes: AsyncInvokes,
     pub(crate) listener: TcpListener,
+    pub(crate) lambda: Option<LambdaMode>,
+}
+
+/// What Lambda mode keeps running beside the gateway.
+pub(crate) struct LambdaMode {
+    _delivery_queue: DeliveryQueue,
+    /// Stops the functions' instances.
+    stop: CancellationToken,
+}
+
+impl Drop for LambdaMode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Ready {
@@ -340,6 +392,8 @@ impl Ready {
         // Connection tasks see the same token, close their sockets and run `$disconnect`;
         // `serve` waits for them, and for HTTP connections, at most the drain time.
         serve::serve(app, self.listener, router).await;
+        // Only now, with every `$disconnect` run: the functions' instances stop.
+        drop(self.lambda);
         Ok(())
     }
 }

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use herald::gateway::Gateway;
-use herald::handlers::Services;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::app::DEFAULT_QUEUED_INVOCATIONS;
+use crate::functions::SharedHandlers;
 
 /// Payload bytes waiting at most: with [`MAX_ASYNC_PAYLOAD_BYTES`] per invocation, what the
 /// queue can hold is bounded by this whatever the callers send.
@@ -58,8 +57,7 @@ impl AsyncInvokes {
     /// (the sockets it was for are closing).
     pub(crate) fn start(
         capacity: usize,
-        services: Services,
-        gateway: Arc<dyn Gateway>,
+        handlers: SharedHandlers,
         stop: CancellationToken,
     ) -> Self {
         let (invokes, mut waiting) = Self::new(capacity);
@@ -82,7 +80,7 @@ impl AsyncInvokes {
                         continue;
                     }
                 };
-                if let Err(e) = herald::handlers::publish(&services, &*gateway, payload).await {
+                if let Err(e) = handlers.publish(payload).await {
                     tracing::warn!(error = %e, "asynchronous publish failed");
                 }
             }

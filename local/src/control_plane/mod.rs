@@ -327,13 +327,13 @@ async fn invoke(plane: &Plane, name: &str, headers: &HeaderMap, body: Bytes) -> 
                     );
                 }
             };
-            let result = herald::handlers::publish(&app.services, &*app.publisher, payload).await;
+            let result = app.handlers.publish(payload).await;
             let mut response = match result {
                 Ok(answer) => json_response(StatusCode::OK, &answer),
                 Err(e) => {
                     let mut response = json_response(
                         StatusCode::OK,
-                        &json!({"errorType": e.error_type(), "errorMessage": e.to_string()}),
+                        &json!({"errorType": e.error_type, "errorMessage": e.message}),
                     );
                     response.headers_mut().insert(
                         "x-amz-function-error",

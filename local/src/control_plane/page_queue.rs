@@ -1,7 +1,7 @@
 //! Page jobs in this process: what SQS and the `deliver` function are on AWS. A publish
 //! above the shard threshold queues one job per page of recipients here and answers at
 //! once; [`DELIVER_WORKERS`] workers deliver the pages through the same handler the
-//! `deliver` function runs (`herald::handlers::deliver_job`), posting through the control
+//! `deliver` function runs (through `functions/`: in process, or the `deliver` binary), posting through the control
 //! plane's gateway (so injected faults meet them as API Gateway's would) under the shared
 //! `@connections` budget.
 //!
@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald::gateway::Gateway;
-use herald::handlers::{Services, deliver_job};
 use herald::shard::{PageJob, PageQueue, QueueError};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+
+use crate::functions::SharedHandlers;
 
 /// Bytes of page jobs (notifications and ids) waiting at most.
 pub(crate) const QUEUED_PAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -38,22 +38,34 @@ pub(crate) struct LocalPageQueue {
 }
 
 impl LocalPageQueue {
-    /// Starts the workers, delivering through `gateway` with `services`; they stop when
-    /// `stop` is cancelled, dropping what is still queued (the sockets are closing).
-    pub(crate) fn start(
-        services: Services,
-        gateway: Arc<dyn Gateway>,
-        stop: CancellationToken,
-    ) -> Arc<Self> {
+    /// An empty queue, and its jobs for [`PageJobs::work`].
+    pub(crate) fn new() -> (Arc<Self>, PageJobs) {
         let (jobs, waiting) = mpsc::unbounded_channel::<Waiting>();
-        let waiting = Arc::new(Mutex::new(waiting));
+        let queue = Arc::new(Self {
+            jobs,
+            room: Arc::new(Semaphore::new(QUEUED_PAGE_BYTES / UNIT)),
+        });
+        (queue, PageJobs(waiting))
+    }
+
+    /// Units of the queue's bound `job` takes: at least one, at most the whole bound.
+    fn units(job: &PageJob) -> u32 {
+        let units = (job.weight() / UNIT + 1).min(QUEUED_PAGE_BYTES / UNIT);
+        u32::try_from(units).expect("the bound's units fit in u32")
+    }
+}
+
+/// The queue's jobs, before its workers take them.
+pub(crate) struct PageJobs(mpsc::UnboundedReceiver<Waiting>);
+
+impl PageJobs {
+    /// Starts the workers, delivering each job through `handlers` (the `deliver` handler,
+    /// in process or as the function); they stop when `stop` is cancelled, dropping what
+    /// is still queued (the sockets are closing).
+    pub(crate) fn work(self, handlers: SharedHandlers, stop: CancellationToken) {
+        let waiting = Arc::new(Mutex::new(self.0));
         for _ in 0..DELIVER_WORKERS {
-            let (services, gateway, waiting, stop) = (
-                services.clone(),
-                gateway.clone(),
-                waiting.clone(),
-                stop.clone(),
-            );
+            let (handlers, waiting, stop) = (handlers.clone(), waiting.clone(), stop.clone());
             tokio::spawn(async move {
                 loop {
                     let next = tokio::select! {
@@ -63,21 +75,11 @@ impl LocalPageQueue {
                     let Some((job, held)) = next else {
                         break;
                     };
-                    deliver_job(&services, &gateway, job).await;
+                    handlers.deliver(job).await;
                     drop(held);
                 }
             });
         }
-        Arc::new(Self {
-            jobs,
-            room: Arc::new(Semaphore::new(QUEUED_PAGE_BYTES / UNIT)),
-        })
-    }
-
-    /// Units of the queue's bound `job` takes: at least one, at most the whole bound.
-    fn units(job: &PageJob) -> u32 {
-        let units = (job.weight() / UNIT + 1).min(QUEUED_PAGE_BYTES / UNIT);
-        u32::try_from(units).expect("the bound's units fit in u32")
     }
 }
 
@@ -106,6 +108,7 @@ mod tests {
     use bytes::Bytes;
     use herald::fanout::FanoutConfig;
     use herald::gateway::RecordingGateway;
+    use herald::handlers::Services;
     use herald::ids::ConnectionId;
     use herald::limits::Limits;
     use herald::store::MemoryStore;
@@ -132,7 +135,19 @@ mod tests {
             FanoutConfig::default(),
         );
         let stop = CancellationToken::new();
-        let queue = LocalPageQueue::start(services, gateway.clone(), stop.clone());
+        let (queue, jobs) = LocalPageQueue::new();
+        let handlers = Arc::new(crate::functions::InProcess {
+            services,
+            verifier: herald::auth::Verifier::new(&herald::auth::AuthConfig {
+                key: herald::auth::JwtKey::Secret(vec![7; 32]),
+                issuer: None,
+                audience: None,
+            })
+            .unwrap(),
+            gateway: gateway.clone(),
+            publisher: gateway.clone(),
+        });
+        jobs.work(handlers, stop.clone());
         let payload = Bytes::from(vec![b'7'; 1024 * 1024]);
         let units = LocalPageQueue::units(&job(0, &payload)) as usize;
         let fit = QUEUED_PAGE_BYTES / UNIT / units;

@@ -69,8 +69,9 @@ pub(crate) async fn open(
     headers: &HeaderMap,
     cursor: Option<&str>,
 ) -> Result<Reader, Refused> {
-    let (request, meta) =
-        admit_and_authorize(app, stage, peer, query, headers).map_err(Refused::Handshake)?;
+    let (request, meta) = admit_and_authorize(app, stage, peer, query, headers)
+        .await
+        .map_err(Refused::Handshake)?;
     let context = meta.context.map().into_iter().collect();
     let identity = Identity::from_context(&context)
         .map_err(|e| Refused::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;

@@ -2,7 +2,7 @@
 //! (`ws/handshake.rs`) and the fallback readers (`readers/`) both run, as API Gateway runs
 //! it, one step after another: admission (stage, shutdown, connection limits: 429), the
 //! token (401 without calling the authorizer when there is none), the `authorizer` handler
-//! (401 on refusal, 403 on a Deny policy), then `connect` (its non-2xx refuses the
+//! (through `functions/`: 401 on refusal, 403 on a Deny policy), then `connect` (its non-2xx refuses the
 //! connection with that status); and at the end `$disconnect`, exactly once.
 //!
 //! The socket's queue is in the registry before `connect` stores the connection, so a
@@ -19,7 +19,7 @@ use herald::events::encodings::Body;
 use herald::events::iam::IamPolicyEffect;
 use herald::ids::{ConnectionId, now_ms};
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::app::App;
 use crate::connection::events::{ConnectionMeta, Context};
@@ -60,7 +60,7 @@ impl Request {
 /// Admission, the token and the `authorizer`: what every transport's handshake (the
 /// WebSocket's, SSE's) does before `$connect`. The request as the events carry it, and the
 /// connection it would be, with the authorizer's context.
-pub(crate) fn admit_and_authorize(
+pub(crate) async fn admit_and_authorize(
     app: &App,
     stage: &str,
     peer: SocketAddr,
@@ -86,7 +86,7 @@ pub(crate) fn admit_and_authorize(
             .to_owned(),
         context: Context::default(),
     };
-    let meta = authorize(app, headers, &request, meta)?;
+    let meta = authorize(app, headers, &request, meta).await?;
     Ok((request, meta))
 }
 
@@ -116,7 +116,7 @@ fn admit(app: &App, stage: &str, source_ip: &str) -> Result<(), Refusal> {
 }
 
 /// The token, then the `authorizer` handler; an allowed connection carries its context.
-fn authorize(
+async fn authorize(
     app: &App,
     headers: &HeaderMap,
     request: &Request,
@@ -131,10 +131,12 @@ fn authorize(
     let event = app
         .events
         .authorizer_request(&meta, &request.headers, &request.query);
-    let allowed = herald::handlers::authorize(&app.verifier, &event).map_err(|e| {
-        info!(error = %e, "handshake refused by the authorizer");
-        Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized")
-    })?;
+    // The handlers log why; the client is told only `Unauthorized`, as API Gateway tells it.
+    let allowed = app
+        .handlers
+        .authorize(&event)
+        .await
+        .map_err(|_| Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized"))?;
     let statement = allowed.policy_document.statement.first();
     if !statement.is_some_and(|s| s.effect == IamPolicyEffect::Allow) {
         return Err(Refusal::new(StatusCode::FORBIDDEN, "Forbidden"));
@@ -157,7 +159,7 @@ pub(crate) async fn connect(
     let event = app
         .events
         .connect(&socket.meta, &request.headers, &request.query);
-    let answer = herald::handlers::connect(&app.services, &event).await;
+    let answer = app.handlers.connect(&event).await;
     if (200..300).contains(&answer.status_code) {
         return Ok(socket);
     }
@@ -179,6 +181,6 @@ pub(crate) async fn finish(app: Arc<App>, socket: Arc<Socket>, code: u16, reason
         return;
     }
     let event = app.events.disconnect(&socket.meta, code, &reason);
-    let answer = herald::handlers::disconnect(&app.services, &event).await;
+    let answer = app.handlers.disconnect(&event).await;
     debug!(connection_id = %socket.meta.id, code, reason, status = answer.status_code, "disconnected");
 }

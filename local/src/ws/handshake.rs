@@ -30,11 +30,11 @@ pub(crate) async fn handshake(
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Response {
-    let (request, meta) = match admit_and_authorize(&app, &stage, peer, query.as_deref(), &headers)
-    {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let (request, meta) =
+        match admit_and_authorize(&app, &stage, peer, query.as_deref(), &headers).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal.into_response(),
+        };
     let socket = match connect(&app, &request, meta, Transport::WebSocket).await {
         Ok(socket) => socket,
         Err(refusal) => return refusal.into_response(),

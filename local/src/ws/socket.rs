@@ -247,7 +247,7 @@ async fn read(app: &App, socket: &Socket, mut stream: Ws) -> (u16, String) {
                 // all the time the connection sits idle.
                 Box::pin(async {
                     let event = app.events.message(&socket.meta, text.as_str());
-                    herald::handlers::message(&app.services, &*app.gateway, &event).await;
+                    app.handlers.message(&event).await;
                 })
                 .await;
             }

@@ -17,6 +17,7 @@ mod faults;
 mod handshake;
 mod history;
 mod invoke;
+mod lambda_mode;
 mod limits;
 mod management_api;
 mod memory;
