@@ -272,7 +272,9 @@ async fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError
             None,
         ),
         Some(dir) => {
-            let delivery_queue = DeliveryQueue::serve(page_queue).await?;
+            let delivery_queue =
+                DeliveryQueue::serve(page_queue, settings.control_plane.credentials.clone())
+                    .await?;
             let endpoints = Endpoints {
                 management: format!("http://{addr}/{}", settings.stage),
                 queue: delivery_queue.endpoint.clone(),

@@ -4,15 +4,17 @@
 //! page queue (`control_plane/page_queue.rs`), whose workers invoke the `deliver` binary
 //! with it as an SQS event.
 //!
-//! It listens on loopback only, for the gateway's own functions. A body that is not a page
-//! job is refused entry by entry (`InvalidMessageContents`), as nothing would deliver it; a
+//! It listens on loopback only, for the gateway's own functions, and with control-plane
+//! credentials configured takes only requests signed with them (SigV4), as the control plane
+//! does: the functions sign with them. A body that is not a page job is refused entry by
+//! entry (`InvalidMessageContents`), as nothing would deliver it; a
 //! queue that stays full refuses with `ServiceUnavailable`, which the sender retries.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use herald::shard::{PageJob, PageQueue};
 use serde::Deserialize;
@@ -20,6 +22,14 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::instances::AbortOnDrop;
+use crate::control_plane::sigv4::{self, Credentials};
+
+/// What the endpoint serves with.
+struct Queue {
+    jobs: Arc<dyn PageQueue>,
+    /// The control plane's credentials, when configured: requests must be signed with them.
+    credentials: Option<Credentials>,
+}
 
 /// Bytes of one request at most: ten entries of SQS's largest message (256 KiB), and room.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -50,10 +60,15 @@ pub(crate) struct DeliveryQueue {
 }
 
 impl DeliveryQueue {
-    /// Serves the endpoint on a free loopback port, queueing into `queue`.
-    pub(crate) async fn serve(queue: Arc<dyn PageQueue>) -> std::io::Result<Self> {
+    /// Serves the endpoint on a free loopback port, queueing into `jobs`; with
+    /// `credentials`, only for requests signed with them.
+    pub(crate) async fn serve(
+        jobs: Arc<dyn PageQueue>,
+        credentials: Option<Credentials>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
+        let queue = Arc::new(Queue { jobs, credentials });
         let router = Router::new().fallback(receive).with_state(queue);
         let server = tokio::spawn(axum::serve(listener, router).into_future());
         Ok(Self {
@@ -64,26 +79,43 @@ impl DeliveryQueue {
 }
 
 async fn receive(
-    State(queue): State<Arc<dyn PageQueue>>,
+    State(queue): State<Arc<Queue>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
     let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
         return sqs_error("BatchRequestTooLong", "the request is over 4 MiB");
     };
+    if let Some(credentials) = &queue.credentials {
+        let request = sigv4::Request {
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            headers: &headers,
+            body: &body,
+        };
+        if let Err(refusal) = sigv4::verify(credentials, &request, std::time::SystemTime::now()) {
+            let mut response = sqs_error(refusal.kind(), &refusal.to_string());
+            *response.status_mut() = StatusCode::FORBIDDEN;
+            return response;
+        }
+    }
+    let queue = &*queue.jobs;
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     match target {
         "AmazonSQS.SendMessageBatch" => match serde_json::from_slice::<Batch>(&body) {
-            Ok(batch) => send_batch(&*queue, batch.entries).await,
+            Ok(batch) => send_batch(queue, batch.entries).await,
             Err(e) => sqs_error("InvalidParameterValue", &e.to_string()),
         },
         "AmazonSQS.SendMessage" => match serde_json::from_slice::<Entry>(&body) {
             Ok(entry) => {
                 let id = uuid::Uuid::new_v4().to_string();
-                match send(&*queue, &entry.body).await {
+                match send(queue, &entry.body).await {
                     Ok(()) => answer(&json!({"MessageId": id, "MD5OfMessageBody": ""})),
                     Err((code, message)) => sqs_error(code, &message),
                 }

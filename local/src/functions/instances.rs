@@ -364,7 +364,7 @@ async fn stop_group(child: &mut Child) {
 }
 
 /// Lambda's answer for an invocation past its function's timeout.
-fn timed_out(timeout: Duration) -> FunctionError {
+pub(crate) fn timed_out(timeout: Duration) -> FunctionError {
     FunctionError::new(
         "Sandbox.Timedout",
         format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),

@@ -156,6 +156,11 @@ async fn next(State(api): State<Arc<InstanceApi>>) -> Response {
             break invocation;
         }
     };
+    // A runtime that asks for more without answering what it took has dropped it.
+    api.fail_running(FunctionError::new(
+        "Runtime.InvalidResponse",
+        "the runtime asked for its next invocation without answering this one",
+    ));
     let deadline = Instant::now() + function.timeout;
     let deadline_ms = herald::ids::now_ms()
         .saturating_add(i64::try_from(function.timeout.as_millis()).unwrap_or(i64::MAX));
@@ -221,8 +226,30 @@ async fn response(
     }
 }
 
-/// A streamed response: the prelude first, then each chunk to the caller as it comes.
+/// A streamed response: the prelude first, then each chunk to the caller as it comes, until
+/// the invocation's deadline (a stream past it is cut, and its instance freed).
 async fn streamed(api: &InstanceApi, id: &str, body: Body) -> Response {
+    let deadline = lock(&api.running).as_ref().map(|r| r.deadline);
+    let Some(deadline) = deadline else {
+        return unknown_request(id);
+    };
+    match tokio::time::timeout_at(deadline, relay_stream(api, id, body)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                function = api.function.spec.name,
+                "streamed response cut at the function's timeout"
+            );
+            api.finish(
+                id,
+                Outcome::Failed(super::instances::timed_out(api.function.timeout)),
+            );
+            accepted()
+        }
+    }
+}
+
+async fn relay_stream(api: &InstanceApi, id: &str, body: Body) -> Response {
     let mut chunks = body.into_data_stream();
     let mut head = Vec::new();
     let rest = loop {

@@ -131,9 +131,25 @@ async fn read_until(stream: &mut TcpStream, text: &str) -> String {
 
 #[tokio::test]
 async fn the_function_binaries_serve_a_client_from_connect_to_disconnect() {
+    serve_a_client(false).await;
+}
+
+/// The same with control-plane credentials: the functions sign their `@connections` posts
+/// and their page jobs with them, and nothing unsigned is taken.
+#[tokio::test]
+async fn the_function_binaries_sign_with_the_control_planes_credentials() {
+    serve_a_client(true).await;
+}
+
+async fn serve_a_client(signed: bool) {
     let dir = lambda_dir();
     let redis = SharedRedis::single();
     let mut env: Vec<(&str, String)> = redis.vars();
+    if signed {
+        // What the tests' SDK clients sign with.
+        env.push(("HERALD_ACCESS_KEY_ID", "test".into()));
+        env.push(("HERALD_SECRET_ACCESS_KEY", "test".into()));
+    }
     // Past two recipients a publish goes out in page jobs, through `deliver`.
     env.push(("HERALD_SHARD_THRESHOLD", "2".into()));
     env.push(("PATH", std::env::var("PATH").unwrap_or_default()));
