@@ -94,24 +94,6 @@ async fn start_in(
     }
 }
 
-/// `GET path` on a connection of its own: the status and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE * 4, stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let text = String::from_utf8(answer).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body.to_owned(),
-    )
-}
-
 /// Reads `stream` until `text` has arrived; everything read.
 async fn read_until(stream: &mut TcpStream, text: &str) -> String {
     let mut seen = Vec::new();
@@ -229,7 +211,7 @@ async fn serve_a_client(signed: bool) {
     for member in &mut members {
         assert_eq!(member.recv().await["data"], "again");
     }
-    let (status, body) = get(
+    let (status, body) = common::http_get(
         addr,
         &format!("/local/poll?rooms=news&cursor={cursor}&wait=5&token={token}"),
     )

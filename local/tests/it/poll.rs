@@ -15,17 +15,7 @@ use tokio::net::TcpStream;
 
 /// `GET path` on a connection of its own; the status and the JSON body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE * 4, stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let text = String::from_utf8(answer).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let (status, body) = common::http_get(addr, path).await;
     // The body may come chunked: take the JSON object inside.
     let json = body
         .find('{')

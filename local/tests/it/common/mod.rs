@@ -312,8 +312,13 @@ impl Client {
 
     /// The next JSON message; panics after [`PATIENCE`].
     pub async fn recv(&mut self) -> Value {
+        self.recv_within(PATIENCE).await
+    }
+
+    /// The next JSON message; panics after `patience`.
+    pub async fn recv_within(&mut self, patience: Duration) -> Value {
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+            let message = tokio::time::timeout(patience, self.ws.next())
                 .await
                 .expect("a message in time")
                 .expect("the socket is open")
@@ -418,6 +423,24 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
         .expect("an answer")
         .unwrap();
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `GET path` on a connection of its own, waiting as long as a long poll may: the status and
+/// the body (as sent: a chunked one keeps its chunk lines).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE * 4, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }
 
 /// The Redis that gateways share in a test: one server, or a 3-master Redis Cluster, each
