@@ -269,6 +269,9 @@ pub enum StartError {
         min = herald::auth::MIN_HS256_SECRET_BYTES
     )]
     WeakJwtSecret(usize),
+    /// Webhooks are configured and cannot be sent.
+    #[error("cannot set up webhook delivery: {0}")]
+    Webhooks(#[source] std::io::Error),
     /// Lambda mode could not start its functions.
     #[error(transparent)]
     Lambda(#[from] crate::functions::lambda::LambdaError),

@@ -12,6 +12,7 @@ use herald::auth::{AuthConfig, JwtKey, Verifier};
 use herald::compose::{self, Host};
 use herald::gateway::{ApiGatewayManagement, Gateway};
 use herald::handlers::Services;
+use herald::sinks::webhook::HttpWebhooks;
 use herald::store::{ConnectionStore, StoreSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -141,6 +142,10 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
             (mirrored, registry.clone(), None)
         };
     let mut services = compose::services(store, &settings.config);
+    if let Some(webhook) = &settings.config.webhook {
+        let webhooks = HttpWebhooks::start(webhook).map_err(StartError::Webhooks)?;
+        services.webhooks = Some(webhooks);
+    }
     if heartbeat.is_some() {
         services.instance = Some(settings.instance_id.clone());
         services.limits.connection_lifetime = lifetime;

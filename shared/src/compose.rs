@@ -121,6 +121,15 @@ impl Lambda {
     /// The services of the connect, disconnect, message, publish and deliver functions:
     /// publishes above the shard threshold go to `HERALD_DELIVERY_QUEUE_URL`, when set.
     pub async fn services(&self) -> Result<Services, BuildError> {
+        if self.config.webhook.is_some() {
+            return Err(ConfigError::Invalid {
+                var: "HERALD_WEBHOOK_URL",
+                reason: "the Lambda functions do not send webhooks yet (herald-local does, in \
+                         process): unset it for them"
+                    .into(),
+            }
+            .into());
+        }
         let mut services = services(open_store(&self.config, Host::Lambda).await?, &self.config);
         if let Some(url) = &self.config.delivery_queue_url {
             let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;

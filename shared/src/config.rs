@@ -10,6 +10,7 @@ use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
 use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
 use crate::shard::{DEFAULT_POST_BUDGET_PER_SECOND, DEFAULT_SHARD_THRESHOLD, ShardSettings};
+use crate::sinks::webhook::{EventKind, Secret, WebhookSettings};
 use crate::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
 use crate::store::{
     DynamoSettings, DynamoTimeouts, RedisNodes, RedisSettings, Retention, StoreSettings,
@@ -94,6 +95,9 @@ pub struct Config {
     pub limits: Limits,
     /// Fan-out pacing.
     pub fanout: FanoutConfig,
+    /// `HERALD_WEBHOOK_URL`, `HERALD_WEBHOOK_SECRET`, `HERALD_WEBHOOK_EVENTS`: where
+    /// webhooks go, when set.
+    pub webhook: Option<WebhookSettings>,
 }
 
 impl Config {
@@ -240,6 +244,7 @@ impl Config {
             ..fanout_defaults
         };
 
+        let webhook = webhook(&get)?;
         Ok(Self {
             store,
             redis_url: get("HERALD_REDIS_URL"),
@@ -267,8 +272,52 @@ impl Config {
             jwt_audience: get("HERALD_JWT_AUDIENCE"),
             limits,
             fanout,
+            webhook,
         })
     }
+}
+
+/// The webhook settings: a URL and a secret together, or neither.
+fn webhook(get: &impl Fn(&str) -> Option<String>) -> Result<Option<WebhookSettings>, ConfigError> {
+    let (url, secret) = match (get("HERALD_WEBHOOK_URL"), get("HERALD_WEBHOOK_SECRET")) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                var: "HERALD_WEBHOOK_URL",
+                reason: "set HERALD_WEBHOOK_SECRET (whsec_…) too: it signs every webhook".into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Invalid {
+                var: "HERALD_WEBHOOK_SECRET",
+                reason: "set HERALD_WEBHOOK_URL too: where the webhooks go".into(),
+            });
+        }
+        (Some(url), Some(secret)) => (url, secret),
+    };
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !scheme_ok || url.parse::<hyper::Uri>().is_err() {
+        return Err(ConfigError::Invalid {
+            var: "HERALD_WEBHOOK_URL",
+            reason: format!("{url:?} is not an http:// or https:// URL"),
+        });
+    }
+    let secret = Secret::parse(&secret).map_err(|e| ConfigError::Invalid {
+        var: "HERALD_WEBHOOK_SECRET",
+        reason: e.to_string(),
+    })?;
+    let events = match get("HERALD_WEBHOOK_EVENTS") {
+        None => EventKind::ALL.into_iter().collect(),
+        Some(list) => EventKind::parse_list(&list).map_err(|reason| ConfigError::Invalid {
+            var: "HERALD_WEBHOOK_EVENTS",
+            reason,
+        })?,
+    };
+    Ok(Some(WebhookSettings {
+        url,
+        secret,
+        events,
+    }))
 }
 
 fn number<T: FromStr>(

@@ -15,6 +15,9 @@ use herald::ids::{ConnectionId, now_ms};
 use herald::protocol::CLIENT_ACTIONS;
 use serde_json::{Map, Value, json};
 
+/// ISO 8601 with milliseconds, as the Management API's `GET` answers times.
+pub use herald::ids::iso8601;
+
 /// What is known of a connection from its handshake on, carried into every event.
 #[derive(Clone, Debug)]
 pub struct ConnectionMeta {
@@ -236,37 +239,11 @@ pub fn request_time(ms: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y, m, d, hh, mm, ss) = civil(ms);
+    let (y, m, d, hh, mm, ss) = herald::ids::civil(ms);
     format!(
         "{d:02}/{}/{y}:{hh:02}:{mm:02}:{ss:02} +0000",
         MONTHS[(m - 1) as usize]
     )
-}
-
-/// ISO 8601 with milliseconds, as the Management API's `GET` answers times.
-pub fn iso8601(ms: i64) -> String {
-    let (y, m, d, hh, mm, ss) = civil(ms);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:03}Z",
-        ms.rem_euclid(1000)
-    )
-}
-
-/// Splits ms since the epoch into UTC year, month, day, hour, minute, second (the
-/// days-to-civil algorithm of Howard Hinnant's date library, proleptic Gregorian).
-fn civil(ms: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

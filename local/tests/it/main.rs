@@ -28,3 +28,4 @@ mod sharding;
 mod sse;
 mod stalled_clients;
 mod upgrade;
+mod webhooks;

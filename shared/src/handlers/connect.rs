@@ -4,6 +4,8 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use tracing::{error, info, warn};
 
+use crate::sinks::webhook::Event;
+
 use super::{Services, connection_id, no_connection_id, response};
 use crate::auth::Identity;
 use crate::ids::now_ms;
@@ -60,7 +62,12 @@ pub async fn connect(
         instance: services.instance.clone(),
     };
     match store.add(&connection).await {
-        Ok(()) => response(200, ""),
+        Ok(()) => {
+            if let Some(webhooks) = &services.webhooks {
+                webhooks.emit(Event::connection_opened(&connection.id, &connection.user));
+            }
+            response(200, "")
+        }
         Err(e) => {
             error!(connection_id = %id, error = %e, "could not store the connection");
             response(500, "store unavailable")

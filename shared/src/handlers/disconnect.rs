@@ -4,6 +4,8 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use tracing::{error, info};
 
+use crate::sinks::webhook::Event;
+
 use super::{Services, connection_id, no_connection_id, response};
 
 /// Removes the connection; 200 whether or not it was known, 500 if the store failed.
@@ -24,6 +26,15 @@ pub async fn disconnect(
                 reason = ctx.disconnect_reason.as_deref().unwrap_or(""),
                 "disconnected"
             );
+            // Once per connection: a repeated `$disconnect` finds nothing to remove.
+            if let (Some(webhooks), Some(gone)) = (&services.webhooks, &removed) {
+                webhooks.emit(Event::connection_closed(
+                    &id,
+                    &gone.user,
+                    ctx.disconnect_status_code,
+                    ctx.disconnect_reason.as_deref(),
+                ));
+            }
             response(200, "")
         }
         Err(e) => {

@@ -32,6 +32,7 @@ use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;
 use crate::limits::Limits;
 use crate::shard::Sharding;
+use crate::sinks::webhook::SharedWebhooks;
 use crate::store::ConnectionStore;
 
 /// What the handlers that touch the store share: connect, disconnect, message, publish, poll
@@ -49,6 +50,8 @@ pub struct Services {
     pub instance: Option<String>,
     /// Sharded fan-out: off unless a host gives it a queue.
     pub sharding: Sharding,
+    /// Where `connection.opened` and `connection.closed` go, when a host sends webhooks.
+    pub webhooks: Option<SharedWebhooks>,
 }
 
 impl Services {
@@ -60,6 +63,7 @@ impl Services {
             fanout,
             instance: None,
             sharding: Sharding::default(),
+            webhooks: None,
         }
     }
 }

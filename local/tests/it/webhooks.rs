@@ -1,0 +1,167 @@
+//! Webhooks from `herald-local`, received by a real HTTP receiver that verifies each one
+//! with the Standard Webhooks library (Python's `standardwebhooks`, `webhooks/receiver.py`):
+//! `connection.opened` and `connection.closed`, each seen once by `webhook-id` after its
+//! first attempt fails; a receiver that never answers does not delay a `$connect`; bad
+//! settings refuse the start.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{Gateway, PATIENCE, settings_with};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+/// A `whsec_` secret of 32 bytes.
+fn secret() -> String {
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode([42u8; 32])
+    )
+}
+
+/// The Python receiver, started on a free port: it, its port, and its output.
+async fn receiver(secret: &str) -> (Child, u16, Lines<BufReader<ChildStdout>>) {
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", include_str!("webhooks/receiver.py"), secret])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the receiver starts")
+        .unwrap();
+    let Some(port) = first.and_then(|l| l.trim().parse().ok()) else {
+        panic!(
+            "the webhook receiver did not start: it needs Python's standardwebhooks \
+             (`python3 -m pip install standardwebhooks`; scripts/test installs it)"
+        );
+    };
+    (child, port, lines)
+}
+
+#[tokio::test]
+async fn connections_opened_and_closed_arrive_signed_and_once_after_a_failed_attempt() {
+    let secret = secret();
+    let (_receiver, port, mut deliveries) = receiver(&secret).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let gw = Gateway::start_with(settings_with(&[
+        ("HERALD_WEBHOOK_URL", &url),
+        ("HERALD_WEBHOOK_SECRET", &secret),
+    ]))
+    .await;
+    let mut client = gw.connect("ann", &["news"], &[]).await;
+    let id = client.id.clone();
+    client.ws.close(None).await.unwrap();
+
+    // Each event: a first attempt answered 500, then one more, answered 204.
+    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    while by_id.len() < 2 || by_id.values().any(|d| d.len() < 2) {
+        let line = tokio::time::timeout(PATIENCE, deliveries.next_line())
+            .await
+            .expect("the deliveries in time (a retry waits a second)")
+            .unwrap()
+            .unwrap();
+        let delivery: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(delivery["verified"], true, "{delivery}");
+        by_id
+            .entry(delivery["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(delivery);
+    }
+    let mut kinds = Vec::new();
+    for attempts in by_id.values() {
+        let statuses: Vec<&Value> = attempts.iter().map(|a| &a["status"]).collect();
+        assert_eq!(statuses, [500, 204]);
+        assert_eq!(attempts[0]["body"], attempts[1]["body"], "the same event");
+        let body = &attempts[1]["body"];
+        assert_eq!(body["data"]["connectionId"], id.as_str(), "{body}");
+        assert_eq!(body["data"]["user"], "ann", "{body}");
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'), "{body}");
+        kinds.push(body["type"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["connection.closed", "connection.opened"]);
+    // Nothing more: a delivered event is not sent again.
+    let more = tokio::time::timeout(Duration::from_millis(2500), deliveries.next_line()).await;
+    assert!(more.is_err(), "nothing after the deliveries: {more:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_delay_a_connect() {
+    // Accepts connections and reads nothing: every attempt waits for its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let secret = secret();
+    let gw = Gateway::start_with(settings_with(&[
+        ("HERALD_WEBHOOK_URL", &url),
+        ("HERALD_WEBHOOK_SECRET", &secret),
+    ]))
+    .await;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(gw.connect(&format!("u{i}"), &["news"], &[]).await);
+    }
+    // Twenty handshakes, each of which queued a webhook the receiver holds for 10 s.
+    assert!(
+        started.elapsed() < herald::sinks::webhook::ATTEMPT_TIMEOUT / 2,
+        "{:?}",
+        started.elapsed()
+    );
+    drop(clients);
+    held.abort();
+}
+
+#[tokio::test]
+async fn webhook_settings_are_checked_at_start() {
+    let cases = [
+        (
+            vec![("HERALD_WEBHOOK_URL", "http://127.0.0.1:9/hooks".to_owned())],
+            "HERALD_WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("HERALD_WEBHOOK_URL", "ftp://example.com".to_owned()),
+                ("HERALD_WEBHOOK_SECRET", secret()),
+            ],
+            "not an http:// or https:// URL",
+        ),
+        (
+            vec![
+                ("HERALD_WEBHOOK_URL", "http://127.0.0.1:9/hooks".to_owned()),
+                ("HERALD_WEBHOOK_SECRET", "s3cret".to_owned()),
+            ],
+            "whsec_",
+        ),
+        (
+            vec![
+                ("HERALD_WEBHOOK_URL", "http://127.0.0.1:9/hooks".to_owned()),
+                ("HERALD_WEBHOOK_SECRET", secret()),
+                (
+                    "HERALD_WEBHOOK_EVENTS",
+                    "connection.opened,room.full".to_owned(),
+                ),
+            ],
+            "unknown event \"room.full\"",
+        ),
+    ];
+    for (vars, expected) in cases {
+        let mut command = common::binary();
+        command.args(["--port", "0"]).env_clear().envs(vars.clone());
+        let said = common::refused_start(command).await;
+        assert!(said.contains(expected), "{vars:?}: {said}");
+    }
+}

@@ -1,0 +1,183 @@
+//! Webhooks, as the Standard Webhooks specification has them: each event is `POST`ed to the
+//! configured URL as JSON (`{"type","timestamp","data"}`), signed (`signature.rs`), and
+//! delivered at least once by [`HttpWebhooks`] (`delivery.rs`), off the path of the
+//! connection that caused it: a slow or dead receiver never delays a `$connect`.
+//!
+//! Events so far: `connection.opened` (a `$connect` stored the connection) and
+//! `connection.closed` (a `$disconnect` forgot it), from `herald-local`; `room.occupied`,
+//! `room.vacated` and the Lambda functions' delivery are not built yet.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::ids::{ConnectionId, iso8601, now_ms};
+
+mod delivery;
+mod signature;
+
+pub use delivery::{
+    ATTEMPT_TIMEOUT, DeliveryCounts, HttpWebhooks, MAX_ATTEMPTS, QUEUED_EVENTS, retry_delay,
+};
+pub use signature::{MAX_KEY_BYTES, MIN_KEY_BYTES, SECRET_PREFIX, Secret, SecretError};
+
+/// What happened, by the name receivers see in `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// A connection was opened.
+    ConnectionOpened,
+    /// A connection was closed.
+    ConnectionClosed,
+}
+
+impl EventKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [Self; 2] = [Self::ConnectionOpened, Self::ConnectionClosed];
+
+    /// The name in `type` and in `HERALD_WEBHOOK_EVENTS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionOpened => "connection.opened",
+            Self::ConnectionClosed => "connection.closed",
+        }
+    }
+
+    /// The kinds named in `list` (comma-separated); an unknown name is an error that lists
+    /// the known ones.
+    pub fn parse_list(list: &str) -> Result<BTreeSet<Self>, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                Self::ALL
+                    .into_iter()
+                    .find(|kind| kind.as_str() == name)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                        format!(
+                            "unknown event {name:?}; the events are {}",
+                            known.join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// One event: its kind, when, and what a receiver needs to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Its kind.
+    pub kind: EventKind,
+    /// When it happened, in ms since the epoch.
+    pub at_ms: i64,
+    /// Its fields (`connectionId`, `user`, …).
+    pub data: Map<String, Value>,
+}
+
+impl Event {
+    /// `connection.opened`.
+    pub fn connection_opened(id: &ConnectionId, user: &str) -> Self {
+        Self::new(
+            EventKind::ConnectionOpened,
+            json!({"connectionId": id.as_str(), "user": user}),
+        )
+    }
+
+    /// `connection.closed`, with API Gateway's close status and reason when known.
+    pub fn connection_closed(
+        id: &ConnectionId,
+        user: &str,
+        status: Option<i64>,
+        reason: Option<&str>,
+    ) -> Self {
+        Self::new(
+            EventKind::ConnectionClosed,
+            json!({
+                "connectionId": id.as_str(),
+                "user": user,
+                "status": status,
+                "reason": reason.unwrap_or(""),
+            }),
+        )
+    }
+
+    fn new(kind: EventKind, data: Value) -> Self {
+        let Value::Object(data) = data else {
+            unreachable!("built from an object literal")
+        };
+        Self {
+            kind,
+            at_ms: now_ms(),
+            data,
+        }
+    }
+
+    /// The JSON body receivers get.
+    pub fn body(&self) -> String {
+        json!({
+            "type": self.kind.as_str(),
+            "timestamp": iso8601(self.at_ms),
+            "data": self.data,
+        })
+        .to_string()
+    }
+}
+
+/// Where webhooks go and which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// `HERALD_WEBHOOK_URL`: `http://` or `https://`.
+    pub url: String,
+    /// `HERALD_WEBHOOK_SECRET`.
+    pub secret: Secret,
+    /// `HERALD_WEBHOOK_EVENTS`: the kinds sent (default all).
+    pub events: BTreeSet<EventKind>,
+}
+
+/// Something that sends events on. Never waits: an event it cannot take is counted and
+/// dropped.
+pub trait Webhooks: Send + Sync + 'static {
+    /// Sends `event` on, if its kind is wanted.
+    fn emit(&self, event: Event);
+}
+
+/// Webhooks shared by the handlers.
+pub type SharedWebhooks = Arc<dyn Webhooks>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lists_parse_and_unknown_names_are_refused() {
+        assert_eq!(
+            EventKind::parse_list("connection.closed, connection.opened").unwrap(),
+            BTreeSet::from(EventKind::ALL)
+        );
+        let refused = EventKind::parse_list("connection.opened,room.full").unwrap_err();
+        assert!(refused.contains("\"room.full\""), "{refused}");
+        assert!(refused.contains("connection.closed"), "{refused}");
+    }
+
+    #[test]
+    fn bodies_carry_type_timestamp_and_data() {
+        let mut event = Event::connection_closed(
+            &ConnectionId::new("abc="),
+            "ann",
+            Some(1001),
+            Some("Going away"),
+        );
+        event.at_ms = 1_796_031_660_500;
+        let body: Value = serde_json::from_str(&event.body()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "type": "connection.closed",
+                "timestamp": "2026-11-30T09:41:00.500Z",
+                "data": {"connectionId": "abc=", "user": "ann", "status": 1001, "reason": "Going away"},
+            })
+        );
+    }
+}
