@@ -23,7 +23,7 @@
 //! | `src/session/` | opening a connection (admission, token, authorizer, `$connect`) and closing it (`$disconnect`), for every transport |
 //! | `src/ws/` | the WebSocket transport: the handshake route, the upgrade, each socket's reader and writer |
 //! | `src/readers/` | the fallback transports: Server-Sent Events, long polling, CORS for both |
-//! | `src/functions/` | what runs the handlers: in process, or (`--lambda-dir`) the function binaries behind an embedded Lambda Runtime API, with their delivery queue and readers |
+//! | `src/functions/` | what runs the handlers: in process, or (`--lambda-dir`) the function binaries behind an embedded Lambda Runtime API |
 //! | `src/control_plane/` | the `@connections` Management API and the Lambda Invoke API, SigV4, asynchronous invocations |
 //! | `src/connection/` | a connection's parts: events as API Gateway builds them, the registry of sockets (the in-process `Gateway`), the outbox, frames on the wire, close codes, the frame rate, the connections' runtime |
 //! | `src/cluster/` | several instances on one Redis: routed posts over pub/sub, re-registration after a loss, the heartbeat, the store that mirrors local rooms |

@@ -28,9 +28,9 @@ use crate::connection::mirror::MirroringStore;
 use crate::connection::registry::Registry;
 use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::async_invoke::AsyncInvokes;
+use crate::control_plane::delivery_queue::DeliveryQueue;
 use crate::control_plane::faults::FaultyGateway;
 use crate::control_plane::page_queue::LocalPageQueue;
-use crate::functions::delivery_queue::DeliveryQueue;
 use crate::functions::lambda::{self, ColdStart, Endpoints, Functions};
 use crate::functions::{InProcess, SharedHandlers};
 use crate::{routes, serve};
@@ -287,7 +287,11 @@ async fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError
             let env = lambda::environment(
                 &settings.config,
                 &endpoints,
-                settings.control_plane.credentials.as_ref(),
+                settings
+                    .control_plane
+                    .credentials
+                    .as_ref()
+                    .map(|c| (c.access_key_id.as_str(), c.secret_access_key.as_str())),
                 matches!(auth, AuthMode::Dev { .. }),
             );
             let functions = Arc::new(

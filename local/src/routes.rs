@@ -10,7 +10,7 @@ use tower::util::MapResponseLayer;
 
 use crate::app::App;
 use crate::control_plane::{self, async_invoke::AsyncInvokes};
-use crate::functions::readers as lambda_readers;
+use crate::readers::lambda as lambda_readers;
 use crate::readers::{cors, poll, sse};
 use crate::{demo, ws};
 

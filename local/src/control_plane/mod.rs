@@ -8,7 +8,8 @@
 //! Both APIs are the control plane: with credentials configured, a request runs only with
 //! a valid SigV4 signature (`sigv4.rs`), and is otherwise answered 403 as AWS answers it.
 //! Asynchronous invocations wait in a bounded queue (`async_invoke.rs`), and the page jobs
-//! of sharded publishes in another, delivered by in-process workers (`page_queue.rs`). Posts can be made
+//! of sharded publishes in another, delivered by in-process workers (`page_queue.rs`); in
+//! Lambda mode the `publish` binary queues them through an SQS endpoint (`delivery_queue.rs`). Posts can be made
 //! to fail or lag as API Gateway's do under load (`faults.rs`).
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 pub(crate) mod async_invoke;
+pub(crate) mod delivery_queue;
 pub mod faults;
 pub(crate) mod page_queue;
 pub mod sigv4;

@@ -13,7 +13,6 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,13 +20,13 @@ use axum::body::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::FunctionError;
 pub(crate) use super::runtime_api::INIT_TIMEOUT;
-use super::runtime_api::{InstanceApi, Invocation, Outcome, Started, lock, router};
+use super::runtime_api::{InstanceApi, Invocation, Invocations, Outcome, Started, lock, router};
 
 /// Instances of one function at most: the local stand-in for reserved concurrency.
 pub const MAX_INSTANCES: usize = 10;
@@ -83,28 +82,10 @@ pub(crate) struct Function {
     env: Vec<(String, String)>,
     region: String,
     pub timeout: Duration,
-    queue: mpsc::Sender<Invocation>,
-    pending: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
+    /// Its invocations waiting for an instance; every instance's API takes from them.
+    invocations: Arc<Invocations>,
     pool: Mutex<Pool>,
-    /// Instances waiting in `/next` now.
-    idle: AtomicUsize,
     stop: CancellationToken,
-}
-
-/// Counts an instance as idle while it waits for an invocation.
-struct Idle<'a>(&'a AtomicUsize);
-
-impl<'a> Idle<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(count)
-    }
-}
-
-impl Drop for Idle<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl Function {
@@ -116,36 +97,24 @@ impl Function {
         region: String,
         stop: CancellationToken,
     ) -> Arc<Self> {
-        let (queue, pending) = mpsc::channel(QUEUED_INVOCATIONS);
         Arc::new(Self {
             spec,
             binary,
             env,
             region,
             timeout: spec.timeout,
-            queue,
-            pending: tokio::sync::Mutex::new(pending),
+            invocations: Arc::new(Invocations::new(QUEUED_INVOCATIONS, stop.clone())),
             pool: Mutex::default(),
-            idle: AtomicUsize::new(0),
             stop,
         })
     }
 
     /// The ARN the function is invoked as.
-    pub(crate) fn arn(&self) -> String {
+    fn arn(&self) -> String {
         format!(
             "arn:aws:lambda:{}:000000000000:function:{}",
             self.region, self.spec.name
         )
-    }
-
-    /// The next invocation, for an instance in `/next`; `None` once the gateway stops.
-    pub(crate) async fn take(&self) -> Option<Invocation> {
-        let _idle = Idle::new(&self.idle);
-        tokio::select! {
-            invocation = async { self.pending.lock().await.recv().await } => invocation,
-            () = self.stop.cancelled() => None,
-        }
     }
 
     /// Invokes the function with `event` (JSON) and waits for what it comes to.
@@ -156,7 +125,7 @@ impl Function {
             event,
             answer,
         };
-        if self.queue.try_send(invocation).is_err() {
+        if !self.invocations.offer(invocation) {
             return Outcome::Failed(FunctionError::new(
                 "TooManyRequestsException",
                 format!(
@@ -174,7 +143,7 @@ impl Function {
                 "ServiceException",
                 "the gateway stopped before the invocation ran",
             )),
-            Err(_) => Outcome::Failed(timed_out(self.timeout)),
+            Err(_) => Outcome::Failed(FunctionError::timed_out(self.timeout)),
         }
     }
 
@@ -183,9 +152,9 @@ impl Function {
         if self.stop.is_cancelled() {
             return;
         }
-        let waiting = self.queue.max_capacity() - self.queue.capacity();
+        let waiting = self.invocations.waiting();
         let mut pool = lock(&self.pool);
-        let free = self.idle.load(Ordering::SeqCst) + pool.starting;
+        let free = self.invocations.idle() + pool.starting;
         if waiting <= free || pool.live + pool.starting >= MAX_INSTANCES {
             return;
         }
@@ -205,9 +174,7 @@ impl Function {
                     tracing::error!(error = %failure, "instance failed to start");
                     // The invocation that asked for the instance gets the init error, as
                     // on Lambda, rather than waiting for one that will not come.
-                    if let Ok(mut pending) = function.pending.try_lock()
-                        && let Ok(invocation) = pending.try_recv()
-                    {
+                    if let Some(invocation) = function.invocations.try_take() {
                         let _ = invocation.answer.send(Outcome::Failed(FunctionError::new(
                             "Runtime.InitError",
                             failure.reason,
@@ -234,7 +201,10 @@ impl Function {
             .map_err(|e| failed(format!("cannot open its Runtime API: {e}"), Vec::new()))?;
         let (started, first_poll) = oneshot::channel();
         let api = Arc::new(InstanceApi {
-            function: self.clone(),
+            invocations: self.invocations.clone(),
+            function: self.spec.name,
+            arn: self.arn(),
+            timeout: self.timeout,
             started: Mutex::new(Some(started)),
             running: Mutex::new(None),
             changed: Notify::new(),
@@ -337,7 +307,7 @@ impl Function {
                 () = sleep_until(deadline) => {
                     tracing::warn!(function = self.spec.name, "invocation timed out: stopping its instance");
                     stop_group(&mut child).await;
-                    api.fail_running(timed_out(self.timeout));
+                    api.fail_running(FunctionError::timed_out(self.timeout));
                 }
                 () = self.stop.cancelled() => {
                     stop_group(&mut child).await;
@@ -361,14 +331,6 @@ async fn stop_group(child: &mut Child) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
     let _ = child.kill().await;
-}
-
-/// Lambda's answer for an invocation past its function's timeout.
-pub(crate) fn timed_out(timeout: Duration) -> FunctionError {
-    FunctionError::new(
-        "Sandbox.Timedout",
-        format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
-    )
 }
 
 /// Sleeps until `deadline`, or for ever without one.

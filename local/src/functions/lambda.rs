@@ -8,7 +8,7 @@
 //! WebSocket events, Invoke API calls as their payload, page jobs as SQS events. The
 //! functions share the gateway's store, so it must be Redis or DynamoDB; they post to the
 //! gateway's `@connections` (`HERALD_WS_ENDPOINT`), signed with its credentials, and queue
-//! page jobs on its delivery queue (`delivery_queue.rs`).
+//! page jobs on its delivery queue (`control_plane/delivery_queue.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 use super::instances::{Function, InitFailure, Spec};
 use super::runtime_api::Outcome;
 use super::{FunctionError, Handlers};
-use crate::control_plane::sigv4::Credentials;
 
 /// The functions, with the timeouts and memory of the SAM template (`infra/template.yaml`).
 pub const FUNCTIONS: [Spec; 8] = [
@@ -120,11 +119,11 @@ fn binary(dir: &Path, function: &'static str) -> Result<PathBuf, LambdaError> {
 
 /// The environment the functions get on top of the gateway's own: the configuration the
 /// gateway runs with (its flags included, and in `dev_mode` its generated secret), where to
-/// reach it, and credentials to sign with.
+/// reach it, and the control plane's key pair (access key id, secret) to sign with.
 pub(crate) fn environment(
     config: &Config,
     endpoints: &Endpoints,
-    credentials: Option<&Credentials>,
+    credentials: Option<(&str, &str)>,
     dev_mode: bool,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
@@ -170,9 +169,7 @@ pub(crate) fn environment(
         "HERALD_DELIVERY_QUEUE_URL",
         format!("{}/000000000000/{DELIVERY_QUEUE_NAME}", endpoints.queue),
     );
-    let (key, secret) = credentials.map_or((LOOPBACK_KEY, LOOPBACK_KEY), |c| {
-        (c.access_key_id.as_str(), c.secret_access_key.as_str())
-    });
+    let (key, secret) = credentials.unwrap_or((LOOPBACK_KEY, LOOPBACK_KEY));
     set("AWS_ACCESS_KEY_ID", key.to_owned());
     set("AWS_SECRET_ACCESS_KEY", secret.to_owned());
     set("AWS_REGION", region());
@@ -391,8 +388,7 @@ mod tests {
         );
         assert_eq!(get(&env, "AWS_ACCESS_KEY_ID"), Some(LOOPBACK_KEY));
 
-        let keys = Credentials::from_parts(Some("AKID".into()), Some("s3cret".into()));
-        let env = environment(&config, &endpoints(), keys.as_ref(), false);
+        let env = environment(&config, &endpoints(), Some(("AKID", "s3cret")), false);
         assert_eq!(
             get(&env, "HERALD_JWT_SECRET"),
             None,

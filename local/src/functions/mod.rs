@@ -3,8 +3,10 @@
 //! exactly as Lambda runs them.
 //!
 //! Everything that runs a handler (the handshake's authorizer and `$connect`, `$disconnect`,
-//! a socket's messages, the Invoke API, the page queue, and in Lambda mode the fallback
-//! readers) goes through [`Handlers`], so the two modes differ in this folder only.
+//! a socket's messages, the Invoke API, the page queue) goes through [`Handlers`]. In Lambda
+//! mode the fallback readers invoke `poll` and `stream` themselves (`readers/lambda.rs`),
+//! and the `publish` binary queues page jobs on the control plane's delivery queue
+//! (`control_plane/delivery_queue.rs`). This folder knows nothing above it.
 //!
 //! # Layout
 //!
@@ -14,8 +16,6 @@
 //! | `lambda.rs` | [`lambda::Functions`]: the eight binaries, started and invoked as Lambda does |
 //! | `instances.rs` | one function's instances: child processes, cold starts, scale-out, timeouts, exits |
 //! | `runtime_api.rs` | the 2018-06-01 Runtime API an instance polls, including streamed responses |
-//! | `delivery_queue.rs` | the SQS `SendMessage(Batch)` endpoint the `publish` binary queues page jobs on |
-//! | `readers.rs` | `GET /{stage}/poll` and `/{stage}/events` through the `poll` and `stream` binaries |
 
 use std::sync::Arc;
 
@@ -30,10 +30,8 @@ use herald::handlers::{Services, deliver_job};
 use herald::shard::PageJob;
 use serde_json::Value;
 
-pub(crate) mod delivery_queue;
 pub mod instances;
 pub mod lambda;
-pub(crate) mod readers;
 pub(crate) mod runtime_api;
 
 /// A function's error, as Lambda reports it: `errorType` and `errorMessage`.
@@ -53,6 +51,16 @@ impl FunctionError {
             error_type: error_type.to_owned(),
             message: message.into(),
         }
+    }
+}
+
+impl FunctionError {
+    /// Lambda's answer for an invocation past its function's `timeout`.
+    pub fn timed_out(timeout: std::time::Duration) -> Self {
+        Self::new(
+            "Sandbox.Timedout",
+            format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
+        )
     }
 }
 

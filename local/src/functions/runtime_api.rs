@@ -13,8 +13,8 @@
 //! An instance runs one invocation at a time: the one it took last is its current one, and
 //! an answer for any other id is refused as Lambda refuses it.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,9 +28,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::FunctionError;
-use super::instances::Function;
 
 /// Lambda's largest buffered response (6 MB).
 pub(crate) const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
@@ -83,9 +83,84 @@ pub(crate) enum Started {
     InitError(FunctionError),
 }
 
+/// Counts an instance as idle while it waits for an invocation.
+struct Idle<'a>(&'a AtomicUsize);
+
+impl<'a> Idle<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One function's invocations waiting for an instance, which every instance's API takes
+/// from, and how many instances wait for one.
+pub(crate) struct Invocations {
+    queue: mpsc::Sender<Invocation>,
+    pending: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
+    /// Instances waiting in `/next` now.
+    idle: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl Invocations {
+    /// Room for `capacity` waiting invocations; `stop` ends every wait in `/next`.
+    pub(crate) fn new(capacity: usize, stop: CancellationToken) -> Self {
+        let (queue, pending) = mpsc::channel(capacity);
+        Self {
+            queue,
+            pending: tokio::sync::Mutex::new(pending),
+            idle: AtomicUsize::new(0),
+            stop,
+        }
+    }
+
+    /// Queues `invocation`; false when the queue is full.
+    pub(crate) fn offer(&self, invocation: Invocation) -> bool {
+        self.queue.try_send(invocation).is_ok()
+    }
+
+    /// Invocations waiting.
+    pub(crate) fn waiting(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Instances waiting for one.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.load(Ordering::SeqCst)
+    }
+
+    /// A waiting invocation, if one is there and no instance is taking it.
+    pub(crate) fn try_take(&self) -> Option<Invocation> {
+        self.pending.try_lock().ok()?.try_recv().ok()
+    }
+
+    /// The next invocation, for an instance in `/next`; `None` once the gateway stops.
+    async fn take(&self) -> Option<Invocation> {
+        let _idle = Idle::new(&self.idle);
+        tokio::select! {
+            invocation = async { self.pending.lock().await.recv().await } => invocation,
+            () = self.stop.cancelled() => None,
+        }
+    }
+}
+
 /// One instance's side of the API.
 pub(crate) struct InstanceApi {
-    pub function: Arc<Function>,
+    /// Its function's invocations.
+    pub invocations: Arc<Invocations>,
+    /// Its function's name.
+    pub function: &'static str,
+    /// Its function's ARN (`Lambda-Runtime-Invoked-Function-Arn`).
+    pub arn: String,
+    /// Its function's timeout.
+    pub timeout: Duration,
     /// Signalled once: the first `/next`, or `/init/error`.
     pub started: Mutex<Option<oneshot::Sender<Started>>>,
     /// The invocation it runs now.
@@ -146,9 +221,8 @@ pub(crate) fn router(api: Arc<InstanceApi>) -> Router {
 /// `GET …/invocation/next`: the next invocation no caller has given up on.
 async fn next(State(api): State<Arc<InstanceApi>>) -> Response {
     api.start(Started::Polling);
-    let function = &api.function;
     let invocation = loop {
-        let Some(invocation) = function.take().await else {
+        let Some(invocation) = api.invocations.take().await else {
             // The gateway is stopping: the instance is about to be stopped too.
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         };
@@ -161,9 +235,9 @@ async fn next(State(api): State<Arc<InstanceApi>>) -> Response {
         "Runtime.InvalidResponse",
         "the runtime asked for its next invocation without answering this one",
     ));
-    let deadline = Instant::now() + function.timeout;
+    let deadline = Instant::now() + api.timeout;
     let deadline_ms = herald::ids::now_ms()
-        .saturating_add(i64::try_from(function.timeout.as_millis()).unwrap_or(i64::MAX));
+        .saturating_add(i64::try_from(api.timeout.as_millis()).unwrap_or(i64::MAX));
     *lock(&api.running) = Some(Running {
         id: invocation.id.clone(),
         answer: invocation.answer,
@@ -176,7 +250,7 @@ async fn next(State(api): State<Arc<InstanceApi>>) -> Response {
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert("lambda-runtime-aws-request-id", text(&invocation.id));
     headers.insert("lambda-runtime-deadline-ms", text(&deadline_ms.to_string()));
-    headers.insert("lambda-runtime-invoked-function-arn", text(&function.arn()));
+    headers.insert("lambda-runtime-invoked-function-arn", text(&api.arn));
     headers.insert(
         "lambda-runtime-trace-id",
         text(&format!(
@@ -237,13 +311,10 @@ async fn streamed(api: &InstanceApi, id: &str, body: Body) -> Response {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(
-                function = api.function.spec.name,
+                function = api.function,
                 "streamed response cut at the function's timeout"
             );
-            api.finish(
-                id,
-                Outcome::Failed(super::instances::timed_out(api.function.timeout)),
-            );
+            api.finish(id, Outcome::Failed(FunctionError::timed_out(api.timeout)));
             accepted()
         }
     }

@@ -2,9 +2,11 @@
 //! WebSocket's, opened by the same admission, token, `authorizer` and `$connect` (so it
 //! counts toward every connection limit), with its rooms joined in the store and an outbox
 //! that fan-out posts into; it reads its rooms and its own inbox from a cursor, catching up
-//! from history first, and `$disconnect` runs once when it is gone.
+//! from history first, and `$disconnect` runs once when it is gone. In Lambda mode the
+//! `poll` and `stream` functions answer instead, as on AWS (`lambda.rs`).
 
 pub(crate) mod cors;
+pub(crate) mod lambda;
 pub(crate) mod poll;
 pub(crate) mod sse;
 

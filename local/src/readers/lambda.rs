@@ -18,9 +18,9 @@ use herald::ids::now_ms;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::lambda::Functions;
-use super::runtime_api::Outcome;
 use crate::app::App;
+use crate::functions::lambda::Functions;
+use crate::functions::runtime_api::Outcome;
 use crate::http::answer::message_response;
 use crate::http::query::decode_query;
 

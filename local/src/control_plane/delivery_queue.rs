@@ -1,7 +1,7 @@
 //! The delivery queue in Lambda mode: the `publish` binary queues the page jobs of a
 //! sharded publish with the real SQS client (`SendMessageBatch`, `SendMessage`, JSON
 //! protocol), pointed here by `AWS_ENDPOINT_URL_SQS`; each job goes into the gateway's
-//! page queue (`control_plane/page_queue.rs`), whose workers invoke the `deliver` binary
+//! page queue (`page_queue.rs`), whose workers invoke the `deliver` binary
 //! with it as an SQS event.
 //!
 //! It listens on loopback only, for the gateway's own functions, and with control-plane
@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::instances::AbortOnDrop;
-use crate::control_plane::sigv4::{self, Credentials};
+use super::sigv4::{self, Credentials};
+use crate::functions::instances::AbortOnDrop;
 
 /// What the endpoint serves with.
 struct Queue {
