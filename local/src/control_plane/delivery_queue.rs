@@ -21,7 +21,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::sigv4::{self, Credentials};
+use super::authenticate;
+use super::sigv4::Credentials;
 use crate::functions::instances::AbortOnDrop;
 
 /// What the endpoint serves with.
@@ -88,19 +89,10 @@ async fn receive(
     let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
         return sqs_error("BatchRequestTooLong", "the request is over 4 MiB");
     };
-    if let Some(credentials) = &queue.credentials {
-        let request = sigv4::Request {
-            method: method.as_str(),
-            path: uri.path(),
-            query: uri.query().unwrap_or(""),
-            headers: &headers,
-            body: &body,
-        };
-        if let Err(refusal) = sigv4::verify(credentials, &request, std::time::SystemTime::now()) {
-            let mut response = sqs_error(refusal.kind(), &refusal.to_string());
-            *response.status_mut() = StatusCode::FORBIDDEN;
-            return response;
-        }
+    if let Err(refusal) = authenticate(queue.credentials.as_ref(), &method, &uri, &headers, &body) {
+        let mut response = sqs_error(refusal.kind(), &refusal.to_string());
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
     }
     let queue = &*queue.jobs;
     let target = headers

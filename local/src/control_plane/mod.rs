@@ -189,7 +189,13 @@ async fn dispatch(
         }
     };
     drop(aside);
-    if let Err(refusal) = authenticate(app, &method, &uri, &headers, &body) {
+    if let Err(refusal) = authenticate(
+        app.settings.control_plane.credentials.as_ref(),
+        &method,
+        &uri,
+        &headers,
+        &body,
+    ) {
         tracing::info!(path = uri.path(), error = %refusal, "control-plane request refused");
         return aws_error(StatusCode::FORBIDDEN, refusal.kind(), &refusal.to_string());
     }
@@ -209,16 +215,17 @@ async fn dispatch(
     }
 }
 
-/// Checks the request's SigV4 signature when control-plane credentials are configured;
+/// Checks the request's SigV4 signature when control-plane `credentials` are configured;
 /// without them (loopback, or `--insecure-open-control-plane`) any request goes through.
-fn authenticate(
-    app: &App,
+/// Every control-plane endpoint checks with it: `@connections`, Invoke, the delivery queue.
+pub(crate) fn authenticate(
+    credentials: Option<&sigv4::Credentials>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), sigv4::Refusal> {
-    let Some(credentials) = &app.settings.control_plane.credentials else {
+    let Some(credentials) = credentials else {
         return Ok(());
     };
     let request = sigv4::Request {

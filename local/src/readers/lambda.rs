@@ -86,32 +86,10 @@ fn http_event(
     headers: &HeaderMap,
 ) -> Value {
     // Repeated headers and parameters arrive joined with commas, as API Gateway joins them.
-    let mut joined: BTreeMap<String, String> = BTreeMap::new();
-    let mut join = |name: String, value: &str| {
-        joined
-            .entry(name)
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(value);
-            })
-            .or_insert_with(|| value.to_owned());
-    };
-    for (name, value) in headers {
-        if let Ok(value) = value.to_str() {
-            join(name.as_str().to_owned(), value);
-        }
-    }
-    let header_map = std::mem::take(&mut joined);
-    let mut parameters: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in decode_query(query.unwrap_or("")) {
-        parameters
-            .entry(name)
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
-    }
+    let header_map = joined(headers.iter().filter_map(|(name, value)| {
+        Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+    }));
+    let parameters = joined(decode_query(query.unwrap_or("")));
     let text = |name: header::HeaderName| {
         headers
             .get(name)
@@ -147,6 +125,21 @@ fn http_event(
         },
         "isBase64Encoded": false,
     })
+}
+
+/// `pairs` by name, the values of a repeated name joined with commas.
+fn joined(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    let mut joined: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in pairs {
+        joined
+            .entry(name)
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    joined
 }
 
 /// A function's HTTP answer: buffered (`statusCode`, `headers`, `body`) or a streamed
