@@ -4,12 +4,16 @@
 # {"id", "attempt", "verified", "status", "body"}. Its first line is its port.
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook
 
 hook = Webhook(sys.argv[1])
 attempts = {}
+# The server answers on a thread per request: one lock keeps the count and each printed
+# line whole (two prints at once interleave on stdout).
+lock = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -22,16 +26,19 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:  # any failure to verify is what the test looks for
             verified = False
         webhook_id = headers.get("webhook-id")
-        attempts[webhook_id] = attempts.get(webhook_id, 0) + 1
-        status = 500 if attempts[webhook_id] == 1 else 204
-        line = {
-            "id": webhook_id,
-            "attempt": attempts[webhook_id],
-            "verified": verified,
-            "status": status,
-            "body": json.loads(body),
-        }
-        print(json.dumps(line), flush=True)
+        with lock:
+            attempts[webhook_id] = attempts.get(webhook_id, 0) + 1
+            attempt = attempts[webhook_id]
+            status = 500 if attempt == 1 else 204
+            line = {
+                "id": webhook_id,
+                "attempt": attempt,
+                "verified": verified,
+                "status": status,
+                "body": json.loads(body),
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
         self.send_response(status)
         self.send_header("content-length", "0")
         self.end_headers()
