@@ -30,6 +30,7 @@ use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::async_invoke::AsyncInvokes;
 use crate::control_plane::delivery_queue::DeliveryQueue;
 use crate::control_plane::faults::FaultyGateway;
+use crate::control_plane::mqtt::MqttLink;
 use crate::control_plane::page_queue::LocalPageQueue;
 use crate::functions::lambda::{self, ColdStart, Endpoints, Functions};
 use crate::functions::{InProcess, SharedHandlers};
@@ -53,6 +54,8 @@ struct Parts {
     router: Arc<dyn Gateway>,
     /// With a shared store: the cluster, whose heartbeat keeps this instance registered.
     heartbeat: Option<Arc<Cluster>>,
+    /// With MQTT: the broker's client and the devices' publishes.
+    mqtt: Option<MqttLink>,
 }
 
 /// The configured key, or dev mode: a random secret that lives only in this process, and a
@@ -150,6 +153,14 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
         services.instance = Some(settings.instance_id.clone());
         services.limits.connection_lifetime = lifetime;
     }
+    let mqtt = match &settings.config.mqtt {
+        Some(mqtt) => {
+            let link = MqttLink::start(mqtt, &settings.instance_id).await;
+            services.mqtt = Some(link.client.clone());
+            Some(link)
+        }
+        None => None,
+    };
     Ok(Parts {
         settings,
         auth,
@@ -158,6 +169,7 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
         registry,
         router,
         heartbeat,
+        mqtt,
     })
 }
 
@@ -212,6 +224,7 @@ async fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError
         registry,
         router,
         heartbeat,
+        mqtt,
     } = parts;
     let control_plane = control_plane_mode(&settings.control_plane, addr)?;
     check_secret(&settings, addr)?;
@@ -301,6 +314,9 @@ async fn finish(parts: Parts, listener: TcpListener) -> Result<Ready, StartError
         }
     };
     page_jobs.work(handlers.clone(), shutdown.clone());
+    if let Some(mqtt) = mqtt {
+        mqtt.serve(handlers.clone(), shutdown.clone());
+    }
     let async_invokes =
         AsyncInvokes::start(settings.async_queue, handlers.clone(), shutdown.clone());
     let dev_token = match &auth {

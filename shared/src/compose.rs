@@ -130,6 +130,15 @@ impl Lambda {
             }
             .into());
         }
+        if self.config.mqtt.is_some() {
+            return Err(ConfigError::Invalid {
+                var: "HERALD_MQTT_URL",
+                reason: "the Lambda functions do not connect to an MQTT broker (herald-local \
+                         does): unset it for them"
+                    .into(),
+            }
+            .into());
+        }
         let mut services = services(open_store(&self.config, Host::Lambda).await?, &self.config);
         if let Some(url) = &self.config.delivery_queue_url {
             let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;

@@ -10,6 +10,7 @@ use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
 use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
 use crate::shard::{DEFAULT_POST_BUDGET_PER_SECOND, DEFAULT_SHARD_THRESHOLD, ShardSettings};
+use crate::sinks::mqtt::MqttSettings;
 use crate::sinks::webhook::{EventKind, Secret, WebhookSettings};
 use crate::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
 use crate::store::{
@@ -98,6 +99,9 @@ pub struct Config {
     /// `HERALD_WEBHOOK_URL`, `HERALD_WEBHOOK_SECRET`, `HERALD_WEBHOOK_EVENTS`: where
     /// webhooks go, when set.
     pub webhook: Option<WebhookSettings>,
+    /// `HERALD_MQTT_URL`, `HERALD_MQTT_PREFIX`, `HERALD_MQTT_PUBLISH_ROOMS`: the broker
+    /// notifications are mirrored to and devices publish through, when set.
+    pub mqtt: Option<MqttSettings>,
 }
 
 impl Config {
@@ -245,6 +249,7 @@ impl Config {
         };
 
         let webhook = webhook(&get)?;
+        let mqtt = mqtt(&get)?;
         Ok(Self {
             store,
             redis_url: get("HERALD_REDIS_URL"),
@@ -273,6 +278,7 @@ impl Config {
             limits,
             fanout,
             webhook,
+            mqtt,
         })
     }
 }
@@ -318,6 +324,29 @@ fn webhook(get: &impl Fn(&str) -> Option<String>) -> Result<Option<WebhookSettin
         secret,
         events,
     }))
+}
+
+/// The MQTT settings: a broker URL, and with it optionally a prefix and the rooms devices
+/// may publish to (either without a URL is an error, not ignored).
+fn mqtt(get: &impl Fn(&str) -> Option<String>) -> Result<Option<MqttSettings>, ConfigError> {
+    let prefix = get("HERALD_MQTT_PREFIX");
+    let rooms = get("HERALD_MQTT_PUBLISH_ROOMS");
+    let Some(url) = get("HERALD_MQTT_URL") else {
+        return match (prefix, rooms) {
+            (None, None) => Ok(None),
+            (Some(_), _) => Err(ConfigError::Invalid {
+                var: "HERALD_MQTT_PREFIX",
+                reason: "set HERALD_MQTT_URL too: the broker the topics are on".into(),
+            }),
+            (None, Some(_)) => Err(ConfigError::Invalid {
+                var: "HERALD_MQTT_PUBLISH_ROOMS",
+                reason: "set HERALD_MQTT_URL too: the broker devices publish through".into(),
+            }),
+        };
+    };
+    MqttSettings::parse(&url, prefix.as_deref(), rooms.as_deref())
+        .map(Some)
+        .map_err(|(var, reason)| ConfigError::Invalid { var, reason })
 }
 
 fn number<T: FromStr>(

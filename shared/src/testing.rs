@@ -17,6 +17,8 @@ enum Kind {
     DynamoDb,
     /// `moto_server` as users start it: requests handled on concurrent threads.
     PlainMoto,
+    /// `mosquitto`, the MQTT broker, in its local-only mode (loopback, anonymous).
+    Mosquitto,
 }
 
 /// A server process of this test's own: `redis-server`, or `moto_server` for DynamoDB.
@@ -112,6 +114,11 @@ impl Server {
         Self::launch(Kind::PlainMoto)
     }
 
+    /// Starts `mosquitto` on a free port and waits until it listens.
+    pub fn mosquitto() -> Self {
+        Self::launch(Kind::Mosquitto)
+    }
+
     fn launch(kind: Kind) -> Self {
         Self::launch_in(kind, None)
     }
@@ -132,7 +139,13 @@ impl Server {
         match self.kind {
             Kind::Redis | Kind::RedisClusterNode => format!("redis://127.0.0.1:{}", self.port),
             Kind::DynamoDb | Kind::PlainMoto => format!("http://127.0.0.1:{}", self.port),
+            Kind::Mosquitto => format!("mqtt://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Kills the server (as a crash would) and waits for it to be gone.
@@ -202,12 +215,25 @@ impl Server {
                 vec!["-m", "moto.server", "-H", "127.0.0.1", "-p", &port],
                 "pip install 'moto[server]'",
             ),
+            // Debian installs it in /usr/sbin, which a user's PATH may not hold.
+            Kind::Mosquitto => (
+                if std::path::Path::new(MOSQUITTO_SBIN).exists() {
+                    MOSQUITTO_SBIN
+                } else {
+                    "mosquitto"
+                },
+                vec!["-p", &port],
+                "apt-get install mosquitto mosquitto-clients",
+            ),
         };
         let mut command = Command::new(program);
         command.args(&args);
         Launch { command, install }
     }
 }
+
+/// Where Debian's `mosquitto` package puts the broker.
+const MOSQUITTO_SBIN: &str = "/usr/sbin/mosquitto";
 
 /// A server's command line and how to install its program.
 struct Launch {

@@ -10,7 +10,8 @@
 //! Asynchronous invocations wait in a bounded queue (`async_invoke.rs`), and the page jobs
 //! of sharded publishes in another, delivered by in-process workers (`page_queue.rs`); in
 //! Lambda mode the `publish` binary queues them through an SQS endpoint (`delivery_queue.rs`). Posts can be made
-//! to fail or lag as API Gateway's do under load (`faults.rs`).
+//! to fail or lag as API Gateway's do under load (`faults.rs`). Devices publish through an
+//! MQTT broker (`mqtt.rs`), whose client also carries every room and user notification.
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use tokio::sync::Semaphore;
 pub(crate) mod async_invoke;
 pub(crate) mod delivery_queue;
 pub mod faults;
+pub(crate) mod mqtt;
 pub(crate) mod page_queue;
 pub mod sigv4;
 

@@ -107,6 +107,16 @@ pub(crate) struct Functions {
     region: String,
 }
 
+/// Variables for the gateway alone, which the functions get blank.
+const GATEWAY_ONLY: [&str; 6] = [
+    "HERALD_WEBHOOK_URL",
+    "HERALD_WEBHOOK_SECRET",
+    "HERALD_WEBHOOK_EVENTS",
+    "HERALD_MQTT_URL",
+    "HERALD_MQTT_PREFIX",
+    "HERALD_MQTT_PUBLISH_ROOMS",
+];
+
 /// `DIR/<name>/bootstrap`, else `DIR/<name>`.
 fn binary(dir: &Path, function: &'static str) -> Result<PathBuf, LambdaError> {
     let tried = [dir.join(function).join("bootstrap"), dir.join(function)];
@@ -162,6 +172,11 @@ pub(crate) fn environment(
             "HERALD_JWT_SECRET",
             String::from_utf8_lossy(secret).into_owned(),
         );
+    }
+    // The gateway runs the sinks the functions cannot (webhooks, MQTT): blank, as the
+    // functions read them, so they start rather than refuse the variables they inherit.
+    for gateway_only in GATEWAY_ONLY {
+        set(gateway_only, String::new());
     }
     set("HERALD_WS_ENDPOINT", endpoints.management.clone());
     set("AWS_ENDPOINT_URL_SQS", endpoints.queue.clone());
@@ -396,6 +411,17 @@ mod tests {
         );
         assert_eq!(get(&env, "AWS_ACCESS_KEY_ID"), Some("AKID"));
         assert_eq!(get(&env, "AWS_SECRET_ACCESS_KEY"), Some("s3cret"));
+        // Blank, so the functions start beside a gateway with webhooks or MQTT on.
+        for name in GATEWAY_ONLY {
+            assert_eq!(get(&env, name), Some(""), "{name}");
+        }
+        let inherited = herald::config::Config::from_lookup(|name| {
+            get(&env, name)
+                .map(str::to_owned)
+                .or_else(|| (name == "HERALD_MQTT_URL").then(|| "mqtt://h".to_owned()))
+        })
+        .unwrap();
+        assert_eq!(inherited.mqtt, None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;
 use crate::limits::Limits;
 use crate::shard::Sharding;
+use crate::sinks::mqtt::SharedTopicPublisher;
 use crate::sinks::webhook::SharedWebhooks;
 use crate::store::ConnectionStore;
 
@@ -52,6 +53,9 @@ pub struct Services {
     pub sharding: Sharding,
     /// Where `connection.opened` and `connection.closed` go, when a host sends webhooks.
     pub webhooks: Option<SharedWebhooks>,
+    /// Where room and user notifications are also published, when a host mirrors them to
+    /// MQTT.
+    pub mqtt: Option<SharedTopicPublisher>,
 }
 
 impl Services {
@@ -64,6 +68,7 @@ impl Services {
             instance: None,
             sharding: Sharding::default(),
             webhooks: None,
+            mqtt: None,
         }
     }
 }

@@ -175,6 +175,11 @@ pub async fn publish_one(
         },
         None => (draft.bare(), None),
     };
+    // Off the delivery's path: the copy for MQTT is queued or refused at once.
+    let mqtt = services
+        .mqtt
+        .as_ref()
+        .and_then(|mqtt| mqtt.publish(&request.target, &payload));
     // Planned after the notification is kept, as fan-out lists recipients after it.
     let plan = match services.sharding.queue() {
         Some(queue) => {
@@ -193,7 +198,9 @@ pub async fn publish_one(
     let listed;
     let target = match plan {
         Some((queue, Plan::Sharded)) => {
-            return sharded(services, request, queue, id, &payload, position).await;
+            return sharded(services, request, queue, id, &payload, position)
+                .await
+                .map(|outcome| PublishOutcome { mqtt, ..outcome });
         }
         Some((_, Plan::Listed(ids))) => {
             listed = Target::Connections(ids);
@@ -210,6 +217,7 @@ pub async fn publish_one(
             offset: position.as_ref().map(|p| p.offset),
             epoch: position.map(|p| p.epoch),
             queued_pages: None,
+            mqtt,
         }),
         Err(e) => {
             // Kept in the history already: a client recovering finds it. The key is given

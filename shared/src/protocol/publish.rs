@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::{MAX_BATCH, MAX_CONNECTIONS_PER_PUBLISH, ProtocolError, RoomName, check_id};
 use crate::ids::ConnectionId;
+use crate::sinks::mqtt::MqttOutcome;
 
 /// Who a publish goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +233,10 @@ pub struct PublishOutcome {
     /// reached after the answer, and `delivered`, `gone` and `failed` are not given.
     #[serde(default)]
     pub queued_pages: Option<u64>,
+    /// With MQTT configured, for a room or a user: whether the copy for the broker was
+    /// queued or failed (the broker unreachable or too slow).
+    #[serde(default)]
+    pub mqtt: Option<MqttOutcome>,
 }
 
 impl Serialize for PublishOutcome {
@@ -251,6 +256,8 @@ impl Serialize for PublishOutcome {
             epoch: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             queued_pages: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            mqtt: Option<MqttOutcome>,
         }
         let counted = self.queued_pages.is_none();
         Wire {
@@ -261,6 +268,7 @@ impl Serialize for PublishOutcome {
             offset: self.offset,
             epoch: self.epoch.as_deref(),
             queued_pages: self.queued_pages,
+            mqtt: self.mqtt,
         }
         .serialize(serializer)
     }

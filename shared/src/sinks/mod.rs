@@ -7,5 +7,7 @@
 //! | file | what |
 //! |---|---|
 //! | `webhook/` | Standard Webhooks: events, signatures, delivery with retries |
+//! | `mqtt/` | MQTT: topics, settings, the publish path's capability; `broker.rs` the client |
 
+pub mod mqtt;
 pub mod webhook;
