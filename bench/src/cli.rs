@@ -76,6 +76,37 @@ pub enum Scenario {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Webhooks' cost to connects: churn without webhooks and with a receiver that
+    /// accepts and never answers (every attempt waits out its timeout), in turn, `runs`
+    /// times; the medians and the ratio.
+    WebhookChurn {
+        /// Connect and disconnect cycles.
+        #[arg(long, default_value_t = 2000)]
+        cycles: usize,
+        /// Cycles at once (1: each cycle's time is its latency).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Rounds of the two setups.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// MQTT's cost to WebSocket delivery: one gateway without MQTT, one whose broker is
+    /// down (nothing listens at its URL), one with a live `mosquitto` (started on a free
+    /// port), in turn, `runs` times; the medians and the down/without ratios.
+    Mqtt {
+        /// Subscribers (WebSocket clients).
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Publishes, issued one after another.
+        #[arg(long, default_value_t = 200)]
+        publishes: usize,
+        /// Bytes of each publish's payload.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Rounds of the three setups.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Scale-out: three gateway instances on one Redis (started on a free port), with
     /// publishes one at a time and eight in flight, beside the seed's Node server ×3 and
     /// one instance; also three instances without history. Counts Redis commands per

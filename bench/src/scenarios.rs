@@ -38,6 +38,17 @@ pub async fn run(cli: Cli) {
             size,
             runs,
         } => multi(connections, publishes, size, runs, json_path).await,
+        Scenario::WebhookChurn {
+            cycles,
+            concurrency,
+            runs,
+        } => webhook_churn(cycles, concurrency, runs, json_path).await,
+        Scenario::Mqtt {
+            connections,
+            publishes,
+            size,
+            runs,
+        } => mqtt(connections, publishes, size, runs, json_path).await,
         Scenario::Sse {
             connections,
             publishes,
@@ -175,6 +186,59 @@ pub async fn multi(
     );
 }
 
+/// MQTT's cost to delivery: without it, with its broker down, with a live broker, in turn
+/// for `runs` rounds (the order rotates each round); medians and the down/without ratios of
+/// the publish-to-delivery median and of the publish call.
+pub async fn mqtt(
+    connections: usize,
+    publishes: usize,
+    size: usize,
+    runs: usize,
+    json_path: Option<&str>,
+) {
+    let broker = herald::testing::Server::mosquitto();
+    let live = broker.url();
+    let (_held, port) = herald::testing::refused_port();
+    let down = format!("mqtt://127.0.0.1:{port}");
+    let setups: [(&str, Vec<(&str, &str)>); 3] = [
+        ("no-mqtt", vec![]),
+        ("mqtt-broker-down", vec![("HERALD_MQTT_URL", down.as_str())]),
+        ("mqtt-broker-up", vec![("HERALD_MQTT_URL", live.as_str())]),
+    ];
+    let mut all = Vec::new();
+    for round in 0..runs.max(1) {
+        let mut figures = Vec::new();
+        for i in 0..setups.len() {
+            let (name, env) = &setups[(round + i) % setups.len()];
+            figures.push(gateway_fanout_with(env, name, connections, publishes, size).await);
+        }
+        print_fanout(&figures);
+        all.extend(figures);
+    }
+    let medians = print_medians(&all);
+    let median_of = |name: &str, field: fn(&Fanout) -> f64| {
+        let mut values: Vec<f64> = all.iter().filter(|r| r.server == name).map(field).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    let mut ratios = serde_json::Map::new();
+    for (label, field) in [
+        ("p50_ms", (|r: &Fanout| r.p50_ms) as fn(&Fanout) -> f64),
+        ("publish_ms", |r: &Fanout| r.publish_ms),
+    ] {
+        let without = median_of("no-mqtt", field);
+        for with in ["mqtt-broker-down", "mqtt-broker-up"] {
+            let ratio = median_of(with, field) / without;
+            println!("{with} / no-mqtt, median {label}: {:.1}%", ratio * 100.0);
+            ratios.insert(format!("{with}/{label}"), json!(ratio));
+        }
+    }
+    write_json(
+        json_path,
+        &json!({"mqtt": all, "medians": medians, "ratios": ratios}),
+    );
+}
+
 /// Publish calls in flight at once in `multi`'s second run.
 pub const MULTI_IN_FLIGHT: usize = 8;
 
@@ -294,6 +358,79 @@ pub async fn churn(cycles: usize, concurrency: usize, json_path: Option<&str>) {
         c.cycles, c.concurrency, c.per_sec
     );
     write_json(json_path, &json!({"churn": c}));
+}
+
+/// Churn without webhooks and with a receiver that never answers, in turn (the order
+/// alternates each round); the median cycles per second of each and their ratio.
+pub async fn webhook_churn(
+    cycles: usize,
+    concurrency: usize,
+    runs: usize,
+    json_path: Option<&str>,
+) {
+    // Accepts every connection and reads nothing: each delivery attempt waits its 10 s.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hooks", silent.local_addr().expect("address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    // 32 bytes of 0x2a, base64: any whsec_ key of 24 to 64 bytes signs as well.
+    let secret = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+    let setups: [(&str, Vec<(&str, &str)>); 2] = [
+        ("no-webhooks", vec![]),
+        (
+            "webhooks-receiver-hangs",
+            vec![
+                ("HERALD_WEBHOOK_URL", url.as_str()),
+                ("HERALD_WEBHOOK_SECRET", secret),
+            ],
+        ),
+    ];
+    let mut all: Vec<(String, load::Churn)> = Vec::new();
+    for round in 0..runs.max(1) {
+        for i in 0..setups.len() {
+            let (name, env) = &setups[(round + i) % setups.len()];
+            let gateway = procs::gateway(env).await;
+            let c = load::churn(gateway.addr, cycles, concurrency).await;
+            println!(
+                "{name:<26} {} cycles, {} at a time: {:.0} per second ({:.2} ms each)",
+                c.cycles,
+                c.concurrency,
+                c.per_sec,
+                1000.0 * c.concurrency as f64 / c.per_sec
+            );
+            all.push(((*name).to_owned(), c));
+        }
+    }
+    let median = |name: &str| {
+        let mut values: Vec<f64> = all
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, c)| c.per_sec)
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (without, hanging) = (median("no-webhooks"), median("webhooks-receiver-hangs"));
+    println!(
+        "median cycles/s: no-webhooks {without:.0}, webhooks-receiver-hangs {hanging:.0} \
+         ({:.1}%)",
+        100.0 * hanging / without
+    );
+    let runs: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(name, c)| json!({"setup": name, "churn": c}))
+        .collect();
+    write_json(
+        json_path,
+        &json!({"runs": runs, "median_per_sec": {"no-webhooks": without,
+            "webhooks-receiver-hangs": hanging}, "ratio": hanging / without}),
+    );
 }
 
 /// The fan-out at several connection counts, both servers, and its chart.
