@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use herald::auth::{AuthConfig, JwtKey, Verifier};
 use herald::compose::{self, Host};
+use herald::config::StoreKind;
 use herald::gateway::{ApiGatewayManagement, Gateway};
 use herald::handlers::Services;
-use herald::sinks::webhook::HttpWebhooks;
+use herald::sinks::webhook::{EventKind, HttpWebhooks, RoomEvents, SharedWebhooks};
 use herald::store::{ConnectionStore, StoreSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +107,29 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
             (store, redis)
         }
     };
+    // Webhooks first: room events are reported by the store every path below writes
+    // through (handlers, fan-out, the cluster's clean-ups).
+    let webhooks = match &settings.config.webhook {
+        Some(webhook) => {
+            let room_events = [EventKind::RoomOccupied, EventKind::RoomVacated];
+            if settings.config.store == StoreKind::DynamoDb
+                && room_events.iter().any(|e| webhook.events.contains(e))
+            {
+                tracing::warn!(
+                    "room.occupied and room.vacated are not sent on the DynamoDB store, \
+                     which does not count rooms' members (memory and Redis do)"
+                );
+            }
+            let webhooks: SharedWebhooks =
+                HttpWebhooks::start(webhook).map_err(StartError::Webhooks)?;
+            Some(webhooks)
+        }
+        None => None,
+    };
+    let store: Arc<dyn ConnectionStore> = match &webhooks {
+        Some(webhooks) => Arc::new(RoomEvents::new(store, webhooks.clone())),
+        None => store,
+    };
     // On a shared store a record lives a few heartbeats: the cluster renews it for that
     // long, and the handlers write it with that lifetime.
     let lifetime = settings.heartbeat * HEARTBEATS_PER_LIFETIME;
@@ -145,10 +169,7 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
             (mirrored, registry.clone(), None)
         };
     let mut services = compose::services(store, &settings.config);
-    if let Some(webhook) = &settings.config.webhook {
-        let webhooks = HttpWebhooks::start(webhook).map_err(StartError::Webhooks)?;
-        services.webhooks = Some(webhooks);
-    }
+    services.webhooks = webhooks;
     if heartbeat.is_some() {
         services.instance = Some(settings.instance_id.clone());
         services.limits.connection_lifetime = lifetime;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald::ids::ConnectionId;
 use herald::protocol::RoomName;
-use herald::store::{ConnectionStore, ForwardingStore, Page, StoreError};
+use herald::store::{ConnectionStore, ForwardingStore, Left, Page, StoreError};
 
 use crate::cluster::{Hosts, Registration};
 use crate::connection::registry::Registry;
@@ -66,17 +66,17 @@ impl ForwardingStore for TrackingStore {
         &*self.inner
     }
 
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
-        self.inner.join(id, room).await?;
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+        let first = self.inner.join(id, room).await?;
         if self.registry.socket(id).is_some() {
             // Before the member is told it joined: the next room publish must ask here.
             self.hosts.claim(room).await?;
         }
         self.mirror(id, room, true);
-        Ok(())
+        Ok(first)
     }
 
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<Left, StoreError> {
         // Mirror first: a leave that fails in the store must not come back after a restart.
         self.mirror(id, room, false);
         self.inner.leave(id, room).await

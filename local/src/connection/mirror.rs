@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald::ids::ConnectionId;
 use herald::protocol::RoomName;
-use herald::store::{ConnectionStore, ForwardingStore, StoreError};
+use herald::store::{ConnectionStore, ForwardingStore, Left, StoreError};
 
 use crate::connection::registry::Registry;
 
@@ -32,14 +32,14 @@ impl ForwardingStore for MirroringStore {
         &*self.inner
     }
 
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
-        self.inner.join(id, room).await?;
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+        let first = self.inner.join(id, room).await?;
         // Before the member is told it joined: the next room publish reaches it.
         self.registry.mirror(id, room, true);
-        Ok(())
+        Ok(first)
     }
 
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<Left, StoreError> {
         self.registry.mirror(id, room, false);
         self.inner.leave(id, room).await
     }

@@ -1,8 +1,9 @@
 //! Webhooks from `herald-local`, received by a real HTTP receiver that verifies each one
 //! with the Standard Webhooks library (Python's `standardwebhooks`, `webhooks/receiver.py`):
 //! `connection.opened` and `connection.closed`, each seen once by `webhook-id` after its
-//! first attempt fails; a receiver that never answers does not delay a `$connect`; bad
-//! settings refuse the start.
+//! first attempt fails; `room.occupied` and `room.vacated` once per transition with two
+//! instances on Redis, members joining and leaving at once on both; a receiver that never
+//! answers does not delay a `$connect`; bad settings refuse the start.
 
 use crate::common;
 
@@ -10,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Gateway, PATIENCE, settings_with};
-use serde_json::Value;
+use common::{Gateway, PATIENCE, SharedRedis, settings_with};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
@@ -91,6 +92,137 @@ async fn connections_opened_and_closed_arrive_signed_and_once_after_a_failed_att
     let more = tokio::time::timeout(Duration::from_millis(2500), deliveries.next_line()).await;
     assert!(more.is_err(), "nothing after the deliveries: {more:?}");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_are_occupied_and_vacated_once_per_transition_across_two_instances() {
+    let redis = SharedRedis::single();
+    let secret = secret();
+    let (_receiver, port, mut deliveries) = receiver(&secret).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let redis_vars = redis.vars();
+    let mut vars: Vec<(&str, &str)> = redis_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    vars.extend([
+        ("HERALD_WEBHOOK_URL", url.as_str()),
+        ("HERALD_WEBHOOK_SECRET", secret.as_str()),
+    ]);
+    let a = Gateway::start_with(settings_with(&vars)).await;
+    let b = Gateway::start_with(settings_with(&vars)).await;
+
+    // One member on each instance, one after the other.
+    let mut ann = a.connect("ann", &["orders"], &[]).await;
+    let mut bob = b.connect("bob", &["orders"], &[]).await;
+    ann.subscribe("orders").await;
+    bob.subscribe("orders").await;
+    let left = ann
+        .ask(json!({"action":"unsubscribe","room":"orders"}))
+        .await;
+    assert_eq!(left["type"], "unsubscribed", "{left}");
+    let bob_id = bob.id.clone();
+    bob.ws.close(None).await.unwrap();
+
+    // Twenty members, ten on each instance, joining at once and leaving at once.
+    let mut crowd = Vec::new();
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        crowd.push(gw.connect(&format!("c{i}"), &["crowd"], &[]).await);
+    }
+    let joins = crowd.iter_mut().map(|c| c.subscribe("crowd"));
+    futures::future::join_all(joins).await;
+    let leaves = crowd
+        .iter_mut()
+        .map(|c| c.ask(json!({"action":"unsubscribe","room":"crowd"})));
+    for left in futures::future::join_all(leaves).await {
+        assert_eq!(left["type"], "unsubscribed", "{left}");
+    }
+
+    // Each room event: a first attempt answered 500, a second 204; then nothing more.
+    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let delivered =
+        |by_id: &BTreeMap<String, Vec<Value>>| by_id.values().filter(|d| d.len() >= 2).count();
+    while delivered(&by_id) < 4 {
+        let line = tokio::time::timeout(PATIENCE, deliveries.next_line())
+            .await
+            .expect("the room events in time")
+            .unwrap()
+            .unwrap();
+        let delivery: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(delivery["verified"], true, "{delivery}");
+        if delivery["body"]["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("room.")
+        {
+            by_id
+                .entry(delivery["id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(delivery);
+        }
+    }
+    let settle = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(line) = tokio::time::timeout_at(settle, deliveries.next_line()).await {
+        let delivery: Value = serde_json::from_str(&line.unwrap().unwrap()).unwrap();
+        if delivery["body"]["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("room.")
+        {
+            by_id
+                .entry(delivery["id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(delivery);
+        }
+    }
+    let mut events: Vec<(String, String, Value, Value)> = by_id
+        .values()
+        .map(|attempts| {
+            let data = &attempts[0]["body"]["data"];
+            (
+                attempts[0]["body"]["type"].as_str().unwrap().to_owned(),
+                data["room"].as_str().unwrap().to_owned(),
+                data["user"].clone(),
+                data.get("reason").cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    events.sort_by(|x, y| (&x.1, &x.0).cmp(&(&y.1, &y.0)));
+    assert_eq!(by_id.len(), 4, "one event per transition: {events:?}");
+    let (crowd_occupied, crowd_vacated) = (&events[0], &events[1]);
+    assert_eq!(
+        (crowd_occupied.0.as_str(), crowd_vacated.0.as_str()),
+        ("room.occupied", "room.vacated"),
+        "{events:?}"
+    );
+    assert_eq!(crowd_vacated.3, "unsubscribed");
+    assert_eq!(
+        events[2..],
+        [
+            (
+                "room.occupied".to_owned(),
+                "orders".to_owned(),
+                json!("ann"),
+                Value::Null
+            ),
+            (
+                "room.vacated".to_owned(),
+                "orders".to_owned(),
+                json!("bob"),
+                json!("disconnected")
+            ),
+        ]
+    );
+    let vacated_by = by_id
+        .values()
+        .find(|d| d[0]["body"]["data"]["user"] == "bob")
+        .map(|d| d[0]["body"]["data"]["connectionId"].clone());
+    assert_eq!(vacated_by, Some(json!(bob_id)));
+    for attempts in by_id.values() {
+        let statuses: Vec<&Value> = attempts.iter().map(|a| &a["status"]).collect();
+        assert_eq!(statuses, [500, 204], "each once after its failed attempt");
+    }
+    drop(crowd);
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]

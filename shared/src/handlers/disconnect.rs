@@ -21,13 +21,13 @@ pub async fn disconnect(
         Ok(removed) => {
             info!(
                 connection_id = %id,
-                known = removed.is_some(),
+                known = removed.connection.is_some(),
                 status = ctx.disconnect_status_code,
                 reason = ctx.disconnect_reason.as_deref().unwrap_or(""),
                 "disconnected"
             );
             // Once per connection: a repeated `$disconnect` finds nothing to remove.
-            if let (Some(webhooks), Some(gone)) = (&services.webhooks, &removed) {
+            if let (Some(webhooks), Some(gone)) = (&services.webhooks, &removed.connection) {
                 webhooks.emit(Event::connection_closed(
                     &id,
                     &gone.user,

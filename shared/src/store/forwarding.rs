@@ -130,7 +130,7 @@ mod tests {
             &self.inner
         }
 
-        async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+        async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
             self.joins.fetch_add(1, Ordering::Relaxed);
             self.inner.join(id, room).await
         }
@@ -153,9 +153,14 @@ mod tests {
             store.instances(std::slice::from_ref(&c.id)).await.unwrap(),
             vec![c.instance.clone()]
         );
-        assert!(store.leave(&c.id, &room).await.unwrap());
+        assert!(store.leave(&c.id, &room).await.unwrap().was_member);
         assert_eq!(
-            store.remove(&c.id).await.unwrap().map(|c| c.user),
+            store
+                .remove(&c.id)
+                .await
+                .unwrap()
+                .connection
+                .map(|c| c.user),
             Some("ann".into())
         );
         assert_eq!(counting.joins.load(Ordering::Relaxed), 1);

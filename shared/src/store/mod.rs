@@ -58,6 +58,26 @@ pub struct Connection {
     pub instance: Option<String>,
 }
 
+/// What a removal did: the record it forgot (live ones only) and the rooms it left
+/// without members.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// The record, when it was live.
+    pub connection: Option<Connection>,
+    /// The rooms whose last member this connection was (on stores that count members;
+    /// DynamoDB does not, and names none).
+    pub emptied: Vec<RoomName>,
+}
+
+/// What a leave did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The connection was a member.
+    pub was_member: bool,
+    /// It was the room's last member (on stores that count members).
+    pub emptied: bool,
+}
+
 /// One page of a large set, with the cursor for the next page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page<T> {
@@ -127,16 +147,20 @@ store_trait! {
         /// expired.
         async fn refresh(&self, id: &ConnectionId, expires_at: i64) -> Result<bool, StoreError>;
 
-        /// Forgets a connection and all its room memberships, returning the record it had.
-        /// Removing an unknown connection is not an error: `$disconnect` may run twice.
-        async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
+        /// Forgets a connection and all its room memberships: the record it had, and the
+        /// rooms left empty. Removing an unknown connection is not an error: `$disconnect`
+        /// may run twice.
+        async fn remove(&self, id: &ConnectionId) -> Result<Removed, StoreError>;
 
-        /// Adds a live connection to a room (idempotent); [`StoreError::NotFound`] if the
-        /// connection is unknown or expired.
-        async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError>;
+        /// Adds a live connection to a room (idempotent); `true` when the room had no
+        /// member before (each transition answered `true` once, across every host, on
+        /// the stores that count members; DynamoDB does not, and answers `false`).
+        /// [`StoreError::NotFound`] if the connection is unknown or expired.
+        async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError>;
 
-        /// Removes a connection from a room; `true` if it was a member.
-        async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError>;
+        /// Removes a connection from a room: whether it was a member, and whether the room
+        /// is left without members.
+        async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<Left, StoreError>;
 
         /// The rooms a connection has joined.
         async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError>;

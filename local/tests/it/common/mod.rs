@@ -401,7 +401,7 @@ impl herald::store::ForwardingStore for CountingStore {
     async fn remove(
         &self,
         id: &herald::ids::ConnectionId,
-    ) -> Result<Option<herald::store::Connection>, herald::store::StoreError> {
+    ) -> Result<herald::store::Removed, herald::store::StoreError> {
         *self
             .removals
             .lock()

@@ -3,9 +3,11 @@
 //! delivered at least once by [`HttpWebhooks`] (`delivery.rs`), off the path of the
 //! connection that caused it: a slow or dead receiver never delays a `$connect`.
 //!
-//! Events so far: `connection.opened` (a `$connect` stored the connection) and
-//! `connection.closed` (a `$disconnect` forgot it), from `herald-local`; `room.occupied`,
-//! `room.vacated` and the Lambda functions' delivery are not built yet.
+//! Events: `connection.opened` (a `$connect` stored the connection), `connection.closed`
+//! (a `$disconnect` forgot it), `room.occupied` (a room's first member joined) and
+//! `room.vacated` (its last one left), the last two as the store counts members, so once
+//! per transition across every instance; from `herald-local`. The Lambda functions'
+//! delivery is not built yet.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,13 +15,16 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::ids::{ConnectionId, iso8601, now_ms};
+use crate::protocol::RoomName;
 
 mod delivery;
+mod rooms;
 mod signature;
 
 pub use delivery::{
     ATTEMPT_TIMEOUT, DeliveryCounts, HttpWebhooks, MAX_ATTEMPTS, QUEUED_EVENTS, retry_delay,
 };
+pub use rooms::RoomEvents;
 pub use signature::{MAX_KEY_BYTES, MIN_KEY_BYTES, SECRET_PREFIX, Secret, SecretError};
 
 /// What happened, by the name receivers see in `type`.
@@ -29,17 +34,28 @@ pub enum EventKind {
     ConnectionOpened,
     /// A connection was closed.
     ConnectionClosed,
+    /// A room got its first member.
+    RoomOccupied,
+    /// A room lost its last member.
+    RoomVacated,
 }
 
 impl EventKind {
     /// Every kind, in documentation order.
-    pub const ALL: [Self; 2] = [Self::ConnectionOpened, Self::ConnectionClosed];
+    pub const ALL: [Self; 4] = [
+        Self::ConnectionOpened,
+        Self::ConnectionClosed,
+        Self::RoomOccupied,
+        Self::RoomVacated,
+    ];
 
     /// The name in `type` and in `HERALD_WEBHOOK_EVENTS`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ConnectionOpened => "connection.opened",
             Self::ConnectionClosed => "connection.closed",
+            Self::RoomOccupied => "room.occupied",
+            Self::RoomVacated => "room.vacated",
         }
     }
 
@@ -103,6 +119,33 @@ impl Event {
         )
     }
 
+    /// `room.occupied`: `id` of `user` joined `room`, which had no member.
+    pub fn room_occupied(room: &RoomName, id: &ConnectionId, user: &str) -> Self {
+        Self::new(
+            EventKind::RoomOccupied,
+            json!({"room": room.as_str(), "connectionId": id.as_str(), "user": user}),
+        )
+    }
+
+    /// `room.vacated`: `id` (of `user`, when known) left `room`, its last member, for
+    /// `reason`: `unsubscribed` or `disconnected` (closed, or found gone).
+    pub fn room_vacated(
+        room: &RoomName,
+        id: &ConnectionId,
+        user: Option<&str>,
+        reason: VacatedBy,
+    ) -> Self {
+        Self::new(
+            EventKind::RoomVacated,
+            json!({
+                "room": room.as_str(),
+                "connectionId": id.as_str(),
+                "user": user,
+                "reason": reason.as_str(),
+            }),
+        )
+    }
+
     fn new(kind: EventKind, data: Value) -> Self {
         let Value::Object(data) = data else {
             unreachable!("built from an object literal")
@@ -122,6 +165,25 @@ impl Event {
             "data": self.data,
         })
         .to_string()
+    }
+}
+
+/// Why a room's last member left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VacatedBy {
+    /// It unsubscribed.
+    Unsubscribed,
+    /// Its connection closed, or was found gone (by a delivery, or with its instance).
+    Disconnected,
+}
+
+impl VacatedBy {
+    /// The name in `data.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsubscribed => "unsubscribed",
+            Self::Disconnected => "disconnected",
+        }
     }
 }
 
@@ -153,7 +215,10 @@ mod tests {
     #[test]
     fn event_lists_parse_and_unknown_names_are_refused() {
         assert_eq!(
-            EventKind::parse_list("connection.closed, connection.opened").unwrap(),
+            EventKind::parse_list(
+                "connection.closed, connection.opened,room.occupied,room.vacated"
+            )
+            .unwrap(),
             BTreeSet::from(EventKind::ALL)
         );
         let refused = EventKind::parse_list("connection.opened,room.full").unwrap_err();

@@ -7,7 +7,7 @@ use super::schema::TABLE;
 use super::{ALL_SHARDS, DynamoStore};
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
-use crate::store::{Connection, Connections, Page, StoreError};
+use crate::store::{Connection, Connections, Left, Page, Removed, StoreError};
 use async_trait::async_trait;
 
 /// The condition that a connection's record exists and has not expired.
@@ -140,25 +140,31 @@ impl Connections for DynamoStore {
         Ok(true)
     }
 
-    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+    async fn remove(&self, id: &ConnectionId) -> Result<Removed, StoreError> {
         let existing = self.record(id).await?;
         let mut keys = self.expiry_copies(id).await?;
         keys.push(Key::connection(id));
         self.delete_many(&keys).await?;
-        Ok(existing.filter(|c| c.expires_at > now_ms()))
+        // Rooms are not counted here (a counter per room would cost a write unit per join
+        // and drift as TTL deletes memberships): no room is named emptied.
+        Ok(Removed {
+            connection: existing.filter(|c| c.expires_at > now_ms()),
+            emptied: Vec::new(),
+        })
     }
 
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
         // Live first; a removal racing the write leaves items that expire with the
         // connection and are cleaned up by the first post to it (see the module).
         let connection = self.get(id).await?.ok_or(StoreError::NotFound)?;
         let shard = keys::shard_of(id, self.room_shards);
         let reverse = Key::room_of(id, room).with_expiry(connection.expires_at);
         let member = Key::member(room, shard, id).with_expiry(connection.expires_at);
-        self.put_many(vec![reverse, member]).await
+        self.put_many(vec![reverse, member]).await?;
+        Ok(false)
     }
 
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<Left, StoreError> {
         let reverse = Key::room_of(id, room);
         let was_member = self
             .client
@@ -173,7 +179,10 @@ impl Connections for DynamoStore {
             .is_some();
         let member = Key::member(room, keys::shard_of(id, self.room_shards), id);
         self.delete_many(&[reverse, member]).await?;
-        Ok(was_member)
+        Ok(Left {
+            was_member,
+            emptied: false,
+        })
     }
 
     async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::super::{Connection, Connections, Page, StoreError};
+use super::super::{Connection, Connections, Left, Page, Removed, StoreError};
 use super::*;
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
@@ -58,42 +58,47 @@ impl Connections for MemoryStore {
         Ok(true)
     }
 
-    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+    async fn remove(&self, id: &ConnectionId) -> Result<Removed, StoreError> {
         let now = now_ms();
-        let removed = self.lock().remove(id);
-        Ok(removed.map(|e| e.connection).filter(|c| c.expires_at > now))
+        let (removed, emptied) = self.lock().remove_counted(id);
+        Ok(Removed {
+            connection: removed.map(|e| e.connection).filter(|c| c.expires_at > now),
+            emptied,
+        })
     }
 
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut inner = self.lock();
         let Some(expires_at) = inner.live(id, now).map(|e| e.connection.expires_at) else {
             return Err(StoreError::NotFound);
         };
-        inner
-            .rooms
-            .entry(room.clone())
-            .or_default()
-            .insert(id.clone(), expires_at);
+        let members = inner.rooms.entry(room.clone()).or_default();
+        let first = members.is_empty();
+        members.insert(id.clone(), expires_at);
         if let Some(entry) = inner.connections.get_mut(id) {
             entry.rooms.insert(room.clone());
         }
-        Ok(())
+        Ok(first)
     }
 
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<Left, StoreError> {
         let mut inner = self.lock();
         let was_member = inner
             .connections
             .get_mut(id)
             .is_some_and(|e| e.rooms.remove(room));
+        let mut emptied = false;
         if let Some(members) = inner.rooms.get_mut(room) {
-            members.remove(id);
+            emptied = members.remove(id).is_some() && members.is_empty();
             if members.is_empty() {
                 inner.rooms.remove(room);
             }
         }
-        Ok(was_member)
+        Ok(Left {
+            was_member,
+            emptied,
+        })
     }
 
     async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {

@@ -134,12 +134,21 @@ impl Inner {
     }
 
     fn remove(&mut self, id: &ConnectionId) -> Option<Entry> {
-        let entry = self.connections.remove(id)?;
+        self.remove_counted(id).0
+    }
+
+    /// Forgets a connection: its entry, and the rooms it left without members.
+    fn remove_counted(&mut self, id: &ConnectionId) -> (Option<Entry>, Vec<RoomName>) {
+        let Some(entry) = self.connections.remove(id) else {
+            return (None, Vec::new());
+        };
+        let mut emptied = Vec::new();
         for room in &entry.rooms {
             if let Some(members) = self.rooms.get_mut(room) {
                 members.remove(id);
                 if members.is_empty() {
                     self.rooms.remove(room);
+                    emptied.push(room.clone());
                 }
             }
         }
@@ -149,7 +158,7 @@ impl Inner {
                 self.users.remove(&entry.connection.user);
             }
         }
-        Some(entry)
+        (Some(entry), emptied)
     }
 
     /// The live ids among `entries` (id, expiry; already positioned after the cursor, at

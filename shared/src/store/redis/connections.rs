@@ -3,12 +3,13 @@
 //! connection's own keys, then writes the sets of other slots beside it.
 
 use async_trait::async_trait;
+use futures::future::try_join_all;
 use redis::AsyncCommands;
 
 use super::*;
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
-use crate::store::{Connection, Connections, Page, StoreError};
+use crate::store::{Connection, Connections, Left, Page, Removed, StoreError};
 
 #[async_trait]
 impl Connections for RedisStore {
@@ -77,7 +78,7 @@ impl Connections for RedisStore {
         Ok(true)
     }
 
-    async fn remove(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+    async fn remove(&self, id: &ConnectionId) -> Result<Removed, StoreError> {
         let mut redis = self.redis.clone();
         let reply: Vec<String> = self
             .scripts
@@ -100,14 +101,28 @@ impl Connections for RedisStore {
         if let Some(user) = fields.iter().find(|(k, _)| k == "user").map(|(_, v)| v) {
             writes.push(command("ZREM", &self.user_key(user), &[id.as_str()]));
         }
-        for room in rooms.iter().skip(1) {
-            writes.push(command("ZREM", &self.room_key_named(room), &[id.as_str()]));
-        }
-        self.redis.each::<i64>(writes).await?;
-        Ok(removed.filter(|c| c.expires_at > now_ms()))
+        let rooms = &rooms[rooms.len().min(1)..];
+        let vacated = try_join_all(rooms.iter().map(|room| {
+            let mut redis = self.redis.clone();
+            let mut invocation = self.scripts.vacate.key(self.room_key_named(room));
+            invocation.arg(id.as_str());
+            async move { invocation.invoke_async::<i64>(&mut redis).await }
+        }));
+        let (written, vacated) = tokio::join!(self.redis.each::<i64>(writes), vacated);
+        written?;
+        let emptied = rooms
+            .iter()
+            .zip(vacated?)
+            .filter(|(_, last)| *last == 1)
+            .filter_map(|(room, _)| RoomName::parse(room).ok())
+            .collect();
+        Ok(Removed {
+            connection: removed.filter(|c| c.expires_at > now_ms()),
+            emptied,
+        })
     }
 
-    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<(), StoreError> {
+    async fn join(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
         let mut redis = self.redis.clone();
         // The connection's record exists already, so the room may list it before the
         // script has run: both are sent at once.
@@ -115,12 +130,13 @@ impl Connections for RedisStore {
         invocation.key(self.rooms_key(id)).arg(room.as_str());
         let joined = invocation.invoke_async::<i64>(&mut redis);
         let mut listing = self.redis.clone();
-        let listed = command("ZADD", &self.room_key(room), &["0", id.as_str()]);
-        let listed = listed.query_async::<i64>(&mut listing);
+        let mut occupy = self.scripts.occupy.key(self.room_key(room));
+        occupy.arg(id.as_str());
+        let listed = occupy.invoke_async::<i64>(&mut listing);
         let (joined, listed) = tokio::join!(joined, listed);
-        listed?;
+        let first = listed? == 1;
         if joined? == 1 {
-            Ok(())
+            Ok(first)
         } else {
             // No record: undo the listing (a read would have swept it anyway).
             let _: i64 = redis
@@ -131,15 +147,18 @@ impl Connections for RedisStore {
         }
     }
 
-    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<bool, StoreError> {
-        let counts: Vec<i64> = self
-            .redis
-            .each(vec![
-                command("SREM", &self.rooms_key(id), &[room.as_str()]),
-                command("ZREM", &self.room_key(room), &[id.as_str()]),
-            ])
-            .await?;
-        Ok(counts.first() == Some(&1))
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<Left, StoreError> {
+        let mut redis = self.redis.clone();
+        let mut vacate = self.scripts.vacate.key(self.room_key(room));
+        vacate.arg(id.as_str());
+        let unlisted = vacate.invoke_async::<i64>(&mut redis);
+        let mut forgetting = self.redis.clone();
+        let forgot = forgetting.srem::<_, _, i64>(self.rooms_key(id), room.as_str());
+        let (unlisted, forgot) = tokio::join!(unlisted, forgot);
+        Ok(Left {
+            was_member: forgot? == 1,
+            emptied: unlisted? == 1,
+        })
     }
 
     async fn rooms_of(&self, id: &ConnectionId) -> Result<Vec<RoomName>, StoreError> {

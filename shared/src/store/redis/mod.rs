@@ -63,6 +63,8 @@ struct Scripts {
     refresh: Script,
     release: Script,
     count: Script,
+    occupy: Script,
+    vacate: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -121,6 +123,23 @@ fn scripts() -> &'static Scripts {
             r"
             if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
             return 1
+            ",
+        ),
+        // KEYS: a room's members. ARGV: id. Lists the member; 1 when it is the room's
+        // first (one key, so one answer of 1 per transition however many hosts join).
+        occupy: Script::new(
+            r"
+            if redis.call('ZADD', KEYS[1], 0, ARGV[1]) == 1
+              and redis.call('ZCARD', KEYS[1]) == 1 then return 1 end
+            return 0
+            ",
+        ),
+        // KEYS: a room's members. ARGV: id. Unlists the member; 1 when it was the last.
+        vacate: Script::new(
+            r"
+            if redis.call('ZREM', KEYS[1], ARGV[1]) == 1
+              and redis.call('ZCARD', KEYS[1]) == 0 then return 1 end
+            return 0
             ",
         ),
         // KEYS: the window's counter. ARGV: when the window ends (ms), events, limit.

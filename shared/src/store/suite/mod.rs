@@ -18,7 +18,9 @@ use std::time::Duration;
 
 pub use history::*;
 
-use super::{Connection, ConnectionStore, StoreError};
+use futures::future::join_all;
+
+use super::{Connection, ConnectionStore, Left, Removed, StoreError};
 use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
 
@@ -35,6 +37,7 @@ macro_rules! store_suite {
             remove_forgets_memberships_and_is_idempotent,
             join_needs_a_live_connection,
             join_and_leave_are_idempotent,
+            rooms_answer_their_first_and_last_member_once,
             room_members_page_through_every_member_once,
             user_connections_and_count,
             all_connections_page_through_everyone,
@@ -207,7 +210,9 @@ pub async fn remove_forgets_memberships_and_is_idempotent(store: &dyn Connection
         store.join(&c.id, r).await.expect("join");
         store.join(&other.id, r).await.expect("join other");
     }
-    assert_eq!(store.remove(&c.id).await.expect("remove"), Some(c.clone()));
+    let removed = store.remove(&c.id).await.expect("remove");
+    assert_eq!(removed.connection, Some(c.clone()));
+    assert_eq!(removed.emptied, vec![], "other is still in both rooms");
     assert_eq!(store.get(&c.id).await.expect("get"), None);
     assert_eq!(store.rooms_of(&c.id).await.expect("rooms_of"), vec![]);
     for r in [&r1, &r2] {
@@ -217,7 +222,10 @@ pub async fn remove_forgets_memberships_and_is_idempotent(store: &dyn Connection
         store.user_connections(&user).await.expect("user"),
         vec![other.id.clone()]
     );
-    assert_eq!(store.remove(&c.id).await.expect("remove again"), None);
+    assert_eq!(
+        store.remove(&c.id).await.expect("remove again"),
+        Removed::default()
+    );
 }
 
 /// Joining needs a live connection.
@@ -243,16 +251,63 @@ pub async fn join_and_leave_are_idempotent(store: &dyn ConnectionStore) {
     expected.sort();
     assert_eq!(rooms, expected);
 
-    assert!(store.leave(&c.id, &r1).await.expect("leave"));
-    assert!(!store.leave(&c.id, &r1).await.expect("leave again"));
+    assert!(store.leave(&c.id, &r1).await.expect("leave").was_member);
+    assert!(
+        !store
+            .leave(&c.id, &r1)
+            .await
+            .expect("leave again")
+            .was_member
+    );
     assert!(
         !store
             .leave(&ConnectionId::generate(), &r1)
             .await
             .expect("leave unknown")
+            .was_member
     );
     assert!(collect_members(store, &r1).await.is_empty());
     assert_eq!(store.rooms_of(&c.id).await.expect("rooms_of"), vec![r2]);
+}
+
+/// A store that counts members (its `member_count` answers) answers each room's
+/// transitions once: of joins at once to an empty room one is the first, of leaves at once
+/// one empties it, and a removal names the rooms it emptied. One that does not answers none.
+pub async fn rooms_answer_their_first_and_last_member_once(store: &dyn ConnectionStore) {
+    /// Members joining and leaving at once.
+    const AT_ONCE: usize = 16;
+    let r = room();
+    let counts = store.member_count(Some(&r)).await.expect("count").is_some();
+    let members: Vec<Connection> = (0..AT_ONCE).map(|_| connection(&unique("user"))).collect();
+    for c in &members {
+        store.add(c).await.expect("add");
+    }
+    let firsts = join_all(members.iter().map(|c| store.join(&c.id, &r))).await;
+    let firsts = firsts.into_iter().map(|f| f.expect("join")).filter(|f| *f);
+    assert_eq!(firsts.count(), usize::from(counts), "one first member");
+    let again = store.join(&members[0].id, &r).await.expect("join again");
+    assert!(!again, "a member joining again is not the first");
+
+    let (last, rest) = members.split_first().expect("members");
+    let lefts = join_all(rest.iter().map(|c| store.leave(&c.id, &r))).await;
+    let lefts: Vec<Left> = lefts.into_iter().map(|l| l.expect("leave")).collect();
+    assert!(
+        lefts.iter().all(|l| l.was_member && !l.emptied),
+        "{lefts:?}"
+    );
+    let removed = store.remove(&last.id).await.expect("remove");
+    let expected = if counts { vec![r.clone()] } else { vec![] };
+    assert_eq!(
+        removed.emptied, expected,
+        "the last member's removal empties it"
+    );
+
+    let c = &rest[0];
+    assert_eq!(store.join(&c.id, &r).await.expect("join"), counts);
+    let left = store.leave(&c.id, &r).await.expect("leave");
+    assert_eq!((left.was_member, left.emptied), (true, counts));
+    let left = store.leave(&c.id, &r).await.expect("leave again");
+    assert_eq!((left.was_member, left.emptied), (false, false));
 }
 
 /// Paging a room returns each member exactly once, whatever the page size.
@@ -428,7 +483,7 @@ pub async fn concurrent_joins_all_land(store: &dyn ConnectionStore) {
     let r = room();
     let added = add_user_connections(store, &unique("user"), 50).await;
     let joins = added.iter().map(|c| store.join(&c.id, &r));
-    for result in futures::future::join_all(joins).await {
+    for result in join_all(joins).await {
         result.expect("join");
     }
     let members: HashSet<_> = collect_members(store, &r).await.into_iter().collect();
