@@ -215,13 +215,8 @@ impl Server {
                 vec!["-m", "moto.server", "-H", "127.0.0.1", "-p", &port],
                 "pip install 'moto[server]'",
             ),
-            // Debian installs it in /usr/sbin, which a user's PATH may not hold.
             Kind::Mosquitto => (
-                if std::path::Path::new(MOSQUITTO_SBIN).exists() {
-                    MOSQUITTO_SBIN
-                } else {
-                    "mosquitto"
-                },
+                mosquitto_program(),
                 vec!["-p", &port],
                 "apt-get install mosquitto mosquitto-clients",
             ),
@@ -472,6 +467,159 @@ impl Drop for RedisCluster {
     }
 }
 
+/// A directory of this test's own holding a certificate authority (`ca.pem`) and a
+/// certificate for `127.0.0.1` it signed (`server.pem`, key `server.key`), made with
+/// `openssl`; no client trusts the authority unless told to (`SSL_CERT_FILE`).
+fn test_authority(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory for the certificates");
+    let path = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let openssl = |args: &[&str]| run_tool("openssl", args, "apt-get install openssl");
+    let (ca_key, ca, key, csr, cert, san) = (
+        path("ca.key"),
+        path("ca.pem"),
+        path("server.key"),
+        path("server.csr"),
+        path("server.pem"),
+        path("san.ext"),
+    );
+    let ec = "ec_paramgen_curve:prime256v1";
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        ec,
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=herald test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        ec,
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "1",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-extfile",
+        &san,
+        "-out",
+        &cert,
+    ]);
+    dir
+}
+
+/// A `mosquitto` that speaks TLS only (a certificate from [`test_authority`]) and lets in
+/// one user with a password, as a hosted broker would.
+pub struct TlsMosquitto {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl TlsMosquitto {
+    /// The user it lets in.
+    pub const USER: &str = "device-gateway";
+    /// That user's password (with characters a URL must escape).
+    pub const PASSWORD: &str = "p@ss:w/rd";
+
+    /// Makes the certificates and the password file, and starts the broker on a free port.
+    pub fn start() -> Self {
+        let dir = test_authority("herald-mqtts");
+        let path = |name: &str| dir.join(name).display().to_string();
+        run_tool(
+            "mosquitto_passwd",
+            &["-b", "-c", &path("passwords"), Self::USER, Self::PASSWORD],
+            "apt-get install mosquitto",
+        );
+        let program = mosquitto_program();
+        let (child, port) = spawn_listening(Port::Any, |port| {
+            let config = dir.join(format!("mosquitto-{port}.conf"));
+            // `user root`: run as root (CI), it would otherwise drop to `mosquitto`, which
+            // cannot read this test's files.
+            let text = format!(
+                "user root\nlistener {port} 127.0.0.1\ncertfile {}\nkeyfile {}\n\
+                 allow_anonymous false\npassword_file {}\n",
+                path("server.pem"),
+                path("server.key"),
+                path("passwords"),
+            );
+            std::fs::write(&config, text).expect("the broker's configuration");
+            let mut command = Command::new(program);
+            command.arg("-c").arg(&config);
+            Launch {
+                command,
+                install: "apt-get install mosquitto",
+            }
+        });
+        Self { child, port, dir }
+    }
+
+    /// `mqtts://USER:PASSWORD@127.0.0.1:PORT`, the password escaped.
+    pub fn url(&self) -> String {
+        format!(
+            "mqtts://{}:p%40ss%3Aw%2Frd@127.0.0.1:{}",
+            Self::USER,
+            self.port
+        )
+    }
+
+    /// The broker's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The certificate authority that signed the broker's certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+impl Drop for TlsMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Debian's `mosquitto`, in `/usr/sbin` (which a user's `PATH` may not hold), else the
+/// one on the `PATH`.
+fn mosquitto_program() -> &'static str {
+    if std::path::Path::new(MOSQUITTO_SBIN).exists() {
+        MOSQUITTO_SBIN
+    } else {
+        "mosquitto"
+    }
+}
+
 /// A `redis-server` that speaks TLS only, with a certificate for `127.0.0.1` signed by a
 /// certificate authority of this test's own (made with `openssl`), which no client trusts
 /// unless told to: `SSL_CERT_FILE` pointing at [`TlsRedis::ca_file`].
@@ -484,69 +632,8 @@ pub struct TlsRedis {
 impl TlsRedis {
     /// Makes the certificates and starts the server on a free port.
     pub fn start() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("herald-tls-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).expect("a temporary directory for the certificates");
+        let dir = test_authority("herald-tls");
         let path = |name: &str| dir.join(name).display().to_string();
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        let openssl = |args: &[&str]| run_tool("openssl", args, "apt-get install openssl");
-        let (ca_key, ca, key, csr, cert, san) = (
-            path("ca.key"),
-            path("ca.pem"),
-            path("server.key"),
-            path("server.csr"),
-            path("server.pem"),
-            path("san.ext"),
-        );
-        let ec = "ec_paramgen_curve:prime256v1";
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            ec,
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=herald test CA",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca,
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            ec,
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-days",
-            "1",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-extfile",
-            &san,
-            "-out",
-            &cert,
-        ]);
         let (child, port) = spawn_listening(Port::Any, |port| {
             let mut command = Command::new("redis-server");
             command

@@ -3,15 +3,16 @@
 //! WebSocket client receives, in order, for room and user notifications, on the memory
 //! store and on Redis; a device's publish to an allowed room reaches WebSocket clients and
 //! nothing else does; a broker that is down or goes away costs WebSocket delivery nothing,
-//! the answer says `"mqtt":"failed"`, and the link comes back with the broker.
+//! the answer says `"mqtt":"failed"`, and the link comes back with the broker; `mqtts://`
+//! with a password reaches a broker whose authority is trusted, and only that.
 
 use crate::common;
 
 use std::process::Stdio;
 
-use common::{Client, Gateway, PATIENCE, SharedRedis, settings_with};
+use common::{Client, Gateway, PATIENCE, SharedRedis, settings_with, spawn_binary};
 use futures::StreamExt;
-use herald::testing::Server;
+use herald::testing::{Server, TlsMosquitto};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -25,20 +26,25 @@ struct Subscriber {
 
 impl Subscriber {
     async fn start(port: u16, topics: &[&str]) -> Self {
+        Self::start_with(&["-p", &port.to_string()], topics).await
+    }
+
+    /// [`Subscriber::start`] with the connection's arguments given (port, TLS, user).
+    async fn start_with(connection: &[&str], topics: &[&str]) -> Self {
         // Line-buffered: piped, mosquitto_sub would hold its output in a block.
         let mut command = Command::new("stdbuf");
-        command.args([
-            "-oL",
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-v",
-            "-d",
-        ]);
+        command
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-q",
+                "1",
+                "-v",
+                "-d",
+            ])
+            .args(connection);
         for topic in topics {
             command.args(["-t", topic]);
         }
@@ -47,32 +53,28 @@ impl Subscriber {
             .kill_on_drop(true)
             .spawn()
             .expect("mosquitto_sub runs: apt-get install mosquitto-clients, or run scripts/test");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let line = tokio::time::timeout(PATIENCE, lines.next_line())
-                .await
-                .expect("mosquitto_sub subscribes in time")
-                .unwrap()
-                .expect("mosquitto_sub runs");
-            // `-d` says "Subscribed (mid: …)" once the broker granted every topic.
-            if line.starts_with("Subscribed") {
-                break;
-            }
-        }
-        Self {
+        let mut subscriber = Self {
+            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
             _child: child,
-            lines,
-        }
+        };
+        // `-d` says "Subscribed (mid: …)" once the broker granted every topic.
+        while !subscriber.line("the grant").await.starts_with("Subscribed") {}
+        subscriber
+    }
+
+    /// Its next line of output; panics after [`PATIENCE`].
+    async fn line(&mut self, what: &str) -> String {
+        tokio::time::timeout(PATIENCE, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{what} from mosquitto_sub in time"))
+            .unwrap()
+            .expect("mosquitto_sub runs")
     }
 
     /// The next message: its topic and payload.
     async fn next(&mut self) -> (String, String) {
         loop {
-            let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
-                .await
-                .expect("an MQTT message in time")
-                .unwrap()
-                .expect("mosquitto_sub runs");
+            let line = self.line("an MQTT message").await;
             // `-d` writes its protocol log on the same stream, each line from "Client ".
             if line.starts_with("Client ") {
                 continue;
@@ -327,5 +329,62 @@ async fn mqtt_settings_are_checked_at_start() {
         command.args(["--port", "0"]).env_clear().envs(vars.clone());
         let said = common::refused_start(command).await;
         assert!(said.contains(expected), "{vars:?}: {said}");
+    }
+}
+
+/// What a gateway answers for MQTT when it runs with `mqtt_url` and `SSL_CERT_FILE`.
+async fn answer_over(mqtt_url: &str, trusted: &str) -> (Value, Client, tokio::process::Child) {
+    let (child, addr) = spawn_binary(
+        &[],
+        &[("HERALD_MQTT_URL", mqtt_url), ("SSL_CERT_FILE", trusted)],
+    )
+    .await;
+    let gw = Gateway::at(addr);
+    let mut ann = gw.connect("ann", &["orders"], &[]).await;
+    ann.subscribe("orders").await;
+    let answer = gw
+        .invoke(json!({"room":"orders","data":"over tls"}))
+        .await
+        .unwrap();
+    (answer, ann, child)
+}
+
+#[tokio::test]
+async fn mqtts_with_a_password_carries_notifications_only_to_a_trusted_broker() {
+    let broker = TlsMosquitto::start();
+    let ca = broker.ca_file().display().to_string();
+    let port = broker.port().to_string();
+    let mut mqtt = Subscriber::start_with(
+        &[
+            "-p",
+            &port,
+            "--cafile",
+            &ca,
+            "-u",
+            TlsMosquitto::USER,
+            "-P",
+            TlsMosquitto::PASSWORD,
+        ],
+        &["herald/rooms/orders"],
+    )
+    .await;
+
+    // Trusted, with the password from the URL: the copy goes out over TLS.
+    let (answer, mut ann, _gateway) = answer_over(&broker.url(), &ca).await;
+    assert_eq!(answer["mqtt"], "queued", "{answer}");
+    let (topic, payload) = mqtt.next().await;
+    assert_eq!(topic, "herald/rooms/orders");
+    assert_eq!(payload, next_text(&mut ann).await, "the same bytes");
+
+    // Not trusted (an empty trust store), or the wrong password: no link, delivery goes on.
+    let wrong = broker.url().replace("p%40ss", "nope");
+    for (url, trusted) in [(broker.url(), "/dev/null"), (wrong, ca.as_str())] {
+        let (answer, mut ann, _gateway) = answer_over(&url, trusted).await;
+        assert_eq!(
+            answer["mqtt"], "failed",
+            "{url} trusting {trusted}: {answer}"
+        );
+        assert_eq!(answer["delivered"], 1, "{answer}");
+        assert_eq!(ann.recv().await["data"], "over tls");
     }
 }

@@ -94,6 +94,20 @@ async fn connections_opened_and_closed_arrive_signed_and_once_after_a_failed_att
     gw.stop().await;
 }
 
+/// Files a delivery the receiver printed under its `webhook-id` when it is a room event,
+/// after checking it verified.
+fn keep_room_event(by_id: &mut BTreeMap<String, Vec<Value>>, line: &str) {
+    let delivery: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(delivery["verified"], true, "{delivery}");
+    let kind = delivery["body"]["type"].as_str().unwrap();
+    if kind.starts_with("room.") {
+        by_id
+            .entry(delivery["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(delivery);
+    }
+}
+
 #[tokio::test]
 async fn rooms_are_occupied_and_vacated_once_per_transition_across_two_instances() {
     let redis = SharedRedis::single();
@@ -146,32 +160,11 @@ async fn rooms_are_occupied_and_vacated_once_per_transition_across_two_instances
             .expect("the room events in time")
             .unwrap()
             .unwrap();
-        let delivery: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(delivery["verified"], true, "{delivery}");
-        if delivery["body"]["type"]
-            .as_str()
-            .unwrap()
-            .starts_with("room.")
-        {
-            by_id
-                .entry(delivery["id"].as_str().unwrap().to_owned())
-                .or_default()
-                .push(delivery);
-        }
+        keep_room_event(&mut by_id, &line);
     }
     let settle = tokio::time::Instant::now() + Duration::from_millis(2500);
     while let Ok(line) = tokio::time::timeout_at(settle, deliveries.next_line()).await {
-        let delivery: Value = serde_json::from_str(&line.unwrap().unwrap()).unwrap();
-        if delivery["body"]["type"]
-            .as_str()
-            .unwrap()
-            .starts_with("room.")
-        {
-            by_id
-                .entry(delivery["id"].as_str().unwrap().to_owned())
-                .or_default()
-                .push(delivery);
-        }
+        keep_room_event(&mut by_id, &line.unwrap().unwrap());
     }
     let mut events: Vec<(String, String, Value, Value)> = by_id
         .values()
