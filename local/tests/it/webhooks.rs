@@ -2,7 +2,8 @@
 //! with the Standard Webhooks library (Python's `standardwebhooks`, `webhooks/receiver.py`):
 //! `connection.opened` and `connection.closed`, each seen once by `webhook-id` after its
 //! first attempt fails; `room.occupied` and `room.vacated` once per transition with two
-//! instances on Redis, members joining and leaving at once on both; a receiver that never
+//! instances on Redis, members joining and leaving at once on both, and for a poll reader;
+//! a receiver that never
 //! answers does not delay a `$connect`; bad settings refuse the start.
 
 use crate::common;
@@ -216,6 +217,55 @@ async fn rooms_are_occupied_and_vacated_once_per_transition_across_two_instances
     drop(crowd);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn a_poll_reader_occupies_its_rooms_while_it_waits() {
+    let secret = secret();
+    let (_receiver, port, mut deliveries) = receiver(&secret).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let gw = Gateway::start_with(settings_with(&[
+        ("HERALD_WEBHOOK_URL", &url),
+        ("HERALD_WEBHOOK_SECRET", &secret),
+    ]))
+    .await;
+    let token = gw.token("dee", &["feed"], &[]);
+    let (status, body) = common::http_get(
+        gw.addr,
+        &format!("/local/poll?rooms=feed&wait=1&token={token}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    while by_id.values().filter(|d| d.len() >= 2).count() < 2 {
+        let line = tokio::time::timeout(PATIENCE, deliveries.next_line())
+            .await
+            .expect("the room events in time")
+            .unwrap()
+            .unwrap();
+        keep_room_event(&mut by_id, &line);
+    }
+    let mut events: Vec<(String, Value, Value)> = by_id
+        .values()
+        .map(|attempts| {
+            let body = &attempts[0]["body"];
+            (
+                body["type"].as_str().unwrap().to_owned(),
+                body["data"]["room"].clone(),
+                body["data"]["user"].clone(),
+            )
+        })
+        .collect();
+    events.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        events,
+        [
+            ("room.occupied".to_owned(), json!("feed"), json!("dee")),
+            ("room.vacated".to_owned(), json!("feed"), json!("dee")),
+        ]
+    );
+    gw.stop().await;
 }
 
 #[tokio::test]
