@@ -3,8 +3,7 @@
 //! `connection.opened` and `connection.closed`, each seen once by `webhook-id` after its
 //! first attempt fails; `room.occupied` and `room.vacated` once per transition with two
 //! instances on Redis, members joining and leaving at once on both, and for a poll reader;
-//! a receiver that never
-//! answers does not delay a `$connect`; bad settings refuse the start.
+//! a receiver that never answers does not delay a `$connect`; bad settings refuse the start.
 
 use crate::common;
 
