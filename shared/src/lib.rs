@@ -24,7 +24,7 @@
 //! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables, read once |
 //! | [`compose`] | `src/compose.rs` | the composition root: every component built from one `Config` |
 //! | [`telemetry`] | `src/telemetry.rs` | tracing set-up for Lambda and `herald-local` |
-//! | `testing` | `src/testing.rs` | feature `test-support`: real servers (Redis) started for tests |
+//! | `testing` | `src/testing/` (`tls.rs`: the TLS-only servers) | feature `test-support`: real servers (Redis) started for tests |
 
 pub mod auth;
 pub mod aws;

@@ -217,6 +217,32 @@ async fn a_device_publishes_to_an_allowed_room_and_nowhere_else() {
     gw.stop().await;
 }
 
+/// Publishes `{"n": n+1}`, `{"n": n+2}`, … to `orders` until the answer says `mqtt`,
+/// each delivered to `ann` all the same; panics after [`PATIENCE`].
+async fn publish_until(gw: &Gateway, ann: &mut Client, n: &mut u64, mqtt: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        *n += 1;
+        let answer = gw
+            .invoke(json!({"room":"orders","data":{"n":*n}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["delivered"], 1,
+            "WebSocket delivery goes on: {answer}"
+        );
+        assert_eq!(ann.recv().await["data"]["n"], *n);
+        if answer["mqtt"] == mqtt {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no \"mqtt\":\"{mqtt}\" in time: {answer}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_broker_that_is_down_costs_delivery_nothing_and_the_link_comes_back() {
     let mut broker = Server::mosquitto();
@@ -227,45 +253,12 @@ async fn a_broker_that_is_down_costs_delivery_nothing_and_the_link_comes_back() 
 
     broker.stop();
     // The link notices the broker's end; until then a publish may still be queued.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut n = 0;
-    loop {
-        n += 1;
-        let answer = gw
-            .invoke(json!({"room":"orders","data":{"n":n}}))
-            .await
-            .unwrap();
-        assert_eq!(
-            answer["delivered"], 1,
-            "WebSocket delivery goes on: {answer}"
-        );
-        assert_eq!(ann.recv().await["data"]["n"], n);
-        if answer["mqtt"] == "failed" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{answer}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    publish_until(&gw, &mut ann, &mut n, "failed").await;
 
     broker.restart();
     let mut mqtt = Subscriber::start(broker.port(), &["herald/rooms/orders"]).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        n += 1;
-        let answer = gw
-            .invoke(json!({"room":"orders","data":{"n":n}}))
-            .await
-            .unwrap();
-        assert_eq!(ann.recv().await["data"]["n"], n);
-        if answer["mqtt"] == "queued" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the link is back: {answer}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    publish_until(&gw, &mut ann, &mut n, "queued").await;
     let (_, payload) = mqtt.next().await;
     assert_eq!(
         serde_json::from_str::<Value>(&payload).unwrap()["data"]["n"],
