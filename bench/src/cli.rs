@@ -200,6 +200,10 @@ pub enum Scenario {
         /// Clients, all in one room.
         #[arg(long, default_value_t = 50)]
         clients: usize,
+        /// With the room webhooks on, so the store counts rooms' members (their receiver
+        /// is a port that refuses: the deliveries cost the table nothing).
+        #[arg(long)]
+        room_events: bool,
     },
     /// The bare broadcast server (started by the other scenarios).
     BaselineServer {

@@ -178,8 +178,12 @@ fn row(name: &str, times: usize, tally: &Tally) -> serde_json::Value {
            "dollars_per_million": dollars, "requests": tally.0})
 }
 
-/// Runs every operation with `clients` clients in one room, and prints the table.
-pub async fn run(clients: usize) -> serde_json::Value {
+/// A `whsec_` key for the room webhooks' runs (nothing receives them).
+const ROOM_EVENTS_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Runs every operation with `clients` clients in one room, and prints the table; with
+/// `room_events`, the room webhooks are on, so the store counts rooms' members.
+pub async fn run(clients: usize, room_events: bool) -> serde_json::Value {
     let moto = herald::testing::Server::plain_moto();
     let upstream: SocketAddr = moto
         .url()
@@ -189,16 +193,23 @@ pub async fn run(clients: usize) -> serde_json::Value {
     let (proxy, tally) = counting_proxy(upstream).await;
     let endpoint = format!("http://{proxy}");
     // The default limits, as deployed: the per-user limit costs `$connect` a query.
-    let gateway = procs::gateway_with(
-        &[],
-        &[
-            ("HERALD_STORE", "dynamodb"),
-            ("HERALD_TABLE", "herald-cost"),
-            ("AWS_ENDPOINT_URL_DYNAMODB", &endpoint),
-            ("HERALD_PUSH_VIA_HTTP", "true"),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("HERALD_STORE", "dynamodb"),
+        ("HERALD_TABLE", "herald-cost"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", endpoint.as_str()),
+        ("HERALD_PUSH_VIA_HTTP", "true"),
+    ];
+    if room_events {
+        // A refused port: each event is retried in the background and never touches the
+        // table.
+        let refused = "http://127.0.0.1:9/hooks";
+        env.extend([
+            ("HERALD_WEBHOOK_URL", refused),
+            ("HERALD_WEBHOOK_SECRET", ROOM_EVENTS_SECRET),
+            ("HERALD_WEBHOOK_EVENTS", "room.occupied,room.vacated"),
+        ]);
+    }
+    let gateway = procs::gateway_with(&[], &env).await;
     let start = settled(&tally).await;
 
     let mut sockets = Vec::with_capacity(clients);

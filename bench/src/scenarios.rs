@@ -74,7 +74,10 @@ pub async fn run(cli: Cli) {
         } => sweep(connections, publishes, size, png, json_path).await,
         Scenario::Chart { from, chart: png } => redraw_chart(from, png).await,
         Scenario::Smoke => smoke(json_path).await,
-        Scenario::Cost { clients } => write_json(json_path, &crate::cost::run(clients).await),
+        Scenario::Cost {
+            clients,
+            room_events,
+        } => write_json(json_path, &crate::cost::run(clients, room_events).await),
         Scenario::Soak {
             clients,
             minutes,

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use herald::auth::{AuthConfig, JwtKey, Verifier};
-use herald::compose::{self, Host};
-use herald::config::StoreKind;
+use herald::compose::{self, BuildError, Host};
+use herald::config::{Config, ConfigError};
 use herald::gateway::{ApiGatewayManagement, Gateway};
 use herald::handlers::Services;
-use herald::sinks::webhook::{EventKind, HttpWebhooks, RoomEvents, SharedWebhooks};
+use herald::sinks::webhook::{HttpWebhooks, RoomEvents, SharedWebhooks};
 use herald::store::{ConnectionStore, StoreSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -109,17 +109,9 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
     };
     // Webhooks first: room events are reported by the store every path below writes
     // through (handlers, fan-out, the cluster's clean-ups).
+    refuse_lambda_only_settings(&settings.config)?;
     let webhooks = match &settings.config.webhook {
         Some(webhook) => {
-            let room_events = [EventKind::RoomOccupied, EventKind::RoomVacated];
-            if settings.config.store == StoreKind::DynamoDb
-                && room_events.iter().any(|e| webhook.events.contains(e))
-            {
-                tracing::warn!(
-                    "room.occupied and room.vacated are not sent on the DynamoDB store, \
-                     which does not count rooms' members (memory and Redis do)"
-                );
-            }
             let webhooks: SharedWebhooks =
                 HttpWebhooks::start(webhook).map_err(StartError::Webhooks)?;
             Some(webhooks)
@@ -453,4 +445,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     prepare(listener, settings).await?.serve(shutdown).await
+}
+
+/// The webhook and MQTT settings only the Lambda functions take, refused here with what to
+/// set instead: `herald-local` signs and delivers webhooks and talks to a broker itself.
+fn refuse_lambda_only_settings(config: &Config) -> Result<(), BuildError> {
+    if config.mqtt_iot.is_some() {
+        return Err(ConfigError::Invalid {
+            var: "HERALD_MQTT_URL",
+            reason: "AWS IoT Core is for the Lambda functions; herald-local connects to a \
+                     broker: set it to mqtt://HOST:PORT or mqtts://HOST:PORT"
+                .into(),
+        }
+        .into());
+    }
+    let var = if config.webhook_by_arn.is_some() {
+        "HERALD_WEBHOOK_SECRET_ARN"
+    } else if config.webhook_queue.is_some() {
+        "HERALD_WEBHOOK_QUEUE_URL"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid {
+        var,
+        reason: "it is for the Lambda functions; herald-local delivers webhooks itself: set \
+                 HERALD_WEBHOOK_URL and HERALD_WEBHOOK_SECRET"
+            .into(),
+    }
+    .into())
 }

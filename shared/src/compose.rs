@@ -8,12 +8,18 @@
 
 use std::sync::Arc;
 
+use aws_config::SdkConfig;
+
 use crate::auth::{AuthConfig, AuthError, JwtKey, MIN_HS256_SECRET_BYTES, Verifier};
 use crate::config::{Config, ConfigError};
 use crate::error::{self, Source};
 use crate::gateway::ManagementClients;
-use crate::handlers::Services;
+use crate::handlers::{Services, WebhookRetries};
 use crate::shard::{PostBudget, Sharding, SqsQueue};
+use crate::sinks::mqtt::IotPublisher;
+use crate::sinks::webhook::{
+    RoomEvents, Secret, SharedWebhooks, SqsWebhooks, WebhookSender, WebhookSettings,
+};
 use crate::store::{self, ConnectionStore, StoreError, StoreSettings};
 
 /// Why a component could not be built.
@@ -34,8 +40,11 @@ pub enum BuildError {
     /// The JWT key is unusable.
     #[error(transparent)]
     Auth(#[from] AuthError),
-    /// The JWT secret could not be read from Secrets Manager.
-    #[error("reading the JWT secret {arn}: {source}")]
+    /// The system's certificate roots (for HTTPS webhooks) could not be loaded.
+    #[error("loading the system's certificate roots: {0}")]
+    Roots(#[source] std::io::Error),
+    /// A secret could not be read from Secrets Manager.
+    #[error("reading the secret {arn}: {source}")]
     Secret {
         /// The secret's ARN.
         arn: String,
@@ -104,6 +113,25 @@ pub fn services(store: Arc<dyn ConnectionStore>, config: &Config) -> Services {
     services
 }
 
+/// The string value of the Secrets Manager secret `arn`.
+async fn secret_string(arn: &str) -> Result<String, BuildError> {
+    let failed = |source: Source| BuildError::Secret {
+        arn: arn.to_owned(),
+        source,
+    };
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let secret = aws_sdk_secretsmanager::Client::new(&sdk)
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| failed(error::source(e)))?;
+    secret
+        .secret_string()
+        .map(str::to_owned)
+        .ok_or_else(|| failed(error::because("it must be a string secret")))
+}
+
 /// What every Lambda function is built from.
 pub struct Lambda {
     /// The configuration, read once.
@@ -118,14 +146,16 @@ impl Lambda {
         })
     }
 
-    /// The services of the connect, disconnect, message, publish and deliver functions:
-    /// publishes above the shard threshold go to `HERALD_DELIVERY_QUEUE_URL`, when set.
+    /// The services of the connect, disconnect, message, publish, deliver, poll and stream
+    /// functions: publishes above the shard threshold go to `HERALD_DELIVERY_QUEUE_URL`, and
+    /// webhook events to `HERALD_WEBHOOK_QUEUE_URL` (each when set; call
+    /// [`Services::flush`] before answering).
     pub async fn services(&self) -> Result<Services, BuildError> {
-        if self.config.webhook.is_some() {
+        if self.config.webhook.is_some() || self.config.webhook_by_arn.is_some() {
             return Err(ConfigError::Invalid {
                 var: "HERALD_WEBHOOK_URL",
-                reason: "the Lambda functions do not send webhooks yet (herald-local does, in \
-                         process): unset it for them"
+                reason: "only the webhook function delivers webhooks; the others put events on \
+                         HERALD_WEBHOOK_QUEUE_URL: unset it for them"
                     .into(),
             }
             .into());
@@ -134,17 +164,35 @@ impl Lambda {
             return Err(ConfigError::Invalid {
                 var: "HERALD_MQTT_URL",
                 reason: "the Lambda functions do not connect to an MQTT broker (herald-local \
-                         does): unset it for them"
+                         does); they publish through AWS IoT Core: set it to iot"
                     .into(),
             }
             .into());
         }
-        let mut services = services(open_store(&self.config, Host::Lambda).await?, &self.config);
-        if let Some(url) = &self.config.delivery_queue_url {
-            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            services.sharding.queue = Some(Arc::new(SqsQueue::new(&sdk, url)));
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let store = open_store(&self.config, Host::Lambda).await?;
+        Ok(self.services_on(store, &sdk))
+    }
+
+    /// The functions' services on `store`, their queues reached through clients built from
+    /// `sdk`.
+    pub fn services_on(&self, mut store: Arc<dyn ConnectionStore>, sdk: &SdkConfig) -> Services {
+        let webhooks = self.config.webhook_queue.as_ref().map(|queue| {
+            let webhooks: SharedWebhooks = Arc::new(SqsWebhooks::new(sdk, queue));
+            // Below everything, so every path that changes a membership reports its room.
+            store = Arc::new(RoomEvents::new(store.clone(), webhooks.clone()));
+            webhooks
+        });
+        let mut services = services(store, &self.config);
+        services.webhooks = webhooks;
+        if let Some(iot) = &self.config.mqtt_iot {
+            services.mqtt = Some(Arc::new(IotPublisher::new(sdk, iot)));
+            services.devices = Some(iot.rules.clone());
         }
-        Ok(services)
+        if let Some(url) = &self.config.delivery_queue_url {
+            services.sharding.queue = Some(Arc::new(SqsQueue::new(sdk, url)));
+        }
+        services
     }
 
     /// The authorizer's verifier: the key from the environment or, on AWS, the Secrets
@@ -177,23 +225,42 @@ impl Lambda {
     }
 
     async fn secret_auth(&self, arn: &str) -> Result<AuthConfig, BuildError> {
-        let failed = |source: Source| BuildError::Secret {
-            arn: arn.to_owned(),
-            source,
-        };
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let secret = aws_sdk_secretsmanager::Client::new(&sdk)
-            .get_secret_value()
-            .secret_id(arn)
-            .send()
-            .await
-            .map_err(|e| failed(error::source(e)))?;
-        let value = secret
-            .secret_string()
-            .ok_or_else(|| failed(error::because("the JWT secret must be a string secret")))?;
+        let value = secret_string(arn).await?;
         Ok(self
             .config
             .auth_with_secret(value.trim().as_bytes().to_vec()))
+    }
+
+    /// The `webhook` function's receiver: `HERALD_WEBHOOK_URL`, signed with
+    /// `HERALD_WEBHOOK_SECRET` or, on AWS, the Secrets Manager secret
+    /// `HERALD_WEBHOOK_SECRET_ARN` names, read once at cold start.
+    pub async fn webhook_sender(&self) -> Result<WebhookSender, BuildError> {
+        let settings = match (&self.config.webhook, &self.config.webhook_by_arn) {
+            (Some(settings), _) => settings.clone(),
+            (None, Some(by_arn)) => {
+                let value = secret_string(&by_arn.secret_arn).await?;
+                let secret = Secret::parse(value.trim()).map_err(|e| BuildError::Secret {
+                    arn: by_arn.secret_arn.clone(),
+                    source: error::source(e),
+                })?;
+                WebhookSettings {
+                    url: by_arn.url.clone(),
+                    secret,
+                    events: by_arn.events.clone(),
+                }
+            }
+            (None, None) => return Err(ConfigError::Missing("HERALD_WEBHOOK_URL").into()),
+        };
+        WebhookSender::new(&settings.url, &settings.secret).map_err(BuildError::Roots)
+    }
+
+    /// The `webhook` function's retries: through `HERALD_WEBHOOK_QUEUE_URL` (the queue its
+    /// records come from), when set; without it a failed record waits the queue's
+    /// visibility timeout.
+    pub async fn webhook_retries(&self) -> Option<WebhookRetries> {
+        let queue = self.config.webhook_queue.as_ref()?;
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Some(WebhookRetries::new(&sdk, &queue.url))
     }
 
     /// `@connections` clients: for `HERALD_WS_ENDPOINT`, or the endpoint each event names.
@@ -271,6 +338,44 @@ mod tests {
             what.contains("Redis Cluster") && what.contains(&nowhere),
             "{what}"
         );
+    }
+
+    #[tokio::test]
+    async fn only_the_webhook_function_takes_the_webhook_url() {
+        let lambda = Lambda {
+            config: config(&[
+                ("HERALD_STORE", "redis"),
+                ("HERALD_REDIS_URL", "redis://127.0.0.1:9"),
+                ("HERALD_WEBHOOK_URL", "https://example.com/hooks"),
+                (
+                    "HERALD_WEBHOOK_SECRET",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                ),
+            ]),
+        };
+        let err = lambda.services().await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                BuildError::Config(ConfigError::Invalid {
+                    var: "HERALD_WEBHOOK_URL",
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(
+            lambda.webhook_sender().await.is_ok(),
+            "the webhook function"
+        );
+        let none = Lambda {
+            config: config(&[]),
+        };
+        let err = none.webhook_sender().await.err().unwrap();
+        assert!(matches!(
+            err,
+            BuildError::Config(ConfigError::Missing("HERALD_WEBHOOK_URL"))
+        ));
     }
 
     #[tokio::test]

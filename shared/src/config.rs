@@ -10,8 +10,10 @@ use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
 use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
 use crate::shard::{DEFAULT_POST_BUDGET_PER_SECOND, DEFAULT_SHARD_THRESHOLD, ShardSettings};
-use crate::sinks::mqtt::MqttSettings;
-use crate::sinks::webhook::{EventKind, Secret, WebhookSettings};
+use crate::sinks::mqtt::{IotSettings, MqttSettings};
+use crate::sinks::webhook::{
+    EventKind, Secret, WebhookQueueSettings, WebhookSecretByArn, WebhookSettings,
+};
 use crate::store::history::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_SIZE};
 use crate::store::{
     DynamoSettings, DynamoTimeouts, RedisNodes, RedisSettings, Retention, StoreSettings,
@@ -99,9 +101,18 @@ pub struct Config {
     /// `HERALD_WEBHOOK_URL`, `HERALD_WEBHOOK_SECRET`, `HERALD_WEBHOOK_EVENTS`: where
     /// webhooks go, when set.
     pub webhook: Option<WebhookSettings>,
+    /// `HERALD_WEBHOOK_URL` with `HERALD_WEBHOOK_SECRET_ARN` (the `webhook` function on
+    /// AWS): where webhooks go, their secret read from Secrets Manager at cold start.
+    pub webhook_by_arn: Option<WebhookSecretByArn>,
+    /// `HERALD_WEBHOOK_QUEUE_URL` (with `HERALD_WEBHOOK_EVENTS`): on AWS, the SQS queue the
+    /// functions put webhook events on, for the `webhook` function to deliver.
+    pub webhook_queue: Option<WebhookQueueSettings>,
     /// `HERALD_MQTT_URL`, `HERALD_MQTT_PREFIX`, `HERALD_MQTT_PUBLISH_ROOMS`: the broker
     /// notifications are mirrored to and devices publish through, when set.
     pub mqtt: Option<MqttSettings>,
+    /// `HERALD_MQTT_URL=iot` (or an `https://` IoT data endpoint), with the prefix and the
+    /// rooms devices may publish to: MQTT through AWS IoT Core, for the Lambda functions.
+    pub mqtt_iot: Option<IotSettings>,
 }
 
 impl Config {
@@ -147,8 +158,22 @@ impl Config {
                 room_shards: self.room_shards,
                 create_table,
                 timeouts: self.dynamodb_timeouts,
+                count_rooms: self.wants_room_events(),
             }),
         })
+    }
+
+    /// Whether this host reports rooms' first and last members (`room.occupied`,
+    /// `room.vacated`), so the store must count rooms' members.
+    pub fn wants_room_events(&self) -> bool {
+        let wanted = |events: &std::collections::BTreeSet<EventKind>| {
+            events.contains(&EventKind::RoomOccupied) || events.contains(&EventKind::RoomVacated)
+        };
+        self.webhook.as_ref().is_some_and(|w| wanted(&w.events))
+            || self
+                .webhook_queue
+                .as_ref()
+                .is_some_and(|q| wanted(&q.events))
     }
 
     /// Reads the process environment.
@@ -248,8 +273,12 @@ impl Config {
             ..fanout_defaults
         };
 
-        let webhook = webhook(&get)?;
-        let mqtt = mqtt(&get)?;
+        // Read (and checked) whether or not webhooks are on, so a typo never waits.
+        let events = webhook_events(&get)?;
+        let (webhook, webhook_by_arn) = webhook(&get, &events)?;
+        let webhook_queue =
+            get("HERALD_WEBHOOK_QUEUE_URL").map(|url| WebhookQueueSettings { url, events });
+        let (mqtt, mqtt_iot) = mqtt(&get)?;
         Ok(Self {
             store,
             redis_url: get("HERALD_REDIS_URL"),
@@ -278,28 +307,44 @@ impl Config {
             limits,
             fanout,
             webhook,
+            webhook_by_arn,
+            webhook_queue,
             mqtt,
+            mqtt_iot,
         })
     }
 }
 
-/// The webhook settings: a URL and a secret together, or neither.
-fn webhook(get: &impl Fn(&str) -> Option<String>) -> Result<Option<WebhookSettings>, ConfigError> {
-    let (url, secret) = match (get("HERALD_WEBHOOK_URL"), get("HERALD_WEBHOOK_SECRET")) {
-        (None, None) => return Ok(None),
-        (Some(_), None) => {
+/// The webhook settings: a URL and a secret (or, for the `webhook` function on AWS, a
+/// Secrets Manager secret's ARN) together, or neither.
+fn webhook(
+    get: &impl Fn(&str) -> Option<String>,
+    events: &std::collections::BTreeSet<EventKind>,
+) -> Result<(Option<WebhookSettings>, Option<WebhookSecretByArn>), ConfigError> {
+    let url = get("HERALD_WEBHOOK_URL");
+    let (secret, arn) = (
+        get("HERALD_WEBHOOK_SECRET"),
+        get("HERALD_WEBHOOK_SECRET_ARN"),
+    );
+    let url = match (url, secret.is_some() || arn.is_some()) {
+        (None, false) => return Ok((None, None)),
+        (Some(_), false) => {
             return Err(ConfigError::Invalid {
                 var: "HERALD_WEBHOOK_URL",
                 reason: "set HERALD_WEBHOOK_SECRET (whsec_…) too: it signs every webhook".into(),
             });
         }
-        (None, Some(_)) => {
+        (None, true) => {
             return Err(ConfigError::Invalid {
-                var: "HERALD_WEBHOOK_SECRET",
+                var: if secret.is_some() {
+                    "HERALD_WEBHOOK_SECRET"
+                } else {
+                    "HERALD_WEBHOOK_SECRET_ARN"
+                },
                 reason: "set HERALD_WEBHOOK_URL too: where the webhooks go".into(),
             });
         }
-        (Some(url), Some(secret)) => (url, secret),
+        (Some(url), true) => url,
     };
     let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
     if !scheme_ok || url.parse::<hyper::Uri>().is_err() {
@@ -308,32 +353,60 @@ fn webhook(get: &impl Fn(&str) -> Option<String>) -> Result<Option<WebhookSettin
             reason: format!("{url:?} is not an http:// or https:// URL"),
         });
     }
-    let secret = Secret::parse(&secret).map_err(|e| ConfigError::Invalid {
-        var: "HERALD_WEBHOOK_SECRET",
-        reason: e.to_string(),
-    })?;
-    let events = match get("HERALD_WEBHOOK_EVENTS") {
-        None => EventKind::ALL.into_iter().collect(),
+    let events = events.clone();
+    match (secret, arn) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid {
+            var: "HERALD_WEBHOOK_SECRET_ARN",
+            reason: "set one source for the webhook secret, not two".into(),
+        }),
+        (Some(secret), None) => {
+            let secret = Secret::parse(&secret).map_err(|e| ConfigError::Invalid {
+                var: "HERALD_WEBHOOK_SECRET",
+                reason: e.to_string(),
+            })?;
+            Ok((
+                Some(WebhookSettings {
+                    url,
+                    secret,
+                    events,
+                }),
+                None,
+            ))
+        }
+        (None, arn) => Ok((
+            None,
+            Some(WebhookSecretByArn {
+                url,
+                secret_arn: arn.expect("one of the two is set"),
+                events,
+            }),
+        )),
+    }
+}
+
+/// `HERALD_WEBHOOK_EVENTS`: the kinds sent (default all).
+fn webhook_events(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<std::collections::BTreeSet<EventKind>, ConfigError> {
+    match get("HERALD_WEBHOOK_EVENTS") {
+        None => Ok(EventKind::ALL.into_iter().collect()),
         Some(list) => EventKind::parse_list(&list).map_err(|reason| ConfigError::Invalid {
             var: "HERALD_WEBHOOK_EVENTS",
             reason,
-        })?,
-    };
-    Ok(Some(WebhookSettings {
-        url,
-        secret,
-        events,
-    }))
+        }),
+    }
 }
 
 /// The MQTT settings: a broker URL, and with it optionally a prefix and the rooms devices
 /// may publish to (either without a URL is an error, not ignored).
-fn mqtt(get: &impl Fn(&str) -> Option<String>) -> Result<Option<MqttSettings>, ConfigError> {
+fn mqtt(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(Option<MqttSettings>, Option<IotSettings>), ConfigError> {
     let prefix = get("HERALD_MQTT_PREFIX");
     let rooms = get("HERALD_MQTT_PUBLISH_ROOMS");
     let Some(url) = get("HERALD_MQTT_URL") else {
         return match (prefix, rooms) {
-            (None, None) => Ok(None),
+            (None, None) => Ok((None, None)),
             (Some(_), _) => Err(ConfigError::Invalid {
                 var: "HERALD_MQTT_PREFIX",
                 reason: "set HERALD_MQTT_URL too: the broker the topics are on".into(),
@@ -344,9 +417,13 @@ fn mqtt(get: &impl Fn(&str) -> Option<String>) -> Result<Option<MqttSettings>, C
             }),
         };
     };
+    let invalid = |(var, reason)| ConfigError::Invalid { var, reason };
+    if let Some(iot) = IotSettings::parse(&url, prefix.as_deref(), rooms.as_deref()) {
+        return iot.map(|iot| (None, Some(iot))).map_err(invalid);
+    }
     MqttSettings::parse(&url, prefix.as_deref(), rooms.as_deref())
-        .map(Some)
-        .map_err(|(var, reason)| ConfigError::Invalid { var, reason })
+        .map(|mqtt| (Some(mqtt), None))
+        .map_err(invalid)
 }
 
 fn number<T: FromStr>(
@@ -426,6 +503,72 @@ mod tests {
         assert_eq!(c.fanout, FanoutConfig::default());
         assert_eq!(c.shards, ShardSettings::default());
         assert_eq!(c.delivery_queue_url, None);
+    }
+
+    #[test]
+    fn webhooks_take_a_secret_or_its_arn_and_a_queue_for_the_functions() {
+        let url = ("HERALD_WEBHOOK_URL", "https://example.com/hooks");
+        let arn = (
+            "HERALD_WEBHOOK_SECRET_ARN",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:w",
+        );
+        let c = config(&[url, arn]).unwrap();
+        assert_eq!(c.webhook, None);
+        let by_arn = c.webhook_by_arn.unwrap();
+        assert_eq!(by_arn.secret_arn, arn.1);
+        assert_eq!(by_arn.events.len(), EventKind::ALL.len());
+
+        let secret = (
+            "HERALD_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let both = config(&[url, arn, secret]).unwrap_err();
+        assert!(
+            matches!(
+                both,
+                ConfigError::Invalid {
+                    var: "HERALD_WEBHOOK_SECRET_ARN",
+                    ..
+                }
+            ),
+            "{both}"
+        );
+        let alone = config(&[arn]).unwrap_err();
+        assert!(matches!(
+            alone,
+            ConfigError::Invalid {
+                var: "HERALD_WEBHOOK_SECRET_ARN",
+                ..
+            }
+        ));
+
+        let queue = ("HERALD_WEBHOOK_QUEUE_URL", "https://sqs.example/1/webhooks");
+        let c = config(&[queue, ("HERALD_WEBHOOK_EVENTS", "connection.opened")]).unwrap();
+        let settings = c.webhook_queue.clone().unwrap();
+        assert_eq!(settings.url, queue.1);
+        assert_eq!(settings.events.len(), 1);
+        assert!(!c.wants_room_events());
+        let c = config(&[queue, ("HERALD_WEBHOOK_EVENTS", "room.vacated")]).unwrap();
+        assert!(c.wants_room_events(), "the store must count rooms");
+        let StoreSettings::Dynamo(dynamo) = config(&[
+            queue,
+            ("HERALD_STORE", "dynamodb"),
+            ("HERALD_TABLE", "herald"),
+        ])
+        .unwrap()
+        .store_settings(false)
+        .unwrap() else {
+            panic!("dynamodb")
+        };
+        assert!(dynamo.count_rooms, "room events are wanted by default");
+        let refused = config(&[queue, ("HERALD_WEBHOOK_EVENTS", "room.full")]).unwrap_err();
+        assert!(matches!(
+            refused,
+            ConfigError::Invalid {
+                var: "HERALD_WEBHOOK_EVENTS",
+                ..
+            }
+        ));
     }
 
     #[test]

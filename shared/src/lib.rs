@@ -18,7 +18,7 @@
 //! | [`reader`] | `src/reader/` | readers of channels (SSE, long polling) on both hosts: one admission (rooms, cursor, token, room limit), catching up from a cursor, following live, SSE framing |
 //! | [`fanout`] | `src/fanout.rs` | paged recipients, bounded concurrency, 410 cleanup, 429 backoff |
 //! | [`shard`] | `src/shard/` | sharded fan-out: page jobs on a queue (SQS), the shared `@connections` budget |
-//! | [`sinks`] | `src/sinks/` | sinks beyond sockets: webhooks (Standard Webhooks: events, signatures, delivery with retries), MQTT (topics, settings; the broker's client with feature `mqtt`) |
+//! | [`sinks`] | `src/sinks/` | sinks beyond sockets: webhooks (Standard Webhooks: events, signatures, delivery with retries in process or from an SQS queue on AWS), MQTT (topics, settings; the broker's client with feature `mqtt`, AWS IoT Core's data plane) |
 //! | [`limits`] | `src/limits.rs` | the limits the handlers enforce, and their defaults |
 //! | [`handlers`] | `src/handlers/` | one file per function: `authorize`, `connect`, `disconnect`, `message`, `publish`, `poll`, `stream` |
 //! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables, read once |

@@ -12,7 +12,10 @@ async fn main() -> Result<(), Error> {
     let services = &services;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {
-            Ok::<_, Error>(connect(services, &event.payload).await)
+            let response = connect(services, &event.payload).await;
+            // Webhook events go on their queue before the function is frozen.
+            services.flush().await;
+            Ok::<_, Error>(response)
         },
     ))
     .await

@@ -19,7 +19,11 @@ async fn main() -> Result<(), Error> {
     let gateway: Arc<dyn Gateway> = root.management_clients().await.client(None, None)?;
     let (services, gateway) = (&services, &gateway);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(deliver(services, gateway, event.payload).await)
+        let response = deliver(services, gateway, event.payload).await;
+        // Webhook events (rooms a gone member emptied) go on their queue before the
+        // function is frozen.
+        services.flush().await;
+        Ok::<_, Error>(response)
     }))
     .await
 }

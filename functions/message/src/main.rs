@@ -17,7 +17,10 @@ async fn main() -> Result<(), Error> {
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {
             let ctx = &event.payload.request_context;
             let gateway = clients.client(ctx.domain_name.as_deref(), ctx.stage.as_deref())?;
-            Ok::<_, Error>(message(services, &*gateway, &event.payload).await)
+            let response = message(services, &*gateway, &event.payload).await;
+            // Webhook events go on their queue before the function is frozen.
+            services.flush().await;
+            Ok::<_, Error>(response)
         },
     ))
     .await

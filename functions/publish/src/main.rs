@@ -15,12 +15,14 @@ async fn main() -> Result<(), Error> {
     let gateway = root.management_clients().await.client(None, None)?;
     let (services, gateway) = (&services, &*gateway);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        publish(services, gateway, event.payload)
-            .await
-            .map_err(|e| Diagnostic {
-                error_type: e.error_type().into(),
-                error_message: e.to_string(),
-            })
+        let answer = publish(services, gateway, event.payload).await;
+        // Webhook events (rooms a gone member emptied) go on their queue before the
+        // function is frozen.
+        services.flush().await;
+        answer.map_err(|e| Diagnostic {
+            error_type: e.error_type().into(),
+            error_message: e.to_string(),
+        })
     }))
     .await
 }

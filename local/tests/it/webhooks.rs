@@ -1,5 +1,5 @@
 //! Webhooks from `herald-local`, received by a real HTTP receiver that verifies each one
-//! with the Standard Webhooks library (Python's `standardwebhooks`, `webhooks/receiver.py`):
+//! with the Standard Webhooks library (Python's `standardwebhooks`, `herald::testing::WebhookReceiver`):
 //! `connection.opened` and `connection.closed`, each seen once by `webhook-id` after its
 //! first attempt fails; `room.occupied` and `room.vacated` once per transition with two
 //! instances on Redis, members joining and leaving at once on both, and for a poll reader;
@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Gateway, PATIENCE, SharedRedis, settings_with};
+use herald::testing::WebhookReceiver;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout};
 
 /// A `whsec_` secret of 32 bytes.
 fn secret() -> String {
@@ -24,32 +23,11 @@ fn secret() -> String {
     )
 }
 
-/// The Python receiver, started on a free port: it, its port, and its output.
-async fn receiver(secret: &str) -> (Child, u16, Lines<BufReader<ChildStdout>>) {
-    let mut child = tokio::process::Command::new("python3")
-        .args(["-c", include_str!("webhooks/receiver.py"), secret])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("the receiver starts")
-        .unwrap();
-    let Some(port) = first.and_then(|l| l.trim().parse().ok()) else {
-        panic!(
-            "the webhook receiver did not start: it needs Python's standardwebhooks \
-             (`python3 -m pip install standardwebhooks`; scripts/test installs it)"
-        );
-    };
-    (child, port, lines)
-}
-
 #[tokio::test]
 async fn connections_opened_and_closed_arrive_signed_and_once_after_a_failed_attempt() {
     let secret = secret();
-    let (_receiver, port, mut deliveries) = receiver(&secret).await;
+    let mut deliveries = WebhookReceiver::start(&secret);
+    let port = deliveries.port;
     let url = format!("http://127.0.0.1:{port}/hooks");
     let gw = Gateway::start_with(settings_with(&[
         ("HERALD_WEBHOOK_URL", &url),
@@ -112,7 +90,8 @@ fn keep_room_event(by_id: &mut BTreeMap<String, Vec<Value>>, line: &str) {
 async fn rooms_are_occupied_and_vacated_once_per_transition_across_two_instances() {
     let redis = SharedRedis::single();
     let secret = secret();
-    let (_receiver, port, mut deliveries) = receiver(&secret).await;
+    let mut deliveries = WebhookReceiver::start(&secret);
+    let port = deliveries.port;
     let url = format!("http://127.0.0.1:{port}/hooks");
     let redis_vars = redis.vars();
     let mut vars: Vec<(&str, &str)> = redis_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -221,7 +200,8 @@ async fn rooms_are_occupied_and_vacated_once_per_transition_across_two_instances
 #[tokio::test]
 async fn a_poll_reader_occupies_its_rooms_while_it_waits() {
     let secret = secret();
-    let (_receiver, port, mut deliveries) = receiver(&secret).await;
+    let mut deliveries = WebhookReceiver::start(&secret);
+    let port = deliveries.port;
     let url = format!("http://127.0.0.1:{port}/hooks");
     let gw = Gateway::start_with(settings_with(&[
         ("HERALD_WEBHOOK_URL", &url),
@@ -330,6 +310,23 @@ async fn webhook_settings_are_checked_at_start() {
                 ),
             ],
             "unknown event \"room.full\"",
+        ),
+        (
+            vec![
+                ("HERALD_WEBHOOK_URL", "http://127.0.0.1:9/hooks".to_owned()),
+                (
+                    "HERALD_WEBHOOK_SECRET_ARN",
+                    "arn:aws:secretsmanager:us-east-1:123456789012:secret:w".to_owned(),
+                ),
+            ],
+            "HERALD_WEBHOOK_SECRET_ARN: it is for the Lambda functions",
+        ),
+        (
+            vec![(
+                "HERALD_WEBHOOK_QUEUE_URL",
+                "http://127.0.0.1:9/000000000000/webhooks".to_owned(),
+            )],
+            "HERALD_WEBHOOK_QUEUE_URL: it is for the Lambda functions",
         ),
     ];
     for (vars, expected) in cases {

@@ -13,6 +13,7 @@ mod message;
 mod poll;
 mod publish;
 mod stream;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -25,14 +26,15 @@ pub use deliver::{deliver, deliver_job};
 pub use disconnect::disconnect;
 pub use message::message;
 pub use poll::{POLL_INTERVAL, poll};
-pub use publish::{PublishError, publish, publish_one};
+pub use publish::{DEVICE_PAYLOAD, DEVICE_TOPIC, PublishError, publish, publish_one};
 pub use stream::{Chunks, STREAM_END_MARGIN, Streamed, stream, time_left};
+pub use webhook::{WebhookRetries, webhook, webhook_id};
 
 use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;
 use crate::limits::Limits;
 use crate::shard::Sharding;
-use crate::sinks::mqtt::SharedTopicPublisher;
+use crate::sinks::mqtt::{DeviceRules, SharedTopicPublisher};
 use crate::sinks::webhook::SharedWebhooks;
 use crate::store::ConnectionStore;
 
@@ -56,6 +58,9 @@ pub struct Services {
     /// Where room and user notifications are also published, when a host mirrors them to
     /// MQTT.
     pub mqtt: Option<SharedTopicPublisher>,
+    /// What devices may publish, when device publishes reach the publish handler (an IoT
+    /// rule on AWS; `herald-local` checks them at its broker's client).
+    pub devices: Option<DeviceRules>,
 }
 
 impl Services {
@@ -69,7 +74,24 @@ impl Services {
             sharding: Sharding::default(),
             webhooks: None,
             mqtt: None,
+            devices: None,
         }
+    }
+
+    /// Hands on what the handlers emitted where a host must before it answers: the
+    /// Lambda functions call it after each invocation (they are frozen once they answer).
+    pub async fn flush(&self) {
+        let webhooks = async {
+            if let Some(webhooks) = &self.webhooks {
+                webhooks.flush().await;
+            }
+        };
+        let mqtt = async {
+            if let Some(mqtt) = &self.mqtt {
+                mqtt.flush().await;
+            }
+        };
+        futures::join!(webhooks, mqtt);
     }
 }
 

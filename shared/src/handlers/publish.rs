@@ -61,6 +61,10 @@ pub async fn publish(
         let answer = sqs(services, gateway, event).await;
         return Ok(serde_json::to_value(answer).expect("an SQS batch response serializes"));
     }
+    let payload = match payload.get(DEVICE_TOPIC) {
+        Some(_) => device_publish(services, &payload)?,
+        None => payload,
+    };
     let input = PublishInput::parse(&payload).map_err(PublishError::BadRequest)?;
     let answer = match input {
         PublishInput::Single(request) => {
@@ -71,6 +75,39 @@ pub async fn publish(
         }
     };
     Ok(answer.expect("publish outcomes serialize"))
+}
+
+/// The field an IoT rule puts a device's topic in (`SELECT topic() AS mqttTopic,
+/// encode(*, 'base64') AS mqttPayload FROM 'PREFIX/publish/+'`), and its body's.
+pub const DEVICE_TOPIC: &str = "mqttTopic";
+/// The field the IoT rule puts a device's body in, base64 (so any JSON, not only an
+/// object, arrives as it was sent).
+pub const DEVICE_PAYLOAD: &str = "mqttPayload";
+
+/// A device's publish, brought by the IoT rule, as the room publish it stands for: checked
+/// as `herald-local` checks one from its broker (topic, room name, allowed room, JSON body).
+fn device_publish(services: &Services, event: &Value) -> Result<Value, PublishError> {
+    use base64::Engine;
+    let refuse = |reason: &str| {
+        warn!(reason, "device publish refused");
+        PublishError::BadRequest(ProtocolError::bad_request(format!(
+            "device publish refused: {reason}"
+        )))
+    };
+    let Some(rules) = &services.devices else {
+        return Err(refuse(
+            "MQTT is not on for this function (HERALD_MQTT_URL=iot with HERALD_MQTT_PUBLISH_ROOMS)",
+        ));
+    };
+    let topic = event[DEVICE_TOPIC]
+        .as_str()
+        .ok_or_else(|| refuse("no topic"))?;
+    let body = event[DEVICE_PAYLOAD]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .ok_or_else(|| refuse("the payload is not base64 (the rule encodes it)"))?;
+    let device = rules.check(topic, &body).map_err(refuse)?;
+    Ok(serde_json::json!({"room": device.room.as_str(), "data": device.data}))
 }
 
 /// Publishes a batch in list order, stopping at the first message that cannot be done.

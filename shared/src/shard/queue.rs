@@ -15,8 +15,8 @@ pub enum QueueError {
     /// The queue is at its bound and did not make room in time.
     #[error("the delivery queue is full")]
     Full,
-    /// The queue could not be reached, or refused the jobs.
-    #[error("the delivery queue failed: {0}")]
+    /// The queue could not be reached, or refused the messages.
+    #[error("the queue failed: {0}")]
     Unavailable(#[source] Source),
 }
 
@@ -48,13 +48,14 @@ impl SqsQueue {
     }
 }
 
-#[async_trait]
-impl PageQueue for SqsQueue {
-    async fn enqueue(&self, jobs: Vec<PageJob>) -> Result<(), QueueError> {
-        let mut waiting: Vec<(String, String)> = jobs
-            .iter()
+impl SqsQueue {
+    /// Sends `bodies` (at most ten) in one `SendMessageBatch`, sending again the entries SQS
+    /// refused. On error some of them may have been sent.
+    pub async fn send(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        let mut waiting: Vec<(String, String)> = bodies
+            .into_iter()
             .enumerate()
-            .map(|(i, job)| (i.to_string(), job.to_json()))
+            .map(|(i, body)| (i.to_string(), body))
             .collect();
         for attempt in 1..=SEND_ATTEMPTS {
             let entries = waiting
@@ -79,12 +80,19 @@ impl PageQueue for SqsQueue {
             if refused.is_empty() {
                 return Ok(());
             }
-            warn!(attempt, refused = refused.len(), "SQS refused page jobs");
+            warn!(attempt, refused = refused.len(), queue = %self.url, "SQS refused messages");
             waiting.retain(|(id, _)| refused.contains(id));
         }
         Err(QueueError::Unavailable(error::because(format!(
-            "SQS refused {} page job(s) {SEND_ATTEMPTS} times",
+            "SQS refused {} message(s) {SEND_ATTEMPTS} times",
             waiting.len()
         ))))
+    }
+}
+
+#[async_trait]
+impl PageQueue for SqsQueue {
+    async fn enqueue(&self, jobs: Vec<PageJob>) -> Result<(), QueueError> {
+        self.send(jobs.iter().map(PageJob::to_json).collect()).await
     }
 }

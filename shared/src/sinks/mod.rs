@@ -7,7 +7,7 @@
 //! | file | what |
 //! |---|---|
 //! | `webhook/` | Standard Webhooks: events, signatures, delivery with retries |
-//! | `mqtt/` | MQTT: topics, settings, the publish path's capability; `broker.rs` the client |
+//! | `mqtt/` | MQTT: topics, settings, the publish path's capability; `broker.rs` a broker's client, `iot.rs` AWS IoT Core's |
 
 pub mod mqtt;
 pub mod webhook;

@@ -10,8 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod tls;
+mod webhooks;
 
 pub use tls::{TlsMosquitto, TlsRedis};
+pub use webhooks::WebhookReceiver;
 
 /// Which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -495,6 +497,14 @@ impl<T> Guarded<T> {
         Self {
             value,
             _server: Box::new(server),
+        }
+    }
+
+    /// The value changed by `f`, tied to the same server.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Guarded<U> {
+        Guarded {
+            value: f(self.value),
+            _server: self._server,
         }
     }
 }

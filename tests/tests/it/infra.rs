@@ -84,6 +84,7 @@ fn every_function_names_a_binary_of_the_workspace() {
         "publish",
         "poll",
         "stream",
+        "webhook",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -320,21 +321,147 @@ fn large_publishes_queue_pages_for_a_deliver_function_with_a_dead_letter_queue()
         strings(&event["Properties"]["FunctionResponseTypes"]),
         ["ReportBatchItemFailures"]
     );
-    // Only the functions that publish may queue pages, and only on this queue.
-    let functions = resources_of(&template, "AWS::Serverless::Function");
-    let mut senders = Vec::new();
-    for (name, function) in &functions {
-        let policies = serde_yaml::to_string(&function["Properties"]["Policies"]).unwrap();
-        if policies.contains("sqs:") {
-            assert!(policies.contains("DeliveryQueue"), "{name}: {policies}");
-            senders.push(name.as_str());
-        }
-    }
-    assert_eq!(senders, ["MessageFunction", "PublishFunction"]);
+    // Only the functions that publish may queue pages.
+    assert_eq!(
+        functions_sending_to(&template, "DeliveryQueue"),
+        ["MessageFunction", "PublishFunction"]
+    );
     let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
     assert_eq!(
         tagged(&globals["HERALD_DELIVERY_QUEUE_URL"], "Ref"),
         Some("DeliveryQueue")
+    );
+}
+
+/// The functions whose policies may send to `queue`.
+fn functions_sending_to(template: &Value, queue: &str) -> Vec<String> {
+    let mut senders = Vec::new();
+    for (name, function) in resources_of(template, "AWS::Serverless::Function") {
+        let statements = function["Properties"]["Policies"][0]["Statement"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
+        let sends = statements.iter().any(|statement| {
+            // A statement, or one under `!If [condition, statement, !Ref AWS::NoValue]`.
+            let statement = match statement {
+                Value::Tagged(tagged) if tagged.tag == "If" => &tagged.value[1],
+                plain => plain,
+            };
+            statement["Action"] == "sqs:SendMessage"
+                && tagged(&statement["Resource"], "GetAtt") == Some(&format!("{queue}.Arn"))
+        });
+        if sends {
+            senders.push(name);
+        }
+    }
+    senders.sort();
+    senders
+}
+
+#[test]
+fn webhooks_are_queued_by_the_functions_that_change_connections_and_delivered_by_one() {
+    let template = template();
+    let resources = &template["Resources"];
+    for name in [
+        "WebhookQueue",
+        "WebhookDeadLetterQueue",
+        "WebhookFunction",
+        "WebhookSecretAccess",
+        "WebhookLogs",
+    ] {
+        assert_eq!(
+            resources[name]["Condition"], "HasWebhooks",
+            "{name} exists only with WebhookUrl"
+        );
+    }
+    let queue = &resources["WebhookQueue"]["Properties"];
+    assert_eq!(
+        tagged(&queue["RedrivePolicy"]["deadLetterTargetArn"], "GetAtt"),
+        Some("WebhookDeadLetterQueue.Arn")
+    );
+    assert_eq!(
+        queue["RedrivePolicy"]["maxReceiveCount"].as_u64(),
+        Some(u64::from(herald::sinks::webhook::MAX_ATTEMPTS)),
+        "one attempt per receive, as many as herald-local makes"
+    );
+    let webhook = &resources["WebhookFunction"]["Properties"];
+    let timeout = template["Globals"]["Function"]["Timeout"].as_u64().unwrap();
+    assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= 6 * timeout);
+    assert_eq!(
+        tagged(
+            &webhook["Environment"]["Variables"]["HERALD_WEBHOOK_URL"],
+            "Ref"
+        ),
+        Some("WebhookUrl")
+    );
+    let event = &webhook["Events"]["Webhooks"];
+    assert_eq!(event["Type"], "SQS");
+    assert_eq!(
+        tagged(&event["Properties"]["Queue"], "GetAtt"),
+        Some("WebhookQueue.Arn")
+    );
+    assert_eq!(
+        strings(&event["Properties"]["FunctionResponseTypes"]),
+        ["ReportBatchItemFailures"]
+    );
+    assert_eq!(
+        functions_sending_to(&template, "WebhookQueue"),
+        [
+            "ConnectFunction",
+            "DeliverFunction",
+            "DisconnectFunction",
+            "MessageFunction",
+            "PublishFunction"
+        ]
+    );
+    let secret = serde_yaml::to_string(&resources["WebhookSecretAccess"]).unwrap();
+    assert!(secret.contains("WebhookFunctionRole") && secret.contains("WebhookSecretArn"));
+}
+
+#[test]
+fn mqtt_publishes_through_iot_core_and_a_rule_brings_devices_publishes_to_publish() {
+    let template = template();
+    let resources = &template["Resources"];
+    // iot:Publish on the prefix's topics only, for the functions that publish.
+    let mut publishers = Vec::new();
+    for (name, function) in resources_of(&template, "AWS::Serverless::Function") {
+        let policies = serde_yaml::to_string(&function["Properties"]["Policies"]).unwrap();
+        if policies.contains("iot:") {
+            assert!(
+                policies.contains(":topic/${MqttPrefix}/*") && policies.contains("HasMqtt"),
+                "{name}: {policies}"
+            );
+            publishers.push(name);
+        }
+    }
+    publishers.sort();
+    assert_eq!(publishers, ["MessageFunction", "PublishFunction"]);
+    let globals = serde_yaml::to_string(&template["Globals"]["Function"]["Environment"]).unwrap();
+    assert!(
+        globals.contains("HERALD_MQTT_URL") && globals.contains("- iot"),
+        "{globals}"
+    );
+
+    let rule = &resources["DevicePublishRule"];
+    assert_eq!(rule["Condition"], "HasDeviceRooms");
+    let sql = tagged(&rule["Properties"]["TopicRulePayload"]["Sql"], "Sub").unwrap();
+    assert!(
+        sql.contains(&format!("topic() AS {}", herald::handlers::DEVICE_TOPIC))
+            && sql.contains(&format!(
+                "encode(*, 'base64') AS {}",
+                herald::handlers::DEVICE_PAYLOAD
+            ))
+            && sql.ends_with("FROM '${MqttPrefix}/publish/+'"),
+        "the rule gives the publish handler the fields it reads: {sql}"
+    );
+    let actions =
+        serde_yaml::to_string(&rule["Properties"]["TopicRulePayload"]["Actions"]).unwrap();
+    assert!(actions.contains("PublishFunction.Arn"), "{actions}");
+    let permission = &resources["DevicePublishPermission"]["Properties"];
+    assert_eq!(permission["Principal"], "iot.amazonaws.com");
+    assert_eq!(
+        tagged(&permission["SourceArn"], "GetAtt"),
+        Some("DevicePublishRule.Arn")
     );
 }
 

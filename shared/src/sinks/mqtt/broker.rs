@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{DevicePublish, MqttOutcome, MqttSettings, TopicPublisher, Topics};
-use crate::protocol::{MAX_NOTIFICATION_BYTES, RoomName, Target};
+use crate::protocol::{MAX_NOTIFICATION_BYTES, Target};
 
 /// Bytes of notifications waiting for the broker, at most.
 pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
@@ -322,19 +322,11 @@ impl EventLoop {
             self.counts.refused.fetch_add(1, Ordering::Relaxed);
             warn!(%topic, reason, "device publish refused");
         };
-        let Some(room) = self.settings.topics().device_room(topic) else {
-            return refuse("not a PREFIX/publish/ROOM topic");
+        let device = match self.settings.device_rules().check(topic, payload) {
+            Ok(device) => device,
+            Err(reason) => return refuse(reason),
         };
-        let Ok(room) = RoomName::parse(room) else {
-            return refuse("not a room name");
-        };
-        if !self.settings.accepts(&room) {
-            return refuse("room not in HERALD_MQTT_PUBLISH_ROOMS");
-        }
-        let Ok(data) = serde_json::from_slice(payload) else {
-            return refuse("the body is not JSON");
-        };
-        match self.inbound.try_send(DevicePublish { room, data }) {
+        match self.inbound.try_send(device) {
             Ok(()) => {
                 self.counts.accepted.fetch_add(1, Ordering::Relaxed);
             }

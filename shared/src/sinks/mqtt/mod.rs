@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,6 +21,9 @@ use crate::protocol::{RoomName, Target};
 
 #[cfg(feature = "mqtt")]
 mod broker;
+mod iot;
+
+pub use iot::{IOT_TIMEOUT, IotPublisher, PENDING_COPIES};
 
 #[cfg(feature = "mqtt")]
 pub use broker::{CONNECT_GRACE, INBOUND_QUEUE, MqttClient, MqttCounts, QUEUE_BYTES};
@@ -45,11 +49,17 @@ pub enum MqttOutcome {
 }
 
 /// Where room and user notifications are published on topics: a broker's client in
-/// `herald-local`. It never blocks: it queues or refuses at once.
+/// `herald-local`, the IoT Data Plane on AWS. It never blocks: it queues or refuses at once.
 pub trait TopicPublisher: Send + Sync {
     /// Publishes `payload`, the notification as WebSocket clients receive it, on the
     /// target's topic; `None` for targets without one (named connections, broadcasts).
     fn publish(&self, target: &Target, payload: &Bytes) -> Option<MqttOutcome>;
+
+    /// Sends what was queued where a host must before it answers (a Lambda function is
+    /// frozen once it has); at once where a task of the host's own sends it.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// A topic publisher shared by the handlers.
@@ -83,6 +93,85 @@ impl MqttSettings {
         publish_rooms: Option<&str>,
     ) -> Result<Self, (&'static str, String)> {
         let broker = BrokerAddress::parse(url).map_err(|e| ("HERALD_MQTT_URL", e))?;
+        let rules = DeviceRules::parse(prefix, publish_rooms)?;
+        Ok(Self {
+            broker,
+            prefix: rules.topics.prefix,
+            publish_rooms: rules.publish_rooms,
+        })
+    }
+
+    /// Whether a device may publish to `room`.
+    pub fn accepts(&self, room: &RoomName) -> bool {
+        self.publish_rooms.iter().any(|p| p.matches(room))
+    }
+
+    /// The topics under the prefix.
+    pub fn topics(&self) -> Topics {
+        Topics {
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    /// What devices may publish.
+    pub fn device_rules(&self) -> DeviceRules {
+        DeviceRules {
+            topics: self.topics(),
+            publish_rooms: self.publish_rooms.clone(),
+        }
+    }
+}
+
+/// MQTT on AWS: copies published through the IoT Data Plane (`HERALD_MQTT_URL=iot` for the
+/// region's endpoint, or the account's data endpoint as an `https://` URL), and device
+/// publishes brought to the `publish` function by an IoT rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IotSettings {
+    /// The data endpoint; `None` for the SDK's default in the function's region.
+    pub endpoint: Option<String>,
+    /// The topics and the rooms devices may publish to.
+    pub rules: DeviceRules,
+}
+
+/// The value of `HERALD_MQTT_URL` that names the IoT Data Plane at the region's endpoint.
+pub const IOT: &str = "iot";
+
+impl IotSettings {
+    /// The settings, when `url` names the IoT Data Plane (`iot`, or an `https://` or, for a
+    /// local stand-in, `http://` endpoint); `None` when it names a broker.
+    pub fn parse(
+        url: &str,
+        prefix: Option<&str>,
+        publish_rooms: Option<&str>,
+    ) -> Option<Result<Self, (&'static str, String)>> {
+        let url = url.trim();
+        let endpoint = if url == IOT {
+            None
+        } else if url.starts_with("https://") || url.starts_with("http://") {
+            Some(url.trim_end_matches('/').to_owned())
+        } else {
+            return None;
+        };
+        Some(DeviceRules::parse(prefix, publish_rooms).map(|rules| Self { endpoint, rules }))
+    }
+}
+
+/// What devices publish on and may publish to: the topics under the prefix and the rooms
+/// allowed (none by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRules {
+    /// The topics.
+    pub topics: Topics,
+    /// `HERALD_MQTT_PUBLISH_ROOMS`.
+    pub publish_rooms: Vec<RoomPattern>,
+}
+
+impl DeviceRules {
+    /// The rules from `HERALD_MQTT_PREFIX` and `HERALD_MQTT_PUBLISH_ROOMS`.
+    pub fn parse(
+        prefix: Option<&str>,
+        publish_rooms: Option<&str>,
+    ) -> Result<Self, (&'static str, String)> {
         let prefix = prefix.unwrap_or(DEFAULT_PREFIX).trim().to_owned();
         check_prefix(&prefix).map_err(|e| ("HERALD_MQTT_PREFIX", e))?;
         let publish_rooms = publish_rooms
@@ -102,22 +191,25 @@ impl MqttSettings {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            broker,
-            prefix,
+            topics: Topics::new(prefix),
             publish_rooms,
         })
     }
 
-    /// Whether a device may publish to `room`.
-    pub fn accepts(&self, room: &RoomName) -> bool {
-        self.publish_rooms.iter().any(|p| p.matches(room))
-    }
-
-    /// The topics under the prefix.
-    pub fn topics(&self) -> Topics {
-        Topics {
-            prefix: self.prefix.clone(),
+    /// A device's publish on `topic` with `payload`, when it may be taken: a
+    /// `PREFIX/publish/ROOM` topic, a room name, an allowed room, a JSON body. The error
+    /// says which it is not.
+    pub fn check(&self, topic: &str, payload: &[u8]) -> Result<DevicePublish, &'static str> {
+        let room = self
+            .topics
+            .device_room(topic)
+            .ok_or("not a PREFIX/publish/ROOM topic")?;
+        let room = RoomName::parse(room).map_err(|_| "not a room name")?;
+        if !self.publish_rooms.iter().any(|p| p.matches(&room)) {
+            return Err("room not in HERALD_MQTT_PUBLISH_ROOMS");
         }
+        let data = serde_json::from_slice(payload).map_err(|_| "the body is not JSON")?;
+        Ok(DevicePublish { room, data })
     }
 }
 

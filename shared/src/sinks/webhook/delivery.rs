@@ -70,28 +70,86 @@ pub struct HttpWebhooks {
     pub counts: Arc<DeliveryCounts>,
 }
 
-/// What each delivery needs.
-struct Target {
+/// One receiver, signed for: what every attempt needs, in `herald-local`'s deliveries and
+/// in the `webhook` function's.
+pub struct WebhookSender {
     url: String,
     secret: Secret,
     client: HttpClient,
+}
+
+/// What each delivery needs.
+struct Target {
+    sender: WebhookSender,
     counts: Arc<DeliveryCounts>,
 }
 
-impl HttpWebhooks {
-    /// Starts delivering to `settings.url`; the deliveries stop with the runtime.
-    pub fn start(settings: &WebhookSettings) -> std::io::Result<Arc<Self>> {
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Worth another attempt (a 5xx, 408, 429, timeout or connection failure), and why.
+    Retry(String),
+    /// Any other answer: not retried, and why.
+    Final(String),
+}
+
+impl WebhookSender {
+    /// A sender to `url`, signing with `secret`, over HTTP or HTTPS (the system's roots).
+    pub fn new(url: &str, secret: &Secret) -> std::io::Result<Self> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()?
             .https_or_http()
             .enable_http1()
             .build();
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Self {
+            url: url.to_owned(),
+            secret: secret.clone(),
+            client: Client::builder(TokioExecutor::new()).build(https),
+        })
+    }
+
+    /// One attempt to deliver `body` as webhook `id`, with a fresh timestamp and signature.
+    pub async fn attempt(&self, id: &str, body: &Bytes) -> Attempt {
+        let timestamp = now_ms() / 1000;
+        let signature = self.secret.sign(id, timestamp, body);
+        let request = Request::post(&self.url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(body.clone()));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return Attempt::Final(format!("cannot build the request: {e}")),
+        };
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.client.request(request)).await {
+            Err(_) => Attempt::Retry(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
+            Ok(Err(e)) => Attempt::Retry(format!("cannot reach the receiver: {e}")),
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if status.is_success() {
+                    Attempt::Delivered
+                } else if status.is_server_error()
+                    || status.as_u16() == 408
+                    || status.as_u16() == 429
+                {
+                    Attempt::Retry(format!("answered {status}"))
+                } else {
+                    Attempt::Final(format!("answered {status}"))
+                }
+            }
+        }
+    }
+}
+
+impl HttpWebhooks {
+    /// Starts delivering to `settings.url`; the deliveries stop with the runtime.
+    pub fn start(settings: &WebhookSettings) -> std::io::Result<Arc<Self>> {
         let counts = Arc::new(DeliveryCounts::default());
         let target = Arc::new(Target {
-            url: settings.url.clone(),
-            secret: settings.secret.clone(),
-            client,
+            sender: WebhookSender::new(&settings.url, &settings.secret)?,
             counts: counts.clone(),
         });
         let (queue, mut waiting) = mpsc::channel::<Event>(QUEUED_EVENTS);
@@ -131,20 +189,13 @@ impl Webhooks for HttpWebhooks {
     }
 }
 
-/// How one attempt ended.
-enum Attempt {
-    Delivered,
-    Retry(String),
-    Final(String),
-}
-
 impl Target {
     async fn deliver(&self, event: &Event) {
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
         let body = Bytes::from(event.body());
         let mut last = String::new();
         for attempt in 1..=MAX_ATTEMPTS {
-            match self.attempt(&id, &body).await {
+            match self.sender.attempt(&id, &body).await {
                 Attempt::Delivered => {
                     self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -165,38 +216,6 @@ impl Target {
         }
         self.counts.dropped.fetch_add(1, Ordering::Relaxed);
         warn!(webhook_id = %id, kind = event.kind.as_str(), attempts = MAX_ATTEMPTS, why = last, "webhook dropped after its last attempt");
-    }
-
-    async fn attempt(&self, id: &str, body: &Bytes) -> Attempt {
-        let timestamp = now_ms() / 1000;
-        let signature = self.secret.sign(id, timestamp, body);
-        let request = Request::post(&self.url)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(Full::new(body.clone()));
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => return Attempt::Final(format!("cannot build the request: {e}")),
-        };
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.client.request(request)).await {
-            Err(_) => Attempt::Retry(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
-            Ok(Err(e)) => Attempt::Retry(format!("cannot reach the receiver: {e}")),
-            Ok(Ok(response)) => {
-                let status = response.status();
-                if status.is_success() {
-                    Attempt::Delivered
-                } else if status.is_server_error()
-                    || status.as_u16() == 408
-                    || status.as_u16() == 429
-                {
-                    Attempt::Retry(format!("answered {status}"))
-                } else {
-                    Attempt::Final(format!("answered {status}"))
-                }
-            }
-        }
     }
 }
 

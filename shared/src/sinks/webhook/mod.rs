@@ -6,24 +6,32 @@
 //! Events: `connection.opened` (a `$connect` stored the connection), `connection.closed`
 //! (a `$disconnect` forgot it), `room.occupied` (a room's first member joined) and
 //! `room.vacated` (its last one left), the last two as the store counts members, so once
-//! per transition across every instance; from `herald-local`. The Lambda functions'
-//! delivery is not built yet.
+//! per transition across every instance and function.
+//!
+//! Two ways out: `herald-local` delivers from a task of its own ([`HttpWebhooks`],
+//! `delivery.rs`); the Lambda functions put events on an SQS queue before they answer
+//! ([`SqsWebhooks`], `queue.rs`) and the `webhook` function delivers them with the same
+//! signatures ([`WebhookSender`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use crate::ids::{ConnectionId, iso8601, now_ms};
 use crate::protocol::RoomName;
 
 mod delivery;
+mod queue;
 mod rooms;
 mod signature;
 
 pub use delivery::{
-    ATTEMPT_TIMEOUT, DeliveryCounts, HttpWebhooks, MAX_ATTEMPTS, QUEUED_EVENTS, retry_delay,
+    ATTEMPT_TIMEOUT, Attempt, DeliveryCounts, HttpWebhooks, MAX_ATTEMPTS, QUEUED_EVENTS,
+    WebhookSender, retry_delay,
 };
+pub use queue::{PENDING_EVENTS, SqsWebhooks};
 pub use rooms::RoomEvents;
 pub use signature::{MAX_KEY_BYTES, MIN_KEY_BYTES, SECRET_PREFIX, Secret, SecretError};
 
@@ -198,11 +206,38 @@ pub struct WebhookSettings {
     pub events: BTreeSet<EventKind>,
 }
 
+/// Where the `webhook` function on AWS sends webhooks, its secret in Secrets Manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSecretByArn {
+    /// `HERALD_WEBHOOK_URL`.
+    pub url: String,
+    /// `HERALD_WEBHOOK_SECRET_ARN`: a string secret holding the `whsec_` key.
+    pub secret_arn: String,
+    /// `HERALD_WEBHOOK_EVENTS`.
+    pub events: BTreeSet<EventKind>,
+}
+
+/// The SQS queue the Lambda functions put webhook events on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookQueueSettings {
+    /// `HERALD_WEBHOOK_QUEUE_URL`.
+    pub url: String,
+    /// `HERALD_WEBHOOK_EVENTS`: the kinds put on it (default all).
+    pub events: BTreeSet<EventKind>,
+}
+
 /// Something that sends events on. Never waits: an event it cannot take is counted and
 /// dropped.
 pub trait Webhooks: Send + Sync + 'static {
     /// Sends `event` on, if its kind is wanted.
     fn emit(&self, event: Event);
+
+    /// Hands on the events emitted so far where a host must before it answers (a Lambda
+    /// function is frozen once it has); at once where a task of the host's own delivers
+    /// them.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Webhooks shared by the handlers.

@@ -6,8 +6,9 @@
 //! delivery that found the member gone, or the clean-up of an instance that went away.
 //!
 //! The user is read back only on a transition (a join or leave has only the id), so the
-//! common join costs nothing more. Stores that do not count members (DynamoDB) answer no
-//! transitions, and nothing is reported.
+//! common join costs nothing more. A store that does not count members (DynamoDB unless a
+//! room event is wanted: `store/dynamo/room_counts.rs`) answers no transitions, and
+//! nothing is reported.
 
 use std::sync::Arc;
 

@@ -9,6 +9,10 @@ use crate::ids::{ConnectionId, now_ms};
 use crate::protocol::RoomName;
 use crate::store::{Connection, Connections, Left, Page, Removed, StoreError};
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt, stream};
+
+/// Rooms whose membership a removal deletes and subtracts at once, when rooms are counted.
+const ROOMS_AT_ONCE: usize = 16;
 
 /// The condition that a connection's record exists and has not expired.
 fn live_condition() -> String {
@@ -142,14 +146,37 @@ impl Connections for DynamoStore {
 
     async fn remove(&self, id: &ConnectionId) -> Result<Removed, StoreError> {
         let existing = self.record(id).await?;
-        let mut keys = self.expiry_copies(id).await?;
+        let connection = existing.filter(|c| c.expires_at > now_ms());
+        if !self.count_rooms {
+            let mut keys = self.expiry_copies(id).await?;
+            keys.push(Key::connection(id));
+            self.delete_many(&keys).await?;
+            return Ok(Removed {
+                connection,
+                emptied: Vec::new(),
+            });
+        }
+        // Counted: each room is subtracted by the delete that found its membership, so a
+        // leave racing this removal subtracts it once, not twice.
+        let rooms = self.room_items_of(id).await?;
+        let shard = keys::shard_of(id, self.room_shards);
+        let mut keys: Vec<Key> = rooms.iter().map(|r| Key::member(r, shard, id)).collect();
+        keys.push(Key::everyone(keys::shard_of(id, ALL_SHARDS), id));
         keys.push(Key::connection(id));
         self.delete_many(&keys).await?;
-        // Rooms are not counted here (a counter per room would cost a write unit per join
-        // and drift as TTL deletes memberships): no room is named emptied.
+        let emptied = stream::iter(rooms)
+            .map(|room| async move {
+                let counted = self.delete_existing(&Key::room_of(id, &room)).await?
+                    && self.count_leave(&room).await?;
+                Ok::<_, StoreError>(counted.then_some(room))
+            })
+            .buffer_unordered(ROOMS_AT_ONCE)
+            .try_filter_map(|room| async move { Ok(room) })
+            .try_collect()
+            .await?;
         Ok(Removed {
-            connection: existing.filter(|c| c.expires_at > now_ms()),
-            emptied: Vec::new(),
+            connection,
+            emptied,
         })
     }
 
@@ -160,28 +187,28 @@ impl Connections for DynamoStore {
         let shard = keys::shard_of(id, self.room_shards);
         let reverse = Key::room_of(id, room).with_expiry(connection.expires_at);
         let member = Key::member(room, shard, id).with_expiry(connection.expires_at);
-        self.put_many(vec![reverse, member]).await?;
-        Ok(false)
+        if !self.count_rooms {
+            self.put_many(vec![reverse, member]).await?;
+            return Ok(false);
+        }
+        // The write that created the membership counts it: a second join does not.
+        let (new, member) = futures::join!(self.put_new(reverse), self.put_new(member));
+        member?;
+        Ok(new? && self.count_join(room).await?)
     }
 
     async fn leave(&self, id: &ConnectionId, room: &RoomName) -> Result<Left, StoreError> {
         let reverse = Key::room_of(id, room);
-        let was_member = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(reverse.item()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_error)?
-            .item()
-            .is_some();
         let member = Key::member(room, keys::shard_of(id, self.room_shards), id);
-        self.delete_many(&[reverse, member]).await?;
+        let (was_member, deleted) = futures::join!(
+            self.delete_existing(&reverse),
+            self.delete_existing(&member)
+        );
+        deleted?;
+        let was_member = was_member?;
         Ok(Left {
             was_member,
-            emptied: false,
+            emptied: was_member && self.count_rooms && self.count_leave(room).await?,
         })
     }
 
@@ -207,9 +234,13 @@ impl Connections for DynamoStore {
         .await
     }
 
-    async fn member_count(&self, _room: Option<&RoomName>) -> Result<Option<u64>, StoreError> {
-        // DynamoDB counts by reading every item (a Query's COUNT still pays for them all).
-        Ok(None)
+    async fn member_count(&self, room: Option<&RoomName>) -> Result<Option<u64>, StoreError> {
+        // Without a counter DynamoDB counts by reading every item (a Query's COUNT still
+        // pays for them all); everyone is never counted.
+        match room {
+            Some(room) if self.count_rooms => self.room_count(room).await.map(Some),
+            _ => Ok(None),
+        }
     }
 
     async fn user_connections(&self, user: &str) -> Result<Vec<ConnectionId>, StoreError> {

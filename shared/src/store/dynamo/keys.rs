@@ -65,6 +65,10 @@ const OFFSET_DIGITS: usize = 20;
 const META: &str = "meta";
 /// Sort key of an idempotency key's item.
 const IDEMPOTENCY_SORT: &str = "idem";
+/// Partition key prefix of a room's member count.
+const ROOM_COUNT: &str = "count#";
+/// Sort key of a room's member count.
+const ROOM_COUNT_SORT: &str = "count";
 
 /// A string attribute.
 pub(super) fn s(value: impl Into<String>) -> AttributeValue {
@@ -113,6 +117,14 @@ impl Key {
         Self {
             pk: all_partition(shard),
             sk: connection_partition(id),
+        }
+    }
+
+    /// A room's member count (kept when the store counts rooms).
+    pub fn room_count(room: &RoomName) -> Self {
+        Self {
+            pk: format!("{ROOM_COUNT}{room}"),
+            sk: ROOM_COUNT_SORT.to_owned(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! | event counter | `events#KEY#WINDOW` | `events` | `count`, `ttl` | count a socket publish in its window (one conditional UpdateItem) |
 //! | history position | `hist#CHANNEL` | `pos` | `offset`, `epoch`, `expires_at`, `ttl` | take the next offset (one conditional UpdateItem); read the position (GetItem) |
 //! | history entry | `hist#CHANNEL` | `o#OFFSET` (20 digits) | `body`, `expires_at`, `ttl` | keep a notification (PutItem); replay after an offset (Query `sk` BETWEEN) |
+//! | room count (when counted) | `count#ROOM` | `count` | `count` | a room's first and last member (one `ADD` per membership created or deleted; deleted at zero) |
 //!
 //! Recipients are always read with Query, page by page (`LastEvaluatedKey`), never Scan: a
 //! room publish reads exactly its members, however many pages they fill. A cursor names the
@@ -62,6 +63,7 @@
 //! | `dynamo/errors.rs` | SDK errors as `StoreError`s, conditional writes |
 //! | `dynamo/connections.rs` | the `ConnectionStore` implementation |
 //! | `dynamo/history.rs` | rooms' and users' history: positions and entries |
+//! | `dynamo/room_counts.rs` | rooms' member counts, when the store counts rooms |
 
 mod connections;
 mod counters;
@@ -69,6 +71,7 @@ mod errors;
 mod history;
 mod keys;
 mod paging;
+mod room_counts;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -141,6 +144,10 @@ pub struct DynamoSettings {
     pub create_table: bool,
     /// How long calls may take.
     pub timeouts: DynamoTimeouts,
+    /// Count each room's members (`room_counts.rs`), so joins, leaves and removals answer
+    /// rooms' first and last members: what the room webhooks need, at one more write unit
+    /// per join and leave.
+    pub count_rooms: bool,
 }
 
 /// [`ConnectionStore`](super::ConnectionStore) on DynamoDB.
@@ -149,6 +156,7 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     room_shards: u32,
+    count_rooms: bool,
 }
 
 impl DynamoStore {
@@ -179,7 +187,14 @@ impl DynamoStore {
             client: Client::from_conf(config),
             table: table.to_owned(),
             room_shards: room_shards.max(1),
+            count_rooms: false,
         }
+    }
+
+    /// The store counting each room's members (or not).
+    pub fn counting_rooms(mut self, count: bool) -> Self {
+        self.count_rooms = count;
+        self
     }
 
     /// The store `settings` describe, its table created first when they ask for it.
@@ -190,7 +205,8 @@ impl DynamoStore {
             &settings.table,
             settings.room_shards,
             settings.timeouts,
-        );
+        )
+        .counting_rooms(settings.count_rooms);
         if settings.create_table {
             store.create_table_if_missing().await?;
         }

@@ -31,6 +31,72 @@ mod sharded_rooms {
     crate::store_suite!(store_with_shards(4));
 }
 
+/// The store counting rooms, as it does when room webhooks are wanted: the cases that
+/// change memberships, each room's transitions now answered.
+mod counted_rooms {
+    use super::*;
+
+    async fn counting_store() -> Guarded<DynamoStore> {
+        store_with_shards(2)
+            .await
+            .map(|store| store.counting_rooms(true))
+    }
+
+    crate::store_suite!(@cases counting_store();
+        remove_forgets_memberships_and_is_idempotent,
+        join_needs_a_live_connection,
+        join_and_leave_are_idempotent,
+        rooms_answer_their_first_and_last_member_once,
+        room_members_page_through_every_member_once,
+        concurrent_joins_all_land,
+        member_counts_are_exact_or_not_given,
+        refresh_extends_only_live_connections,
+    );
+
+    #[tokio::test]
+    async fn rooms_are_counted_and_a_count_back_at_zero_is_deleted() {
+        let store = counting_store().await;
+        let room = RoomName::parse("counted").unwrap();
+        assert_eq!(store.member_count(Some(&room)).await.unwrap(), Some(0));
+        let a = crate::store::suite::connection("ann");
+        let b = crate::store::suite::connection("bob");
+        for c in [&a, &b] {
+            store.add(c).await.unwrap();
+        }
+        assert!(store.join(&a.id, &room).await.unwrap(), "the first member");
+        assert!(!store.join(&b.id, &room).await.unwrap());
+        assert!(!store.join(&b.id, &room).await.unwrap(), "joined again");
+        assert_eq!(store.member_count(Some(&room)).await.unwrap(), Some(2));
+        assert!(!store.leave(&a.id, &room).await.unwrap().emptied);
+        let removed = store.remove(&b.id).await.unwrap();
+        assert_eq!(removed.emptied, vec![room.clone()]);
+        let counter = store
+            .client()
+            .get_item()
+            .table_name("herald")
+            .set_key(Some(Key::room_count(&room).item()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        assert!(counter.item().is_none(), "{counter:?}");
+        assert!(store.member_count(None).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_member_who_joined_before_counting_began_claims_no_transition() {
+        let server_store = store().await;
+        let room = RoomName::parse("older").unwrap();
+        let a = crate::store::suite::connection("ann");
+        server_store.add(&a).await.unwrap();
+        assert!(!server_store.join(&a.id, &room).await.unwrap());
+        let store = server_store.map(|store| store.counting_rooms(true));
+        let left = store.leave(&a.id, &room).await.unwrap();
+        assert_eq!((left.was_member, left.emptied), (true, false));
+        assert_eq!(store.member_count(Some(&room)).await.unwrap(), Some(0));
+    }
+}
+
 #[tokio::test]
 async fn a_room_over_one_megabyte_is_read_across_pages() {
     let store = store().await;

@@ -7,9 +7,11 @@ mod authorizer;
 mod connection;
 mod history;
 mod message;
+mod mqtt;
 mod poll;
 mod publish;
 mod stream;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
