@@ -126,5 +126,7 @@ export class HeraldClient {
    */
   publish(room: string, data: unknown): Promise<{ type: "published"; room: string; id: string; offset?: number; epoch?: string }>;
   history(room: string, options?: { limit?: number; since?: Position }): Promise<{ type: "history"; room: string; notifications: Notification[]; offset?: number; epoch?: string; truncated?: boolean }>;
+  /** Who is in a room (callers allowed in it only): how many members, and up to 100 of them. */
+  presence(room: string): Promise<{ type: "presence"; room: string; count: number; members: { user: string; connectionId: string }[] }>;
   close(): void;
 }

@@ -229,6 +229,11 @@ export class HeraldClient {
     return this.requestWhenReady({ action: "history", room, ...(limit ? { limit } : {}), ...(since ? { since } : {}) });
   }
 
+  /** Who is in a room: resolves with the `presence` answer (`count`, up to 100 `members`). */
+  presence(room) {
+    return this.requestWhenReady({ action: "presence", room });
+  }
+
   /**
    * An app's request: made before the connection is ready, it waits for `ready()` (at most
    * `requestTimeout`), then for its answer. On a fallback transport there is no socket to

@@ -158,22 +158,10 @@ impl Config {
                 room_shards: self.room_shards,
                 create_table,
                 timeouts: self.dynamodb_timeouts,
-                count_rooms: self.wants_room_events(),
+                // Presence counts rooms, and the room webhooks need their transitions.
+                count_rooms: true,
             }),
         })
-    }
-
-    /// Whether this host reports rooms' first and last members (`room.occupied`,
-    /// `room.vacated`), so the store must count rooms' members.
-    pub fn wants_room_events(&self) -> bool {
-        let wanted = |events: &std::collections::BTreeSet<EventKind>| {
-            events.contains(&EventKind::RoomOccupied) || events.contains(&EventKind::RoomVacated)
-        };
-        self.webhook.as_ref().is_some_and(|w| wanted(&w.events))
-            || self
-                .webhook_queue
-                .as_ref()
-                .is_some_and(|q| wanted(&q.events))
     }
 
     /// Reads the process environment.
@@ -547,9 +535,6 @@ mod tests {
         let settings = c.webhook_queue.clone().unwrap();
         assert_eq!(settings.url, queue.1);
         assert_eq!(settings.events.len(), 1);
-        assert!(!c.wants_room_events());
-        let c = config(&[queue, ("HERALD_WEBHOOK_EVENTS", "room.vacated")]).unwrap();
-        assert!(c.wants_room_events(), "the store must count rooms");
         let StoreSettings::Dynamo(dynamo) = config(&[
             queue,
             ("HERALD_STORE", "dynamodb"),
@@ -560,7 +545,10 @@ mod tests {
         .unwrap() else {
             panic!("dynamodb")
         };
-        assert!(dynamo.count_rooms, "room events are wanted by default");
+        assert!(
+            dynamo.count_rooms,
+            "presence and room events need the counts"
+        );
         let refused = config(&[queue, ("HERALD_WEBHOOK_EVENTS", "room.full")]).unwrap_err();
         assert!(matches!(
             refused,

@@ -568,6 +568,91 @@ async fn a_cluster_master_restarted_empty_is_refused_until_restored_never_short(
     }
 }
 
+/// Presence across two instances: a socket asks, the Invoke API of the other instance
+/// answers the same, a poll reader waiting counts while it waits, and the members of an
+/// instance killed drop out within a record's lifetime (three missed heartbeats).
+async fn presence_counts_every_instances_members_and_forgets_a_killed_ones(redis: SharedRedis) {
+    let mut instances = cluster(&redis, 2).await;
+    let mut ann = instances[0].gateway.connect("ann", &["lobby"], &[]).await;
+    ann.subscribe("lobby").await;
+    let mut bob = instances[1].gateway.connect("bob", &["lobby"], &[]).await;
+    bob.subscribe("lobby").await;
+
+    let answer = ann
+        .ask(json!({"action": "presence", "room": "lobby"}))
+        .await;
+    assert_eq!(answer["type"], "presence", "{answer}");
+    assert_eq!(answer["count"], 2, "{answer}");
+    let mut users: Vec<&str> = answer["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["ann", "bob"]);
+    let invoked = instances[1]
+        .gateway
+        .invoke(json!({"presence": "lobby"}))
+        .await
+        .unwrap();
+    assert_eq!(invoked["count"], 2, "{invoked}");
+    assert_eq!(invoked.get("type"), None, "{invoked}");
+
+    // A poll reader on the first instance is a member while it waits.
+    let token = instances[0].gateway.token("dee", &["lobby"], &[]);
+    let addr = instances[0].gateway.addr;
+    let reader = tokio::spawn(async move {
+        common::http_get(
+            addr,
+            &format!("/local/poll?rooms=lobby&wait=3&token={token}"),
+        )
+        .await
+    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = ann
+            .ask(json!({"action": "presence", "room": "lobby"}))
+            .await;
+        if answer["count"] == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader never counted: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = reader.await.unwrap();
+    assert_eq!(status, 200);
+
+    let refused = ann
+        .ask(json!({"action": "presence", "room": "elsewhere"}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+
+    instances[1].sigkill();
+    let _ = instances[1].child.wait().await;
+    drop(bob);
+    let deadline = Instant::now() + Duration::from_millis(HEARTBEAT_MS * 3) + PATIENCE;
+    loop {
+        let answer = ann
+            .ask(json!({"action": "presence", "room": "lobby"}))
+            .await;
+        if answer["count"] == 1 {
+            assert_eq!(answer["members"][0]["user"], "ann", "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob still counted: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_on_one_redis() {
+    presence_counts_every_instances_members_and_forgets_a_killed_ones(SharedRedis::single()).await;
+}
+
 /// Each case above, on one Redis server and on a 3-master Redis Cluster.
 macro_rules! on_one_server_and_on_a_cluster {
     ($($case:ident),* $(,)?) => {

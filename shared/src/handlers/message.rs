@@ -274,6 +274,15 @@ async fn dispatch(
             store.leave(id, &room).await.map_err(store_error)?;
             Ok(ServerMessage::Unsubscribed { room }.into())
         }
+        ClientRequest::Presence { room } => {
+            if !identity.can_subscribe(&room) {
+                return Err(forbidden(&format!("you may not see who is in {room}")));
+            }
+            crate::store::presence(&**store, &room)
+                .await
+                .map(|presence| ServerMessage::Presence(presence).into())
+                .map_err(store_error)
+        }
         ClientRequest::Publish { room, data } => {
             if !identity.can_publish(&room) {
                 return Err(forbidden(&format!("you may not publish to {room}")));

@@ -16,7 +16,7 @@ use crate::gateway::Gateway;
 use crate::ids::{notification_id, now_ms};
 use crate::protocol::{
     BatchOutcome, Notification, ProtocolError, PublishInput, PublishOutcome, PublishRequest,
-    Target, check_size,
+    RoomName, Target, check_size,
 };
 use crate::shard::{self, PageQueue, Plan};
 use crate::store::{Channel, Draft, Position};
@@ -61,6 +61,9 @@ pub async fn publish(
         let answer = sqs(services, gateway, event).await;
         return Ok(serde_json::to_value(answer).expect("an SQS batch response serializes"));
     }
+    if let Some(room) = payload.get(PRESENCE) {
+        return presence_of(services, room).await;
+    }
     let payload = match payload.get(DEVICE_TOPIC) {
         Some(_) => device_publish(services, &payload)?,
         None => payload,
@@ -75,6 +78,26 @@ pub async fn publish(
         }
     };
     Ok(answer.expect("publish outcomes serialize"))
+}
+
+/// The field of an Invoke that asks who is in a room instead of publishing
+/// (`{"presence":"orders"}`).
+pub const PRESENCE: &str = "presence";
+
+/// The answer to `{"presence":ROOM}`: `{"room","count","members"}`.
+async fn presence_of(services: &Services, room: &Value) -> Result<Value, PublishError> {
+    let room = room
+        .as_str()
+        .and_then(|r| RoomName::parse(r).ok())
+        .ok_or_else(|| {
+            PublishError::BadRequest(ProtocolError::bad_request(
+                "presence must name a room (a room name string)",
+            ))
+        })?;
+    let presence = crate::store::presence(&*services.store, &room)
+        .await
+        .map_err(|e| PublishError::Unavailable(error::source(e)))?;
+    Ok(serde_json::to_value(presence).expect("presence serializes"))
 }
 
 /// The field an IoT rule puts a device's topic in (`SELECT topic() AS mqttTopic,

@@ -45,6 +45,11 @@ pub enum ClientRequest {
     Ping,
     /// Ask who this connection is.
     Whoami,
+    /// Ask who is in a room.
+    Presence {
+        /// The room.
+        room: RoomName,
+    },
     /// Publish to a room from the socket.
     Publish {
         /// The room.
@@ -158,7 +163,7 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
 }
 
 /// The client actions the contract defines, which are also API Gateway route keys.
-pub const CLIENT_ACTIONS: [&str; 7] = [
+pub const CLIENT_ACTIONS: [&str; 8] = [
     "subscribe",
     "unsubscribe",
     "ping",
@@ -166,6 +171,7 @@ pub const CLIENT_ACTIONS: [&str; 7] = [
     "publish",
     "recover",
     "history",
+    "presence",
 ];
 
 /// Parses one text frame from a client.
@@ -250,6 +256,10 @@ fn parse_action(object: Map<String, Value>) -> Result<ClientRequest, ProtocolErr
             let frame: RoomFrame = serde_json::from_value(value).map_err(typed)?;
             Ok(ClientRequest::Unsubscribe { room: frame.room })
         }
+        "presence" => {
+            let frame: RoomFrame = serde_json::from_value(value).map_err(typed)?;
+            Ok(ClientRequest::Presence { room: frame.room })
+        }
         "ping" => {
             serde_json::from_value::<BareFrame>(value).map_err(typed)?;
             Ok(ClientRequest::Ping)
@@ -318,6 +328,7 @@ mod tests {
             ClientRequest::Unsubscribe { room: room.clone() },
             ClientRequest::Ping,
             ClientRequest::Whoami,
+            ClientRequest::Presence { room: room.clone() },
             ClientRequest::Publish {
                 room,
                 data: serde_json::json!({"n": 1}),

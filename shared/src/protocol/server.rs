@@ -69,6 +69,8 @@ pub enum ServerMessage {
         #[serde(flatten, skip_serializing_if = "Option::is_none")]
         position: Option<Position>,
     },
+    /// Answer to `presence`: who is in a room.
+    Presence(Presence),
     /// A refusal.
     Error {
         /// The contract's code.
@@ -77,6 +79,32 @@ pub enum ServerMessage {
         message: String,
     },
 }
+
+/// Who is in a room: how many members (connections, readers included) and the first
+/// [`MAX_PRESENCE_MEMBERS`] of them. The socket's reply carries `"type":"presence"`; the
+/// Invoke API answers the same fields without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The room.
+    pub room: RoomName,
+    /// Its members, all of them.
+    pub count: u64,
+    /// At most [`MAX_PRESENCE_MEMBERS`] of them.
+    pub members: Vec<Member>,
+}
+
+/// One member of a room, as presence lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its user.
+    pub user: String,
+    /// Its connection (or reader).
+    #[serde(rename = "connectionId")]
+    pub connection_id: ConnectionId,
+}
+
+/// Members a presence answer lists at most (its `count` is always all of them).
+pub const MAX_PRESENCE_MEMBERS: usize = 100;
 
 /// A notification as it was kept: JSON text, written into a reply unchanged.
 #[derive(Clone, Debug, Serialize)]

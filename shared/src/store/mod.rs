@@ -13,6 +13,8 @@
 //!   DynamoDB's TTL deletion lags: reads must skip expired records themselves;
 //! - operations that touch several records are all-or-nothing in each backend.
 //!
+//! [`presence`] reads who is in a room through the traits (`presence.rs`).
+//!
 //! [`suite`] (feature `test-support`) is the behaviour every implementation must show, as
 //! one test suite each backend runs against a real server.
 
@@ -21,6 +23,7 @@ mod forwarding;
 mod dynamo;
 pub mod history;
 mod memory;
+mod presence;
 mod redis;
 #[cfg(any(test, feature = "test-support"))]
 pub mod suite;
@@ -31,6 +34,7 @@ use std::time::Duration;
 pub use dynamo::{ALL_SHARDS, DynamoSettings, DynamoStore, DynamoTimeouts, TABLE, TableSchema};
 pub use history::{Channel, Draft, Entry, HistoryRead, Position, Range, Retention};
 pub use memory::MemoryStore;
+pub use presence::presence;
 pub use redis::{
     DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisLink, RedisNodes, RedisSettings, RedisStore,
     slot_of, tag_in_slot,

@@ -50,6 +50,7 @@ mod counted_rooms {
         room_members_page_through_every_member_once,
         concurrent_joins_all_land,
         member_counts_are_exact_or_not_given,
+        presence_lists_and_counts_live_members,
         refresh_extends_only_live_connections,
     );
 

@@ -54,6 +54,7 @@ macro_rules! store_suite {
             concurrent_events_pass_exactly_the_limit,
             events_counted_together_pass_only_when_they_all_fit,
             member_counts_are_exact_or_not_given,
+            presence_lists_and_counts_live_members,
             history_of_a_new_channel_starts_at_zero,
             history_counter_only_read_lives_only_the_age,
             history_offsets_are_dense_under_concurrent_publishers,

@@ -68,3 +68,54 @@ pub async fn rooms_answer_their_first_and_last_member_once(store: &dyn Connectio
     let left = store.leave(&c.id, &r).await.expect("leave again");
     assert_eq!((left.was_member, left.emptied), (false, false));
 }
+
+/// Presence lists a room's live members with their users, at most
+/// [`MAX_PRESENCE_MEMBERS`](crate::protocol::MAX_PRESENCE_MEMBERS), and counts all of them,
+/// whether the backend counts rooms or not; a member that left is neither listed nor
+/// counted.
+pub async fn presence_lists_and_counts_live_members(store: &dyn ConnectionStore) {
+    use crate::protocol::MAX_PRESENCE_MEMBERS;
+    let r = room();
+    let members: Vec<Connection> = (0..MAX_PRESENCE_MEMBERS + 2)
+        .map(|_| connection(&unique("present")))
+        .collect();
+    for c in &members[..3] {
+        store.add(c).await.expect("add");
+        store.join(&c.id, &r).await.expect("join");
+    }
+    store.leave(&members[2].id, &r).await.expect("leave");
+    let few = crate::store::presence(store, &r).await.expect("presence");
+    assert_eq!(few.count, 2);
+    let mut listed: Vec<(String, String)> = few
+        .members
+        .iter()
+        .map(|m| (m.user.clone(), m.connection_id.as_str().to_owned()))
+        .collect();
+    listed.sort();
+    let mut expected: Vec<(String, String)> = members[..2]
+        .iter()
+        .map(|c| (c.user.clone(), c.id.as_str().to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    for c in &members[3..] {
+        store.add(c).await.expect("add");
+    }
+    join_all(members[3..].iter().map(|c| store.join(&c.id, &r))).await;
+    let many = crate::store::presence(store, &r).await.expect("presence");
+    assert_eq!(
+        many.count as usize,
+        MAX_PRESENCE_MEMBERS + 1,
+        "all but the one that left"
+    );
+    assert_eq!(
+        many.members.len(),
+        MAX_PRESENCE_MEMBERS,
+        "listed up to the cap"
+    );
+    let empty = crate::store::presence(store, &room())
+        .await
+        .expect("presence");
+    assert_eq!((empty.count, empty.members.len()), (0, 0));
+}

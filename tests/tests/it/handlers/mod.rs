@@ -9,6 +9,7 @@ mod history;
 mod message;
 mod mqtt;
 mod poll;
+mod presence;
 mod publish;
 mod stream;
 mod webhook;
