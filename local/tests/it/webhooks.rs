@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Gateway, PATIENCE, SharedRedis, settings_with};
-use herald::testing::WebhookReceiver;
+use herald::testing::{Deliveries, WebhookReceiver, file_delivery};
 use serde_json::{Value, json};
 
 /// A `whsec_` secret of 32 bytes.
@@ -39,19 +39,14 @@ async fn connections_opened_and_closed_arrive_signed_and_once_after_a_failed_att
     client.ws.close(None).await.unwrap();
 
     // Each event: a first attempt answered 500, then one more, answered 204.
-    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut by_id: Deliveries = BTreeMap::new();
     while by_id.len() < 2 || by_id.values().any(|d| d.len() < 2) {
         let line = tokio::time::timeout(PATIENCE, deliveries.next_line())
             .await
             .expect("the deliveries in time (a retry waits a second)")
             .unwrap()
             .unwrap();
-        let delivery: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(delivery["verified"], true, "{delivery}");
-        by_id
-            .entry(delivery["id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(delivery);
+        file_delivery(&mut by_id, &line, |_| true);
     }
     let mut kinds = Vec::new();
     for attempts in by_id.values() {
@@ -74,16 +69,12 @@ async fn connections_opened_and_closed_arrive_signed_and_once_after_a_failed_att
 
 /// Files a delivery the receiver printed under its `webhook-id` when it is a room event,
 /// after checking it verified.
-fn keep_room_event(by_id: &mut BTreeMap<String, Vec<Value>>, line: &str) {
-    let delivery: Value = serde_json::from_str(line).unwrap();
-    assert_eq!(delivery["verified"], true, "{delivery}");
-    let kind = delivery["body"]["type"].as_str().unwrap();
-    if kind.starts_with("room.") {
-        by_id
-            .entry(delivery["id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(delivery);
-    }
+fn keep_room_event(by_id: &mut Deliveries, line: &str) {
+    file_delivery(by_id, line, |d| {
+        d["body"]["type"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("room."))
+    });
 }
 
 #[tokio::test]
@@ -130,9 +121,8 @@ async fn rooms_are_occupied_and_vacated_once_per_transition_across_two_instances
     }
 
     // Each room event: a first attempt answered 500, a second 204; then nothing more.
-    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let delivered =
-        |by_id: &BTreeMap<String, Vec<Value>>| by_id.values().filter(|d| d.len() >= 2).count();
+    let mut by_id: Deliveries = BTreeMap::new();
+    let delivered = |by_id: &Deliveries| by_id.values().filter(|d| d.len() >= 2).count();
     while delivered(&by_id) < 4 {
         let line = tokio::time::timeout(PATIENCE, deliveries.next_line())
             .await
@@ -216,7 +206,7 @@ async fn a_poll_reader_occupies_its_rooms_while_it_waits() {
     .await;
     assert_eq!(status, 200, "{body}");
 
-    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut by_id: Deliveries = BTreeMap::new();
     while by_id.values().filter(|d| d.len() >= 2).count() < 2 {
         let line = tokio::time::timeout(PATIENCE, deliveries.next_line())
             .await

@@ -386,15 +386,7 @@ async fn sqs_takes_ten_jobs_per_batch_and_gives_each_back_as_it_was() {
     let moto = crate::testing::Server::dynamodb();
     let sdk = crate::aws::local_sdk_config(&moto.url());
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let url = sqs
-        .create_queue()
-        .queue_name("pages")
-        .send()
-        .await
-        .expect("moto_server serves SQS")
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let url = crate::testing::sqs_queue(&sdk, "pages").await;
     let queue = SqsQueue::new(&sdk, &url);
     // Ten jobs of a full page and a 20 KiB notification: 210 KiB, under SQS's 256 KiB.
     let data = "x".repeat(20 * 1024);

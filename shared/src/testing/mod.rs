@@ -13,7 +13,7 @@ mod tls;
 mod webhooks;
 
 pub use tls::{TlsMosquitto, TlsRedis};
-pub use webhooks::WebhookReceiver;
+pub use webhooks::{Deliveries, WebhookReceiver, file_delivery};
 
 /// Which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +27,20 @@ enum Kind {
     PlainMoto,
     /// `mosquitto`, the MQTT broker, in its local-only mode (loopback, anonymous).
     Mosquitto,
+}
+
+/// Creates the SQS queue `name` on the server `sdk` points at (`moto_server` serves SQS
+/// too), answering its URL.
+pub async fn sqs_queue(sdk: &aws_config::SdkConfig, name: &str) -> String {
+    aws_sdk_sqs::Client::new(sdk)
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("moto_server serves SQS")
+        .queue_url()
+        .expect("a queue URL")
+        .to_owned()
 }
 
 /// A server process of this test's own: `redis-server`, or `moto_server` for DynamoDB.

@@ -2,9 +2,11 @@
 //! the Standard Webhooks library (Python's `standardwebhooks`), answers each webhook-id's
 //! first attempt 500 and later ones 204, and prints each delivery as a JSON line.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 /// The receiver, on a free port of its own; stopped when dropped.
@@ -62,4 +64,21 @@ impl Drop for WebhookReceiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Deliveries the receiver printed, filed under their `webhook-id`, each attempt in order.
+pub type Deliveries = BTreeMap<String, Vec<Value>>;
+
+/// Files the delivery `line` under its `webhook-id` when `keep` takes it, after checking
+/// the receiver verified its signature; answers it.
+pub fn file_delivery(by_id: &mut Deliveries, line: &str, keep: impl Fn(&Value) -> bool) -> Value {
+    let delivery: Value = serde_json::from_str(line).expect("the receiver prints JSON lines");
+    assert_eq!(delivery["verified"], true, "{delivery}");
+    if keep(&delivery) {
+        by_id
+            .entry(delivery["id"].as_str().expect("an id").to_owned())
+            .or_default()
+            .push(delivery.clone());
+    }
+    delivery
 }
