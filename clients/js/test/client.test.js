@@ -53,6 +53,12 @@ test("delivers in order, answers publishes, and rejects with the contract's code
   await assert.rejects(c.publish("a b", { n: 0 }), (e) => e.code === "bad_request");
   const history = await c.history("orders", { limit: 2 });
   assert.deepEqual(history.notifications.map((n) => n.data.n), [4, 5]);
+  const presence = await c.presence("orders");
+  assert.equal(presence.type, "presence");
+  assert.equal(presence.count, 1);
+  assert.equal(presence.members[0].user, "alice");
+  assert.equal(presence.members.length, 1);
+  await assert.rejects(c.presence("payroll"), (e) => e.code === "forbidden");
 });
 
 test("calls made before the connection is ready wait for it; `connected` comes once subscriptions are in place", async (t) => {
