@@ -31,6 +31,7 @@ use crate::connection::runtime::SocketRuntime;
 use crate::control_plane::async_invoke::AsyncInvokes;
 use crate::control_plane::delivery_queue::DeliveryQueue;
 use crate::control_plane::faults::FaultyGateway;
+use crate::control_plane::metrics;
 use crate::control_plane::mqtt::MqttLink;
 use crate::control_plane::page_queue::LocalPageQueue;
 use crate::functions::lambda::{self, ColdStart, Endpoints, Functions};
@@ -110,13 +111,14 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
     // Webhooks first: room events are reported by the store every path below writes
     // through (handlers, fan-out, the cluster's clean-ups).
     refuse_lambda_only_settings(&settings.config)?;
-    let webhooks = match &settings.config.webhook {
+    let (webhooks, webhook_counts) = match &settings.config.webhook {
         Some(webhook) => {
-            let webhooks: SharedWebhooks =
-                HttpWebhooks::start(webhook).map_err(StartError::Webhooks)?;
-            Some(webhooks)
+            let http = HttpWebhooks::start(webhook).map_err(StartError::Webhooks)?;
+            let counts = http.counts.clone();
+            let webhooks: SharedWebhooks = http;
+            (Some(webhooks), Some(counts))
         }
-        None => None,
+        None => (None, None),
     };
     let store: Arc<dyn ConnectionStore> = match &webhooks {
         Some(webhooks) => Arc::new(RoomEvents::new(store, webhooks.clone())),
@@ -174,6 +176,12 @@ async fn assemble(mut settings: Settings) -> Result<Parts, StartError> {
         }
         None => None,
     };
+    metrics::observe(
+        &services.metrics,
+        &registry,
+        webhook_counts,
+        mqtt.as_ref().map(|link| link.client.clone()),
+    );
     Ok(Parts {
         settings,
         auth,

@@ -38,6 +38,11 @@ pub(crate) fn router(app: Arc<App>, async_invokes: AsyncInvokes) -> Router {
         .route("/", get(demo::page))
         .route(demo::CLIENT_PATH, get(demo::client))
         .route(demo::STATS_PATH, get(demo::stats))
+        // Before `/{stage}`: a scrape is the control plane's, never a handshake.
+        .route_service(
+            &format!("/{}", control_plane::metrics::PATH),
+            control_plane.clone(),
+        )
         .route("/{stage}", get(ws::handshake::handshake))
         .merge(readers)
         .with_state(app)

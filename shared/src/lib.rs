@@ -20,6 +20,7 @@
 //! | [`shard`] | `src/shard/` | sharded fan-out: page jobs on a queue (SQS), the shared `@connections` budget |
 //! | [`sinks`] | `src/sinks/` | sinks beyond sockets: webhooks (Standard Webhooks: events, signatures, delivery with retries in process or from an SQS queue on AWS), MQTT (topics, settings; the broker's client with feature `mqtt`, AWS IoT Core's data plane) |
 //! | [`limits`] | `src/limits.rs` | the limits the handlers enforce, and their defaults |
+//! | [`metrics`] | `src/metrics.rs` | the counts operators scrape, in the Prometheus text format |
 //! | [`handlers`] | `src/handlers/` | one file per function: `authorize`, `connect`, `disconnect`, `message`, `publish`, `poll`, `stream` |
 //! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables, read once |
 //! | [`compose`] | `src/compose.rs` | the composition root: every component built from one `Config` |
@@ -36,6 +37,7 @@ pub mod gateway;
 pub mod handlers;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod reader;
 pub mod shard;

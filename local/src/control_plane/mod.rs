@@ -12,6 +12,7 @@
 //! Lambda mode the `publish` binary queues them through an SQS endpoint (`delivery_queue.rs`). Posts can be made
 //! to fail or lag as API Gateway's do under load (`faults.rs`). Devices publish through an
 //! MQTT broker (`mqtt.rs`), whose client also carries every room and user notification.
+//! `GET /metrics` answers the process's metrics under the same rule (`metrics.rs`).
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 pub(crate) mod async_invoke;
 pub(crate) mod delivery_queue;
 pub mod faults;
+pub(crate) mod metrics;
 pub(crate) mod mqtt;
 pub(crate) mod page_queue;
 pub mod sigv4;
@@ -76,6 +78,8 @@ enum Route {
     Invoke(String),
     /// `POST|GET|DELETE /{stage}/@connections/{id}`.
     Manage { stage: String, id: String },
+    /// `GET /metrics`.
+    Metrics,
 }
 
 impl Route {
@@ -93,7 +97,11 @@ impl Route {
                 Ok([stage, connections, id]) if connections == "@connections" => {
                     Some(Self::Manage { stage, id })
                 }
-                _ => None,
+                Ok(_) => None,
+                Err(segments) => match <[String; 1]>::try_from(segments) {
+                    Ok([path]) if path == metrics::PATH => Some(Self::Metrics),
+                    _ => None,
+                },
             },
         }
     }
@@ -109,6 +117,11 @@ impl Route {
             Self::Manage { .. } => (
                 app.settings.limits.max_message_bytes,
                 push_error(&PushError::PayloadTooLarge),
+            ),
+            // A scrape has no body.
+            Self::Metrics => (
+                0,
+                message_response(StatusCode::PAYLOAD_TOO_LARGE, "a scrape has no body"),
             ),
         }
     }
@@ -213,6 +226,12 @@ async fn dispatch(
                 return message_response(StatusCode::FORBIDDEN, "Forbidden");
             }
             manage(app, &method, &ConnectionId::new(id.as_str()), body).await
+        }
+        Route::Metrics => {
+            if method != Method::GET {
+                return message_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            }
+            metrics::scrape(&app.services.metrics)
         }
     }
 }

@@ -21,6 +21,7 @@ mod lambda_mode;
 mod limits;
 mod management_api;
 mod memory;
+mod metrics;
 mod mqtt;
 mod poll;
 mod protocol_doc;

@@ -12,6 +12,7 @@ use crate::auth::Identity;
 use crate::fanout::post_retrying;
 use crate::gateway::{Gateway, PushError};
 use crate::ids::ConnectionId;
+use crate::metrics::Refusal;
 use crate::protocol::{
     ClientRequest, ErrorCode, MAX_NOTIFICATION_BYTES, Position, ProtocolError, PublishRequest,
     Reply, RoomName, ServerMessage, Stored, Target, parse_client_frame,
@@ -42,7 +43,10 @@ pub async fn message(
             let answer = match Identity::from_context(&ctx.authorizer.fields) {
                 Ok(identity) => dispatch(services, gateway, &id, &identity, frame.request)
                     .await
-                    .unwrap_or_else(|e| Answer::from(ServerMessage::from(e))),
+                    .unwrap_or_else(|e| {
+                        count_refusal(services, &e);
+                        Answer::from(ServerMessage::from(e))
+                    }),
                 Err(e) => {
                     error!(connection_id = %id, error = %e, "message without an authorizer context");
                     Answer::from(ServerMessage::from(ProtocolError::new(
@@ -65,6 +69,19 @@ pub async fn message(
         replay_to(services, gateway, &id, replay).await;
     }
     response(200, "")
+}
+
+/// Counts a request refused for a reason operators watch (a store failure answers
+/// `internal`).
+fn count_refusal(services: &Services, error: &ProtocolError) {
+    let metrics = &services.metrics;
+    match error.code {
+        ErrorCode::Forbidden => metrics.refused(Refusal::Forbidden),
+        ErrorCode::RateLimited => metrics.refused(Refusal::RateLimited),
+        ErrorCode::LimitExceeded => metrics.refused(Refusal::LimitExceeded),
+        ErrorCode::Internal => metrics.store_error(),
+        _ => {}
+    }
 }
 
 /// Pushes a recovery's notifications in order, each retried as fan-out retries. The client
@@ -127,19 +144,24 @@ async fn recover(
         Some(since) => (Range::After(since.offset), retention.size),
         None => (Range::Latest, 0),
     };
+    services.metrics.history_read();
     let read = services
         .store
         .read_history(channel, range, limit, &retention)
         .await
         .map_err(store_error)?;
     let position = read.position.clone();
-    Ok(match since {
+    let answer = match since {
         None => (None, Some(position), Vec::new()),
         Some(since) => match read.replay_after(since) {
             Some(replay) => (Some(true), Some(position), replay),
             None => (Some(false), Some(position), Vec::new()),
         },
-    })
+    };
+    if let Some(all) = answer.0 {
+        services.metrics.recovered(all);
+    }
+    Ok(answer)
 }
 
 /// Bytes of a `history` reply kept free for its `ref`: a `ref` string of the longest kind,
@@ -162,6 +184,7 @@ async fn history(
         });
     };
     let channel = &Channel::Room(room.clone());
+    services.metrics.history_read();
     let read = |range| async move {
         services
             .store

@@ -33,6 +33,7 @@ pub use webhook::{WebhookRetries, webhook, webhook_id};
 use crate::fanout::FanoutConfig;
 use crate::ids::ConnectionId;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::shard::Sharding;
 use crate::sinks::mqtt::{DeviceRules, SharedTopicPublisher};
 use crate::sinks::webhook::SharedWebhooks;
@@ -61,6 +62,8 @@ pub struct Services {
     /// What devices may publish, when device publishes reach the publish handler (an IoT
     /// rule on AWS; `herald-local` checks them at its broker's client).
     pub devices: Option<DeviceRules>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Services {
@@ -75,6 +78,7 @@ impl Services {
             webhooks: None,
             mqtt: None,
             devices: None,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 

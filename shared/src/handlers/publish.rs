@@ -4,6 +4,8 @@
 //! not be processed (the store failed). Recipients that were gone or failed are counted in
 //! the result and not retried through SQS, which would re-deliver to everyone else.
 
+use std::time::Instant;
+
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use serde_json::Value;
@@ -70,14 +72,17 @@ pub async fn publish(
     };
     let input = PublishInput::parse(&payload).map_err(PublishError::BadRequest)?;
     let answer = match input {
-        PublishInput::Single(request) => {
-            serde_json::to_value(publish_one(services, gateway, &request).await?)
-        }
-        PublishInput::Batch(requests) => {
-            serde_json::to_value(publish_batch(services, gateway, &requests).await?)
-        }
+        PublishInput::Single(request) => publish_one(services, gateway, &request)
+            .await
+            .map(serde_json::to_value),
+        PublishInput::Batch(requests) => publish_batch(services, gateway, &requests)
+            .await
+            .map(serde_json::to_value),
     };
-    Ok(answer.expect("publish outcomes serialize"))
+    if let Err(PublishError::Unavailable(_)) = &answer {
+        services.metrics.store_error();
+    }
+    Ok(answer?.expect("publish outcomes serialize"))
 }
 
 /// The field of an Invoke that asks who is in a room instead of publishing
@@ -191,6 +196,27 @@ async fn sqs(services: &Services, gateway: &dyn Gateway, event: SqsEvent) -> Sqs
 /// the room's or user's history, fan out; or, above the shard threshold with a queue,
 /// queue one job per page of recipients and answer how many.
 pub async fn publish_one(
+    services: &Services,
+    gateway: &dyn Gateway,
+    request: &PublishRequest,
+) -> Result<PublishOutcome, PublishError> {
+    let started = Instant::now();
+    let outcome = publish_counted(services, gateway, request).await;
+    // Refusals and failures are counted by the caller, which knows whose they are.
+    if let Ok(o) = &outcome {
+        services.metrics.published(
+            &request.target,
+            started.elapsed(),
+            o.delivered,
+            o.gone,
+            o.failed,
+        );
+    }
+    outcome
+}
+
+/// [`publish_one`], which counts what this does.
+async fn publish_counted(
     services: &Services,
     gateway: &dyn Gateway,
     request: &PublishRequest,

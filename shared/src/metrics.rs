@@ -1,0 +1,330 @@
+//! Metrics: what operators scrape and alert on, counted where it happens and written in
+//! the Prometheus text format by `prometheus-client` (never by hand). One [`Metrics`] per
+//! process, built at the composition root and shared by the handlers (publishes,
+//! deliveries, refusals, history) and the host (connections by transport, slow consumers,
+//! and what its sinks report: webhooks and MQTT copies, read at each scrape).
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `herald_connections` | `transport`: `websocket`, `reader` (SSE or long poll) | open now, on this process (`herald-local`) |
+//! | `herald_publishes_total` | `target`: `room`, `user`, `connections`, `broadcast` | publishes taken (Invoke, socket, device) |
+//! | `herald_deliveries_total` | `outcome`: `delivered`, `gone`, `failed` | posts of those publishes' notifications |
+//! | `herald_publish_duration_seconds` | | from a publish taken to its answer |
+//! | `herald_refusals_total` | `reason`: `rate_limited`, `limit_exceeded`, `forbidden` | client requests refused |
+//! | `herald_history_reads_total` | | history reads (`history`, and recoveries) |
+//! | `herald_recoveries_total` | `recovered`: `true`, `false` | subscribes and recovers with `since` |
+//! | `herald_store_errors_total` | | store calls that failed |
+//! | `herald_slow_consumer_drops_total` | | connections closed for not reading (`herald-local`) |
+//! | `herald_webhooks_total` | `outcome`: `delivered`, `dropped`, `retried` | webhook deliveries (`herald-local`) |
+//! | `herald_mqtt_copies_total` | `outcome`: `queued`, `failed` | copies for MQTT (`herald-local`) |
+//!
+//! The first counts, and what the host adds ([`HostFamily`]: read at each scrape from
+//! where the host keeps them), are written by one `prometheus-client` registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::protocol::Target;
+
+/// The `Content-Type` of what [`Metrics::render`] writes.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// One label: its name and value.
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Publish durations' buckets: 0.5 ms doubling to about 16 s.
+const DURATION_BUCKETS: (f64, f64, u16) = (0.000_5, 2.0, 16);
+
+/// A client request refused, by the reason the client was told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over a rate limit.
+    RateLimited,
+    /// Over a limit of rooms, connections or size.
+    LimitExceeded,
+    /// Not allowed by the token.
+    Forbidden,
+}
+
+/// How a count read at each scrape is exposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only ever grows (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// Counts the host keeps where they happen (its sockets, its sinks), read at each scrape:
+/// one family, a label and its values, and what reads them, in that order.
+pub struct HostFamily {
+    /// The metric's name (without `_total`).
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// The label's name, and its values in the order `read` answers.
+    pub label: (&'static str, &'static [&'static str]),
+    /// Reads the current values.
+    pub read: Box<dyn Fn() -> Vec<u64> + Send + Sync>,
+}
+
+/// The families the host added.
+#[derive(Default)]
+pub struct HostCounts {
+    families: std::sync::Mutex<Vec<HostFamily>>,
+}
+
+impl std::fmt::Debug for HostCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostCounts")
+    }
+}
+
+impl HostCounts {
+    /// Adds `family`, read at each scrape from now on.
+    pub fn add(&self, family: HostFamily) {
+        self.families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(family);
+    }
+}
+
+impl Collector for HostCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        for family in families.iter() {
+            let values = (family.read)();
+            let (key, names) = family.label;
+            match family.kind {
+                Kind::Counter => {
+                    let kind = ConstCounter::new(0u64).metric_type();
+                    let mut out =
+                        encoder.encode_descriptor(family.name, family.help, None, kind)?;
+                    for (value_name, value) in names.iter().zip(values) {
+                        let labels: Labels = vec![(key, value_name)];
+                        ConstCounter::new(value).encode(out.encode_family(&labels)?)?;
+                    }
+                }
+                Kind::Gauge => {
+                    let kind = ConstGauge::new(0i64).metric_type();
+                    let mut out =
+                        encoder.encode_descriptor(family.name, family.help, None, kind)?;
+                    for (value_name, value) in names.iter().zip(values) {
+                        let labels: Labels = vec![(key, value_name)];
+                        let value = i64::try_from(value).unwrap_or(i64::MAX);
+                        ConstGauge::new(value).encode(out.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    publishes: Family<Labels, Counter>,
+    deliveries: Family<Labels, Counter>,
+    publish_seconds: Histogram,
+    refusals: Family<Labels, Counter>,
+    history_reads: Counter,
+    recoveries: Family<Labels, Counter>,
+    store_errors: Counter,
+    /// What the host counts itself: its connections, its slow consumers, its sinks.
+    pub host: Arc<HostCounts>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Every metric, at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let publishes = Family::<Labels, Counter>::default();
+        registry.register(
+            "herald_publishes",
+            "Publishes taken, by target",
+            publishes.clone(),
+        );
+        let deliveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "herald_deliveries",
+            "Posts of published notifications, by outcome",
+            deliveries.clone(),
+        );
+        let (start, factor, length) = DURATION_BUCKETS;
+        let publish_seconds = Histogram::new(exponential_buckets(start, factor, length));
+        registry.register(
+            "herald_publish_duration_seconds",
+            "From a publish taken to its answer",
+            publish_seconds.clone(),
+        );
+        let refusals = Family::<Labels, Counter>::default();
+        registry.register(
+            "herald_refusals",
+            "Client requests refused, by reason",
+            refusals.clone(),
+        );
+        let history_reads = Counter::default();
+        registry.register(
+            "herald_history_reads",
+            "History reads",
+            history_reads.clone(),
+        );
+        let recoveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "herald_recoveries",
+            "Subscribes and recovers after a position, by whether all was recovered",
+            recoveries.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "herald_store_errors",
+            "Store calls that failed",
+            store_errors.clone(),
+        );
+        let host = Arc::new(HostCounts::default());
+        registry.register_collector(Box::new(host.clone()));
+        Self {
+            registry,
+            publishes,
+            deliveries,
+            publish_seconds,
+            refusals,
+            history_reads,
+            recoveries,
+            store_errors,
+            host,
+        }
+    }
+
+    /// A publish to `target` was answered after `took`, with these posts' outcomes.
+    pub fn published(
+        &self,
+        target: &Target,
+        took: Duration,
+        delivered: u64,
+        gone: u64,
+        failed: u64,
+    ) {
+        let target = match target {
+            Target::Room(_) => "room",
+            Target::User(_) => "user",
+            Target::Connections(_) => "connections",
+            Target::Broadcast => "broadcast",
+        };
+        self.publishes
+            .get_or_create(&vec![("target", target)])
+            .inc();
+        for (outcome, n) in [("delivered", delivered), ("gone", gone), ("failed", failed)] {
+            self.deliveries
+                .get_or_create(&vec![("outcome", outcome)])
+                .inc_by(n);
+        }
+        self.publish_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A client request was refused.
+    pub fn refused(&self, refusal: Refusal) {
+        let reason = match refusal {
+            Refusal::RateLimited => "rate_limited",
+            Refusal::LimitExceeded => "limit_exceeded",
+            Refusal::Forbidden => "forbidden",
+        };
+        self.refusals.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// History was read.
+    pub fn history_read(&self) {
+        self.history_reads.inc();
+    }
+
+    /// A recovery after a position: everything missed was there, or not.
+    pub fn recovered(&self, all: bool) {
+        let recovered = if all { "true" } else { "false" };
+        self.recoveries
+            .get_or_create(&vec![("recovered", recovered)])
+            .inc();
+    }
+
+    /// A store call failed.
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// Every metric, in the Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            .expect("metrics encode into a String");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::RoomName;
+
+    #[test]
+    fn counts_move_and_render_in_the_text_format() {
+        let metrics = Metrics::new();
+        let room = Target::Room(RoomName::parse("orders").unwrap());
+        metrics.published(&room, Duration::from_millis(3), 5, 1, 0);
+        metrics.refused(Refusal::Forbidden);
+        metrics.recovered(false);
+        metrics.host.add(HostFamily {
+            name: "herald_connections",
+            help: "Clients connected",
+            kind: Kind::Gauge,
+            label: ("transport", &["websocket", "reader"]),
+            read: Box::new(|| vec![2, 1]),
+        });
+        metrics.host.add(HostFamily {
+            name: "herald_webhooks",
+            help: "Webhook deliveries",
+            kind: Kind::Counter,
+            label: ("outcome", &["delivered", "dropped", "retried"]),
+            read: Box::new(|| vec![7, 0, 2]),
+        });
+        let text = metrics.render();
+        for line in [
+            "herald_connections{transport=\"websocket\"} 2",
+            "herald_connections{transport=\"reader\"} 1",
+            "herald_publishes_total{target=\"room\"} 1",
+            "herald_deliveries_total{outcome=\"delivered\"} 5",
+            "herald_deliveries_total{outcome=\"gone\"} 1",
+            "herald_publish_duration_seconds_count 1",
+            "herald_refusals_total{reason=\"forbidden\"} 1",
+            "herald_recoveries_total{recovered=\"false\"} 1",
+            "herald_store_errors_total 0",
+            "herald_webhooks_total{outcome=\"delivered\"} 7",
+            "herald_webhooks_total{outcome=\"retried\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
+}
