@@ -113,6 +113,9 @@ pub fn services(store: Arc<dyn ConnectionStore>, config: &Config) -> Services {
     services
 }
 
+/// The metrics' function dimension where Lambda named no function (a test, a local run).
+const EMF_FUNCTION_FALLBACK: &str = "herald";
+
 /// The string value of the Secrets Manager secret `arn`.
 async fn secret_string(arn: &str) -> Result<String, BuildError> {
     let failed = |source: Source| BuildError::Secret {
@@ -185,6 +188,12 @@ impl Lambda {
         });
         let mut services = services(store, &self.config);
         services.webhooks = webhooks;
+        services.emf_function = Some(
+            self.config
+                .function_name
+                .clone()
+                .unwrap_or_else(|| EMF_FUNCTION_FALLBACK.to_owned()),
+        );
         if let Some(iot) = &self.config.mqtt_iot {
             services.mqtt = Some(Arc::new(IotPublisher::new(sdk, iot)));
             services.devices = Some(iot.rules.clone());

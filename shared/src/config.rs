@@ -113,6 +113,8 @@ pub struct Config {
     /// `HERALD_MQTT_URL=iot` (or an `https://` IoT data endpoint), with the prefix and the
     /// rooms devices may publish to: MQTT through AWS IoT Core, for the Lambda functions.
     pub mqtt_iot: Option<IotSettings>,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda: the dimension of the functions' metrics.
+    pub function_name: Option<String>,
 }
 
 impl Config {
@@ -299,6 +301,7 @@ impl Config {
             webhook_queue,
             mqtt,
             mqtt_iot,
+            function_name: get("AWS_LAMBDA_FUNCTION_NAME"),
         })
     }
 }

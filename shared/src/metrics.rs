@@ -144,6 +144,10 @@ pub struct Metrics {
     store_errors: Counter,
     /// What the host counts itself: its connections, its slow consumers, its sinks.
     pub host: Arc<HostCounts>,
+    /// Publishes' durations in all, in microseconds (the histogram's sum, readable).
+    publish_micros: std::sync::atomic::AtomicU64,
+    /// The counts the last EMF line was written at.
+    last_emf: std::sync::Mutex<Snapshot>,
 }
 
 impl Default for Metrics {
@@ -217,6 +221,8 @@ impl Metrics {
             recoveries,
             store_errors,
             host,
+            publish_micros: std::sync::atomic::AtomicU64::new(0),
+            last_emf: std::sync::Mutex::new(Snapshot::default()),
         }
     }
 
@@ -244,6 +250,9 @@ impl Metrics {
                 .inc_by(n);
         }
         self.publish_seconds.observe(took.as_secs_f64());
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.publish_micros
+            .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A client request was refused.
@@ -281,6 +290,118 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("metrics encode into a String");
         text
+    }
+}
+
+/// The CloudWatch namespace the Lambda functions' metrics go to.
+pub const EMF_NAMESPACE: &str = "Herald";
+/// The dimension every EMF metric carries: the function's name.
+pub const EMF_DIMENSION: &str = "Function";
+
+/// The cumulative counts one EMF line is the difference of.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Snapshot {
+    values: [u64; EMF_METRICS.len()],
+    publish_seconds: f64,
+}
+
+/// Each EMF metric: its name in CloudWatch, and how it is read from [`Metrics`].
+const EMF_METRICS: [&str; 9] = [
+    "Publishes",
+    "Delivered",
+    "Gone",
+    "Failed",
+    "Refused",
+    "HistoryReads",
+    "Recoveries",
+    "StoreErrors",
+    "PublishMilliseconds",
+];
+
+impl Metrics {
+    fn snapshot(&self) -> Snapshot {
+        let family_sum = |family: &Family<Labels, Counter>,
+                          values: &[(&'static str, &'static str)]| {
+            values
+                .iter()
+                .map(|label| family.get_or_create(&vec![*label]).get())
+                .sum::<u64>()
+        };
+        let targets = [
+            ("target", "room"),
+            ("target", "user"),
+            ("target", "connections"),
+            ("target", "broadcast"),
+        ];
+        let reasons = [
+            ("reason", "forbidden"),
+            ("reason", "rate_limited"),
+            ("reason", "limit_exceeded"),
+        ];
+        let outcome = |o| family_sum(&self.deliveries, &[("outcome", o)]);
+        let recoveries = family_sum(
+            &self.recoveries,
+            &[("recovered", "true"), ("recovered", "false")],
+        );
+        Snapshot {
+            values: [
+                family_sum(&self.publishes, &targets),
+                outcome("delivered"),
+                outcome("gone"),
+                outcome("failed"),
+                family_sum(&self.refusals, &reasons),
+                self.history_reads.get(),
+                recoveries,
+                self.store_errors.get(),
+                0,
+            ],
+            publish_seconds: self
+                .publish_micros
+                .load(std::sync::atomic::Ordering::Relaxed) as f64
+                / 1e6,
+        }
+    }
+
+    /// One CloudWatch Embedded Metric Format line with what happened since the last one
+    /// (the Lambda functions write one per invocation): namespace [`EMF_NAMESPACE`], one
+    /// dimension, [`EMF_DIMENSION`] = `function`.
+    pub fn emf_line(&self, function: &str, at_ms: i64) -> String {
+        let now = self.snapshot();
+        let mut last = self.last_emf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = serde_json::Map::new();
+        let metrics: Vec<serde_json::Value> = EMF_METRICS
+            .iter()
+            .map(|name| {
+                let unit = if *name == "PublishMilliseconds" {
+                    "Milliseconds"
+                } else {
+                    "Count"
+                };
+                serde_json::json!({"Name": name, "Unit": unit})
+            })
+            .collect();
+        line.insert(
+            "_aws".into(),
+            serde_json::json!({
+                "Timestamp": at_ms,
+                "CloudWatchMetrics": [{
+                    "Namespace": EMF_NAMESPACE,
+                    "Dimensions": [[EMF_DIMENSION]],
+                    "Metrics": metrics,
+                }],
+            }),
+        );
+        line.insert(EMF_DIMENSION.into(), function.into());
+        for (i, name) in EMF_METRICS.iter().enumerate() {
+            let value = if *name == "PublishMilliseconds" {
+                serde_json::json!(((now.publish_seconds - last.publish_seconds) * 1000.0).max(0.0))
+            } else {
+                serde_json::json!(now.values[i].saturating_sub(last.values[i]))
+            };
+            line.insert((*name).into(), value);
+        }
+        *last = now;
+        serde_json::Value::Object(line).to_string()
     }
 }
 
@@ -326,5 +447,55 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn an_emf_line_carries_what_happened_since_the_last() {
+        let metrics = Metrics::new();
+        let room = Target::Room(RoomName::parse("orders").unwrap());
+        metrics.published(&room, Duration::from_millis(4), 3, 1, 0);
+        metrics.refused(Refusal::RateLimited);
+        let first: serde_json::Value =
+            serde_json::from_str(&metrics.emf_line("publish", 1_796_000_000_000)).unwrap();
+        let aws = &first["_aws"];
+        assert_eq!(aws["Timestamp"], 1_796_000_000_000i64);
+        let directive = &aws["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], EMF_NAMESPACE);
+        assert_eq!(
+            directive["Dimensions"],
+            serde_json::json!([[EMF_DIMENSION]])
+        );
+        let names: Vec<&str> = directive["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, EMF_METRICS);
+        // Every metric a directive names is a member of the line, as EMF requires.
+        for name in names {
+            assert!(first.get(name).is_some(), "{name}");
+        }
+        assert_eq!(first[EMF_DIMENSION], "publish");
+        assert_eq!(
+            (
+                &first["Publishes"],
+                &first["Delivered"],
+                &first["Gone"],
+                &first["Refused"]
+            ),
+            (
+                &serde_json::json!(1),
+                &serde_json::json!(3),
+                &serde_json::json!(1),
+                &serde_json::json!(1)
+            )
+        );
+        assert!((first["PublishMilliseconds"].as_f64().unwrap() - 4.0).abs() < 0.01);
+
+        let second: serde_json::Value =
+            serde_json::from_str(&metrics.emf_line("publish", 1_796_000_000_100)).unwrap();
+        assert_eq!(second["Publishes"], 0, "nothing happened since: {second}");
+        assert_eq!(second["PublishMilliseconds"], 0.0);
     }
 }

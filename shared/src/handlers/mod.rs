@@ -64,6 +64,9 @@ pub struct Services {
     pub devices: Option<DeviceRules>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// On Lambda, the function's name: each [`Services::flush`] then writes the
+    /// invocation's counts as one CloudWatch EMF line.
+    pub emf_function: Option<String>,
 }
 
 impl Services {
@@ -79,11 +82,13 @@ impl Services {
             mqtt: None,
             devices: None,
             metrics: Arc::new(Metrics::new()),
+            emf_function: None,
         }
     }
 
-    /// Hands on what the handlers emitted where a host must before it answers: the
-    /// Lambda functions call it after each invocation (they are frozen once they answer).
+    /// Hands on what the handlers emitted where a host must before it answers, and on
+    /// Lambda writes the invocation's metrics: the Lambda functions call it after each
+    /// invocation (they are frozen once they answer).
     pub async fn flush(&self) {
         let webhooks = async {
             if let Some(webhooks) = &self.webhooks {
@@ -96,6 +101,16 @@ impl Services {
             }
         };
         futures::join!(webhooks, mqtt);
+        if let Some(line) = self.emf_line() {
+            // Standard output is the function's log: CloudWatch turns the line into metrics.
+            println!("{line}");
+        }
+    }
+
+    /// On Lambda, the EMF line of what was counted since the last one.
+    pub fn emf_line(&self) -> Option<String> {
+        let function = self.emf_function.as_deref()?;
+        Some(self.metrics.emf_line(function, crate::ids::now_ms()))
     }
 }
 

@@ -172,3 +172,33 @@ async fn sqs_does_not_retry_records_whose_recipients_failed() {
     let answer = w.publish(fixture(SQS)).await.unwrap();
     assert_eq!(answer["batchItemFailures"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn each_invocation_writes_its_counts_as_one_emf_line() {
+    let config = Config::from_lookup(|k| {
+        (k == "AWS_LAMBDA_FUNCTION_NAME").then(|| "herald-publish".to_owned())
+    })
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let sdk = herald::aws::local_sdk_config("http://127.0.0.1:9");
+    let services = herald::compose::Lambda { config }.services_on(store, &sdk);
+    let gateway = RecordingGateway::new();
+    for id in ["e1", "e2"] {
+        handlers::connect(&services, &route(CONNECT, id, "alice", None)).await;
+    }
+    handlers::publish(&services, &gateway, json!({"user": "alice", "data": 1}))
+        .await
+        .unwrap();
+    let line: Value = serde_json::from_str(&services.emf_line().unwrap()).unwrap();
+    assert_eq!(line["Function"], "herald-publish", "{line}");
+    assert_eq!(line["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Herald");
+    assert_eq!(
+        (&line["Publishes"], &line["Delivered"]),
+        (&json!(1), &json!(2))
+    );
+    let next: Value = serde_json::from_str(&services.emf_line().unwrap()).unwrap();
+    assert_eq!(
+        next["Publishes"], 0,
+        "the next invocation's line starts again"
+    );
+}
