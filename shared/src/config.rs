@@ -160,10 +160,23 @@ impl Config {
                 room_shards: self.room_shards,
                 create_table,
                 timeouts: self.dynamodb_timeouts,
-                // Presence counts rooms, and the room webhooks need their transitions.
-                count_rooms: true,
+                count_rooms: self.wants_room_events(),
             }),
         })
+    }
+
+    /// Whether this host reports rooms' first and last members (`room.occupied`,
+    /// `room.vacated`), so a DynamoDB store must count rooms' members (one more write unit
+    /// per join and leave; presence then reads the count instead of the room's items).
+    pub fn wants_room_events(&self) -> bool {
+        let wanted = |events: &std::collections::BTreeSet<EventKind>| {
+            events.contains(&EventKind::RoomOccupied) || events.contains(&EventKind::RoomVacated)
+        };
+        self.webhook.as_ref().is_some_and(|w| wanted(&w.events))
+            || self
+                .webhook_queue
+                .as_ref()
+                .is_some_and(|q| wanted(&q.events))
     }
 
     /// Reads the process environment.
@@ -548,10 +561,9 @@ mod tests {
         .unwrap() else {
             panic!("dynamodb")
         };
-        assert!(
-            dynamo.count_rooms,
-            "presence and room events need the counts"
-        );
+        assert!(dynamo.count_rooms, "room events are wanted by default");
+        let c = config(&[queue, ("HERALD_WEBHOOK_EVENTS", "connection.opened")]).unwrap();
+        assert!(!c.wants_room_events());
         let refused = config(&[queue, ("HERALD_WEBHOOK_EVENTS", "room.full")]).unwrap_err();
         assert!(matches!(
             refused,

@@ -2,7 +2,8 @@
 //! `{"presence":"ROOM"}`. The room's members are listed from the store page by page (never
 //! a walk over connections) until [`MAX_PRESENCE_MEMBERS`] are found, each with its user;
 //! the count is the store's own count of the room (Redis: the room's set; DynamoDB: its
-//! counter item), or, when every member fitted in the list, the list itself, so a room of
+//! counter item, when it counts rooms; else the room's items, page by page), or, when
+//! every member fitted in the list, the list itself, so a room of
 //! at most a hundred is counted exactly even while a killed instance's members await their
 //! clean-up (they are read back as gone and left out).
 

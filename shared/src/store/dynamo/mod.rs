@@ -144,10 +144,10 @@ pub struct DynamoSettings {
     pub create_table: bool,
     /// How long calls may take.
     pub timeouts: DynamoTimeouts,
-    /// Count each room's members (`room_counts.rs`), so presence answers a room's count
-    /// without reading its members and joins, leaves and removals answer rooms' first and
-    /// last members (the room webhooks): one more write unit per join and leave. The
-    /// configuration always asks for it; without it a count walks the room's items.
+    /// Count each room's members (`room_counts.rs`), so joins, leaves and removals answer
+    /// rooms' first and last members (the room webhooks) and presence reads a room's count
+    /// instead of its items: one more write unit per join and leave, so the configuration
+    /// asks for it only when a room event is wanted.
     pub count_rooms: bool,
 }
 

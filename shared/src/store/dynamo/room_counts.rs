@@ -1,6 +1,6 @@
-//! Rooms' member counts on DynamoDB, kept when the store is asked to count rooms (as the
-//! configuration always does: presence reads the count, the room webhooks need each
-//! room's first and last member): one counter item per room,
+//! Rooms' member counts on DynamoDB, kept when the store is asked to count rooms (the
+//! configuration does when a room webhook is wanted, which needs each room's first and
+//! last member; presence then reads the count too): one counter item per room,
 //! `count#ROOM`, moved by an atomic `ADD` only by the write that created or deleted a
 //! connection's membership, so concurrent joins and leaves on any function or instance
 //! each count once, and each transition (0 → 1, 1 → 0) is answered to exactly one of them.
