@@ -3,8 +3,9 @@
 //! client (`clients/js/`) a user's app runs, served here beside it.
 //!
 //! In dev mode a visitor from loopback finds the dev token filled in; anyone else pastes a
-//! token. The chart's connection count (`STATS_PATH`) is answered to loopback visitors
-//! only: it is the gateway's, not the visitor's. "From loopback" means the peer's address
+//! token. The chart's figures (`STATS_PATH`: connections, publishes and deliveries, the
+//! numbers `/metrics` gives) are answered to loopback visitors only: they are the
+//! gateway's, not the visitor's. "From loopback" means the peer's address
 //! and the `Host` the browser asked for: a page on another name that resolves to 127.0.0.1
 //! (DNS rebinding) is served neither the token nor the figures.
 
@@ -21,7 +22,7 @@ use crate::http::answer::json_response;
 
 /// Where the page loads the client from; its modules (`src/*.js`) are beside it.
 pub(crate) const CLIENT_PATH: &str = "/_herald/client/{*file}";
-/// Where the page reads the gateway's connection count from.
+/// Where the page reads the gateway's figures from.
 pub(crate) const STATS_PATH: &str = "/_herald/stats";
 
 const PAGE: &str = include_str!("../demo/index.html");
@@ -78,7 +79,8 @@ pub(crate) async fn client(Path(file): Path<String>) -> Response {
     }
 }
 
-/// `GET /_herald/stats`: `{"connections":N}`, to loopback visitors only.
+/// `GET /_herald/stats`: connections now and publish and delivery totals (the figures
+/// `/metrics` gives), to loopback visitors only.
 pub(crate) async fn stats(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -88,8 +90,13 @@ pub(crate) async fn stats(
         let refusal = json!({"message": "the gateway's figures are for loopback visitors"});
         return json_response(StatusCode::FORBIDDEN, &refusal);
     }
-    let count = app.registry.len();
-    json_response(StatusCode::OK, &json!({ "connections": count }))
+    // The numbers `/metrics` gives, so the chart and a scrape never disagree.
+    let (websockets, readers) = app.registry.by_transport();
+    let mut figures = json!(app.services.metrics.totals());
+    figures["connections"] = json!(websockets + readers);
+    figures["websockets"] = json!(websockets);
+    figures["readers"] = json!(readers);
+    json_response(StatusCode::OK, &figures)
 }
 
 fn typed(body: String, content_type: &'static str) -> Response {

@@ -318,7 +318,31 @@ const EMF_METRICS: [&str; 9] = [
     "PublishMilliseconds",
 ];
 
+/// What publishes have done since the process started, as `/metrics` counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// `herald_publishes_total`, every target.
+    pub publishes: u64,
+    /// `herald_deliveries_total{outcome="delivered"}`.
+    pub delivered: u64,
+    /// `herald_deliveries_total{outcome="gone"}`.
+    pub gone: u64,
+    /// `herald_deliveries_total{outcome="failed"}`.
+    pub failed: u64,
+}
+
 impl Metrics {
+    /// The publish and delivery counts, for a reader that wants numbers, not the text format.
+    pub fn totals(&self) -> Totals {
+        let [publishes, delivered, gone, failed, ..] = self.snapshot().values;
+        Totals {
+            publishes,
+            delivered,
+            gone,
+            failed,
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
         let family_sum = |family: &Family<Labels, Counter>,
                           values: &[(&'static str, &'static str)]| {

@@ -1,7 +1,7 @@
 // The demo page herald-local serves at `/`, in Debian's headless Chromium: two pages on
 // the dev token, one publishes, the other shows the notification with its offset; the
-// chart draws; a screenshot is kept in test-artifacts/. Any error the page shows, or
-// throws, fails the test.
+// chart draws the gateway's figures; a screenshot is kept in test-artifacts/. Any error
+// the page shows, or throws, fails the test.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -39,12 +39,14 @@ test("two pages on the demo: one publishes, the other shows it live", async (t) 
   const row = await watcher.waitForSelector('#log tr[data-room="orders"][data-offset="1"]', { timeout: 5_000 });
   assert.match(await row.textContent(), /from the other page/);
 
-  // The chart's connected clients come from the gateway: both pages.
+  // The chart's figures come from the gateway (the numbers /metrics gives): both pages
+  // connected, and the one publish delivered (to every page in the room).
+  let stats;
   await eventually(async () => {
-    const stats = await (await fetch(`${herald.http}/_herald/stats`)).json();
-    return stats.connections === 2;
-  }, "two connections");
-  await watcher.waitForTimeout(1_200); // one tick of the chart
+    stats = await (await fetch(`${herald.http}/_herald/stats`)).json();
+    return stats.connections === 2 && stats.websockets === 2 && stats.publishes === 1 && stats.delivered >= 1;
+  }, "two connections, one publish delivered");
+  await watcher.waitForSelector(`#chart[data-delivered="${stats.delivered}"]`, { timeout: 5_000 });
   mkdirSync(ARTIFACTS, { recursive: true });
   await watcher.screenshot({ path: join(ARTIFACTS, "demo.png"), fullPage: true });
 

@@ -6,7 +6,8 @@
 //
 // The only changes made to a block: `cargo run -p herald-local [--]` is the herald-local the
 // suite built (on the PATH), and 127.0.0.1:3001 is a free port (also given as HERALD_PORT,
-// HERALD_URL and HERALD_ENDPOINT, which the gateway and its CLI read). Each `##` section
+// HERALD_URL and HERALD_ENDPOINT, which the gateway and its CLI read). Shell blocks run
+// from the repository's root, where a newcomer runs them. Each `##` section
 // runs on its own gateway; what a section started in the background is stopped after it.
 
 import { test } from "node:test";
@@ -126,7 +127,7 @@ class Section {
     // `listen`'s `subscribed:` on stderr).
     const background = /&\s*(#.*)?$/.test(command) || /^herald-local(\s+--[\w-]+(\s+\S+)?)*\s*(#.*)?$/.test(command);
     if (background) {
-      const job = spawn("bash", ["-c", command.replace(/&\s*(#.*)?$/, "")], { env: this.env, stdio: ["ignore", "pipe", "pipe"] });
+      const job = spawn("bash", ["-c", command.replace(/&\s*(#.*)?$/, "")], { cwd: REPO, env: this.env, stdio: ["ignore", "pipe", "pipe"] });
       job.out = "";
       job.err = "";
       job.stdout.on("data", (d) => (job.out += d));
@@ -142,7 +143,7 @@ class Section {
     // sockets, which Python cannot open by that name).
     const file = join(tmpdir(), `readme-${process.pid}-${this.port}.out`);
     const fd = openSync(file, "w+");
-    const done = spawnSync("bash", ["-c", command], { env: this.env, encoding: "utf8", timeout: 60_000, stdio: ["ignore", fd, "pipe"] });
+    const done = spawnSync("bash", ["-c", command], { cwd: REPO, env: this.env, encoding: "utf8", timeout: 60_000, stdio: ["ignore", fd, "pipe"] });
     closeSync(fd);
     done.stdout = readFileSync(file, "utf8");
     rmSync(file);
@@ -170,7 +171,7 @@ test("every shell and JavaScript block of the READMEs is run or says why not", (
     if (b.skip !== null) assert.ok(b.skip.length > 10, `the reason a block is not run: ${b.text}`);
   }
   const run = all.filter((b) => b.skip === null || b.asItIs);
-  const known = new Set(["Walkthrough", "The JavaScript client", "The command line", "Connect, subscribe, publish"]);
+  const known = new Set(["Walkthrough", "The JavaScript client", "The command line", "The HTTP API", "Connect, subscribe, publish"]);
   for (const b of run) assert.ok(known.has(b.section), `a block in "${b.section}" that this test does not run:\n${b.text}`);
 });
 
@@ -269,6 +270,13 @@ test("the command line section, as written: a gateway with your secret, a token,
   await eventually(() => listen.out.trim().split("\n").filter(Boolean).length === 100, "100 notifications from listen", 20_000);
   const offsets = listen.out.trim().split("\n").map((l) => JSON.parse(l).offset);
   assert.deepEqual(offsets, Array.from({ length: 100 }, (_, i) => i + 1));
+});
+
+test("the HTTP API section, as written: the OpenAPI document validates", async (t) => {
+  const section = new Section(await freePort());
+  t.after(() => section.stop());
+  const [check] = blocks(README).filter((b) => b.section === "The HTTP API" && b.lang === "sh");
+  await section.run(check.text);
 });
 
 /** Runs scripts/test (a copy, readable by anyone) as a user who is not root, with `path`. */

@@ -519,6 +519,17 @@ impl Registry {
         })
     }
 
+    /// How many WebSockets and how many readers (SSE streams, long polls) are held, counted
+    /// under one look at the table.
+    pub fn by_transport(&self) -> (usize, usize) {
+        let sockets = self.sockets.read().unwrap_or_else(|p| p.into_inner());
+        let websockets = sockets
+            .values()
+            .filter(|s| s.transport == Transport::WebSocket)
+            .count();
+        (websockets, sockets.len() - websockets)
+    }
+
     /// Clients closed for being too slow, since start.
     pub fn slow_consumers(&self) -> u64 {
         self.slow_consumers.load(Ordering::Relaxed)

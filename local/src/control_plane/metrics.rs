@@ -13,7 +13,7 @@ use herald::metrics::{CONTENT_TYPE, HostFamily, Kind, Metrics};
 use herald::sinks::mqtt::MqttClient;
 use herald::sinks::webhook::DeliveryCounts;
 
-use crate::connection::registry::{Registry, Transport};
+use crate::connection::registry::Registry;
 
 /// The path operators scrape.
 pub(crate) const PATH: &str = "metrics";
@@ -32,12 +32,8 @@ pub(crate) fn observe(
         kind: Kind::Gauge,
         label: ("transport", &["websocket", "reader"]),
         read: Box::new(move || {
-            let all = sockets.all();
-            let websockets = all
-                .iter()
-                .filter(|s| s.transport == Transport::WebSocket)
-                .count() as u64;
-            vec![websockets, all.len() as u64 - websockets]
+            let (websockets, readers) = sockets.by_transport();
+            vec![websockets as u64, readers as u64]
         }),
     });
     let slow = registry.clone();

@@ -23,6 +23,7 @@ mod management_api;
 mod memory;
 mod metrics;
 mod mqtt;
+mod openapi;
 mod poll;
 mod protocol_doc;
 mod redis_tls;

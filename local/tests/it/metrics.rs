@@ -1,7 +1,8 @@
 //! `GET /metrics`: parsed by a real Prometheus parser (Python's `prometheus_client`), its
 //! counts moving with the traffic that made them; on the control plane, so with credentials
 //! configured an unsigned scrape is refused and one signed with SigV4 (as Prometheus'
-//! `sigv4` setting signs, here by botocore) is served.
+//! `sigv4` setting signs, here by botocore) is served. The demo page's figures are the same
+//! numbers.
 
 use crate::common;
 
@@ -110,6 +111,15 @@ async fn counts_move_with_the_traffic_that_made_them() {
     assert_eq!(
         sample(&after, "herald_publish_duration_seconds_count{}"),
         3.0
+    );
+    // The demo page's chart reads the same numbers.
+    let (status, figures) = common::http_get(gw.addr, "/_herald/stats").await;
+    assert_eq!(status, 200, "{figures}");
+    let figures: serde_json::Value = serde_json::from_str(&figures).unwrap();
+    assert_eq!(
+        figures,
+        json!({"connections": 2, "websockets": 2, "readers": 0,
+               "publishes": 3, "delivered": 6, "gone": 0, "failed": 0})
     );
 
     drop(bob);
