@@ -82,7 +82,17 @@ export interface Events {
   fallback: { transport: Transport };
   notification: Notification;
   recovery_failed: RecoveryFailed;
+  /** A member joined or left a subscribed room (the gateway's presence events, when on). */
+  presence: PresenceEvent;
   error: HeraldError;
+}
+
+/** A room's join or leave, as the gateway announces it with `HERALD_PRESENCE_EVENTS=1`. */
+export interface PresenceEvent {
+  type: "join" | "leave";
+  room: string;
+  user: string;
+  connectionId: string;
 }
 
 export const DEFAULTS: Readonly<Required<Omit<Options, "url" | "token" | "getToken" | "sseUrl" | "pollUrl" | "WebSocket" | "fetch" | "clock">>>;

@@ -68,7 +68,8 @@ export function tokenClaims(token) {
 
 /**
  * The client. Events: connecting, connected (once the connection's subscriptions are in
- * place), disconnected, fallback, notification, recovery_failed, error.
+ * place), disconnected, fallback, notification, recovery_failed, presence (a room's join or
+ * leave, when the gateway announces them), error.
  */
 export class HeraldClient {
   /**

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::auth::{AuthConfig, JwtKey};
 use crate::fanout::FanoutConfig;
-use crate::limits::{Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
+use crate::limits::{DEFAULT_PRESENCE_EVENTS_PER_SECOND, Limits, ROOM_PUBLISH_BURST_FACTOR, Rate};
 use crate::shard::{DEFAULT_POST_BUDGET_PER_SECOND, DEFAULT_SHARD_THRESHOLD, ShardSettings};
 use crate::sinks::mqtt::{IotSettings, MqttSettings};
 use crate::sinks::webhook::{
@@ -248,11 +248,13 @@ impl Config {
                     .filter(|b| *b > 0)
                     .unwrap_or(per_second.saturating_mul(ROOM_PUBLISH_BURST_FACTOR)),
             });
+        let presence_events = presence_events(&get)?;
         let limits = Limits {
             max_connections_per_user: max_per_user,
             max_rooms_per_connection: max_rooms,
             socket_publish,
             room_publish,
+            presence_events,
             connection_lifetime: secs(
                 "HERALD_CONNECTION_LIFETIME_SECS",
                 defaults.connection_lifetime,
@@ -430,6 +432,31 @@ fn mqtt(
         .map_err(invalid)
 }
 
+/// `HERALD_PRESENCE_EVENTS` (`1` or `true` on, `0` or `false` off, the default) at
+/// `HERALD_PRESENCE_EVENTS_PER_SECOND` per room (bursts of twice that).
+fn presence_events(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Rate>, ConfigError> {
+    let on = match get("HERALD_PRESENCE_EVENTS").as_deref().map(str::trim) {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "HERALD_PRESENCE_EVENTS",
+                reason: format!(
+                    "{other:?}: 1 or true turns join and leave events on, 0 or false off"
+                ),
+            });
+        }
+    };
+    let per_second = match positive(get, "HERALD_PRESENCE_EVENTS_PER_SECOND")? {
+        Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        None => DEFAULT_PRESENCE_EVENTS_PER_SECOND,
+    };
+    Ok(on.then_some(Rate {
+        per_second,
+        burst: per_second.saturating_mul(ROOM_PUBLISH_BURST_FACTOR),
+    }))
+}
+
 fn number<T: FromStr>(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
@@ -496,6 +523,47 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn presence_events_are_off_unless_turned_on_and_run_at_their_rate() {
+        assert_eq!(config(&[]).unwrap().limits.presence_events, None);
+        for off in ["0", "false", ""] {
+            let c = config(&[("HERALD_PRESENCE_EVENTS", off)]).unwrap();
+            assert_eq!(c.limits.presence_events, None, "{off:?}");
+        }
+        let on = |value| config(&[("HERALD_PRESENCE_EVENTS", value)]).unwrap();
+        let default = Rate {
+            per_second: DEFAULT_PRESENCE_EVENTS_PER_SECOND,
+            burst: DEFAULT_PRESENCE_EVENTS_PER_SECOND * ROOM_PUBLISH_BURST_FACTOR,
+        };
+        assert_eq!(on("1").limits.presence_events, Some(default));
+        assert_eq!(on("true").limits.presence_events, Some(default));
+        let slow = config(&[
+            ("HERALD_PRESENCE_EVENTS", "1"),
+            ("HERALD_PRESENCE_EVENTS_PER_SECOND", "3"),
+        ])
+        .unwrap();
+        assert_eq!(
+            slow.limits.presence_events,
+            Some(Rate {
+                per_second: 3,
+                burst: 6
+            })
+        );
+        for (var, bad) in [
+            ("HERALD_PRESENCE_EVENTS", "yes please"),
+            ("HERALD_PRESENCE_EVENTS_PER_SECOND", "0"),
+        ] {
+            let mut vars = vec![("HERALD_PRESENCE_EVENTS", "1")];
+            vars.retain(|(v, _)| *v != var);
+            vars.push((var, bad));
+            let err = config(&vars).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { var: v, .. } if v == var),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! | [`sinks`] | `src/sinks/` | sinks beyond sockets: webhooks (Standard Webhooks: events, signatures, delivery with retries in process or from an SQS queue on AWS), MQTT (topics, settings; the broker's client with feature `mqtt`, AWS IoT Core's data plane) |
 //! | [`limits`] | `src/limits.rs` | the limits the handlers enforce, and their defaults |
 //! | [`metrics`] | `src/metrics.rs` | the counts operators scrape, in the Prometheus text format |
+//! | [`presence_events`] | `src/presence_events.rs` | join and leave notifications to a room's members, rate-limited per room |
 //! | [`handlers`] | `src/handlers/` | one file per function: `authorize`, `connect`, `disconnect`, `message`, `publish`, `poll`, `stream` |
 //! | [`config`] | `src/config.rs` | configuration from `HERALD_*` variables, read once |
 //! | [`compose`] | `src/compose.rs` | the composition root: every component built from one `Config` |
@@ -38,6 +39,7 @@ pub mod handlers;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod presence_events;
 pub mod protocol;
 pub mod reader;
 pub mod shard;

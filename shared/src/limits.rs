@@ -19,6 +19,9 @@ pub const DEFAULT_SOCKET_PUBLISH_RATE: u32 = 10;
 pub const DEFAULT_SOCKET_PUBLISH_BURST: u32 = 20;
 /// A room publish limit's burst, as a multiple of its rate, unless configured.
 pub const ROOM_PUBLISH_BURST_FACTOR: u32 = 2;
+/// Join and leave events a second one room's members get, with presence events on: enough
+/// for a room where people come and go, few enough that a stampede cannot fill its posts.
+pub const DEFAULT_PRESENCE_EVENTS_PER_SECOND: u32 = 10;
 /// How long a publish idempotency key is remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
@@ -34,6 +37,9 @@ pub struct Limits {
     /// Publishes per room from any caller (the Invoke API, SQS, sockets), counted in the
     /// store; `None`, the default, for no limit: the Invoke API's callers are trusted.
     pub room_publish: Option<Rate>,
+    /// Join and leave events per room, counted in the store; `None`, the default, for no
+    /// events at all.
+    pub presence_events: Option<Rate>,
     /// How long a connection record lives without `$disconnect` or a refresh.
     pub connection_lifetime: Duration,
     /// How long a publish idempotency key is remembered.
@@ -52,6 +58,7 @@ impl Default for Limits {
                 burst: DEFAULT_SOCKET_PUBLISH_BURST,
             }),
             room_publish: None,
+            presence_events: None,
             connection_lifetime: DEFAULT_CONNECTION_LIFETIME,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             history: Some(Retention::default()),

@@ -112,6 +112,7 @@ export const fallbackReaders = {
       for (const fields of events) {
         if (fields.event === "notification") this.sequencer.deliver(JSON.parse(fields.data));
         else if (fields.event === "reset") this.reset(fields.id);
+        else if (fields.event === "join" || fields.event === "leave") this.emit("presence", JSON.parse(fields.data));
       }
     }
   },

@@ -149,6 +149,8 @@ export const webSocketTransport = {
       return;
     }
     if (frame.type === "notification") return this.sequencer.deliver(frame);
+    // A room's join and leave events (with HERALD_PRESENCE_EVENTS on): no ref, no offset.
+    if (frame.type === "join" || frame.type === "leave") return this.emit("presence", frame);
     const waiting = frame.ref != null && this.pending.get(frame.ref);
     if (waiting) {
       this.pending.delete(frame.ref);

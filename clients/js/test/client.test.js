@@ -61,6 +61,36 @@ test("delivers in order, answers publishes, and rejects with the contract's code
   await assert.rejects(c.presence("payroll"), (e) => e.code === "forbidden");
 });
 
+test("a room's joins and leaves reach the app as `presence` events, over a WebSocket and over SSE", async (t) => {
+  const herald = await Herald.start({ env: { HERALD_PRESENCE_EVENTS: "1" } });
+  t.after(() => herald.stop());
+  const proxy = await Proxy.start(herald.addr, { upgrades: false });
+  t.after(() => proxy.stop());
+  const heard = (c) => {
+    c.presence = [];
+    c.on("presence", (e) => c.presence.push(`${e.type} ${e.user} ${e.room}`));
+    return c;
+  };
+  const ann = heard(client(herald.ws, { token: herald.token({ sub: "ann", rooms: ["orders"] }) }));
+  t.after(() => ann.close());
+  ann.subscribe("orders");
+  await eventually(() => ann.presence.includes("join ann orders"), "ann hears her own join");
+  // Cy reads over SSE (the proxy refuses upgrades): a member, who hears the others too.
+  const cy = heard(client(`ws://${proxy.addr}/${herald.stage}`, { token: herald.token({ sub: "cy", rooms: ["orders"] }) }));
+  t.after(() => cy.close());
+  cy.subscribe("orders");
+  await eventually(() => cy.transport === "sse" && cy.state === "connected", "cy on SSE");
+  await eventually(() => ann.presence.includes("join cy orders"), "ann hears cy's stream join");
+
+  const bob = heard(client(herald.ws, { token: herald.token({ sub: "bob", rooms: ["orders"] }) }));
+  bob.subscribe("orders");
+  await eventually(() => ann.presence.includes("join bob orders") && cy.presence.includes("join bob orders"), "both hear bob join");
+  bob.close();
+  await eventually(() => ann.presence.includes("leave bob orders") && cy.presence.includes("leave bob orders"), "both hear bob leave");
+  assert.deepEqual(ann.got, [], "presence events are not notifications");
+  assert.deepEqual(cy.got, []);
+});
+
 test("calls made before the connection is ready wait for it; `connected` comes once subscriptions are in place", async (t) => {
   const herald = await Herald.start();
   t.after(() => herald.stop());

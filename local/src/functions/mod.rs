@@ -121,7 +121,7 @@ impl Handlers for InProcess {
     }
 
     async fn disconnect(&self, event: &ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
-        herald::handlers::disconnect(&self.services, event).await
+        herald::handlers::disconnect(&self.services, &*self.gateway, event).await
     }
 
     async fn message(&self, event: &ApiGatewayWebsocketProxyRequest) {

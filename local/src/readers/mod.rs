@@ -16,6 +16,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use herald::auth::Identity;
+use herald::presence_events::Change;
 use herald::protocol::{Cursor, RoomName};
 use herald::reader::admission::{self, Parsed};
 use herald::reader::{CatchUp, catch_up};
@@ -104,6 +105,12 @@ pub(crate) async fn open(
     for room in rooms {
         let joined = app.services.store.join(&socket.meta.id, &room).await;
         joined.map_err(|e| failed("join", &e))?;
+        // A reader is a member as a socket is: with presence events on, its room hears it
+        // join (and, through `$disconnect`, leave).
+        let id = &socket.meta.id;
+        app.services
+            .announce(&*app.control, Change::Join, &room, &identity.user, id)
+            .await;
         channels.push(Channel::Room(room));
     }
     channels.push(Channel::User(identity.user));

@@ -16,7 +16,7 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald::protocol::Stored;
-use herald::reader::{CatchUp, Follow, PollAnswer, parse_wait};
+use herald::reader::{CatchUp, Follow, PollAnswer, parse_wait, presence_event};
 
 use crate::app::App;
 use crate::http::query::decode_query;
@@ -72,6 +72,7 @@ pub(crate) async fn poll(
             }
             for frame in batch.drain(..) {
                 if let Some(payload) = frame.text()
+                    && presence_event(payload).is_none()
                     && follow.take(payload)
                 {
                     notifications.extend(Stored::new(payload));

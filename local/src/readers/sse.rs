@@ -19,8 +19,8 @@ use axum::extract::{ConnectInfo, Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald::reader::Follow;
 use herald::reader::sse;
+use herald::reader::{Follow, presence_event};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -148,7 +148,8 @@ impl Stream {
                     // A notification the reader has already (replayed, then live) is dropped.
                     Some(Opcode::Text) if self.follow.take(frame.payload()) => {
                         let cursor = self.follow.cursor();
-                        sse::event(&mut chunk, "notification", cursor, frame.payload());
+                        let kind = presence_event(frame.payload()).unwrap_or("notification");
+                        sse::event(&mut chunk, kind, cursor, frame.payload());
                     }
                     Some(Opcode::Close) => closed = true,
                     _ => {}

@@ -244,6 +244,30 @@ async fn serve_a_client(signed: bool) {
     assert_eq!(forgotten["delivered"], 0, "{forgotten}");
 }
 
+/// Join and leave events through the function binaries: `message` announces a subscribe,
+/// and `disconnect` (which then posts through the Management API too) a closed socket.
+#[tokio::test]
+async fn the_function_binaries_announce_joins_and_leaves() {
+    let dir = lambda_dir();
+    let redis = SharedRedis::single();
+    let mut env: Vec<(&str, String)> = redis.vars();
+    env.push(("HERALD_PRESENCE_EVENTS", "1".into()));
+    env.push(("PATH", std::env::var("PATH").unwrap_or_default()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_child, addr, _) = start(&dir, &env).await;
+    let gw = Gateway::at(addr);
+    let mut ann = gw.connect("ann", &["news"], &[]).await;
+    ann.subscribe("news").await;
+    let mut bob = gw.connect("bob", &["news"], &[]).await;
+    bob.subscribe("news").await;
+    let heard = |event: Value| (event["type"].clone(), event["user"].clone());
+    assert_eq!(heard(ann.recv().await), (json!("join"), json!("ann")));
+    assert_eq!(heard(ann.recv().await), (json!("join"), json!("bob")));
+    assert_eq!(heard(bob.recv().await), (json!("join"), json!("bob")));
+    drop(bob);
+    assert_eq!(heard(ann.recv().await), (json!("leave"), json!("bob")));
+}
+
 #[tokio::test]
 async fn ctrl_c_in_a_terminal_leaves_the_functions_to_run_every_disconnect() {
     let dir = lambda_dir();

@@ -25,6 +25,7 @@ mod metrics;
 mod mqtt;
 mod openapi;
 mod poll;
+mod presence;
 mod protocol_doc;
 mod redis_tls;
 mod sharding;

@@ -16,21 +16,21 @@ use tokio::net::TcpStream;
 
 /// One event of the stream.
 #[derive(Debug, Clone, PartialEq)]
-struct Event {
-    kind: String,
-    id: String,
-    data: Value,
+pub(crate) struct Event {
+    pub kind: String,
+    pub id: String,
+    pub data: Value,
 }
 
 /// An open event stream.
-struct Sse {
+pub(crate) struct Sse {
     body: BufReader<TcpStream>,
     /// Decoded body text not yet split into events.
     text: String,
 }
 
 /// The answer to a request for a stream: the status, and the stream when it is 200.
-async fn open(
+pub(crate) async fn open(
     addr: SocketAddr,
     query: &str,
     headers: &[(&str, &str)],
@@ -104,7 +104,7 @@ impl Sse {
     }
 
     /// The next event (comments and `retry:` skipped); panics after [`PATIENCE`].
-    async fn next(&mut self) -> Event {
+    pub(crate) async fn next(&mut self) -> Event {
         tokio::time::timeout(PATIENCE, self.next_event())
             .await
             .expect("an event in time")

@@ -13,6 +13,7 @@ use crate::fanout::post_retrying;
 use crate::gateway::{Gateway, PushError};
 use crate::ids::ConnectionId;
 use crate::metrics::Refusal;
+use crate::presence_events::Change;
 use crate::protocol::{
     ClientRequest, ErrorCode, MAX_NOTIFICATION_BYTES, Position, ProtocolError, PublishRequest,
     Reply, RoomName, ServerMessage, Stored, Target, parse_client_frame,
@@ -31,17 +32,19 @@ pub async fn message(
         return no_connection_id();
     };
     let body = event.body.as_deref().unwrap_or("");
-    let (reply, replay) = match parse_client_frame(body) {
+    let (reply, replay, announce) = match parse_client_frame(body) {
         Err(rejected) => (
             Reply {
                 message: rejected.error.into(),
                 reference: rejected.reference,
             },
             Vec::new(),
+            None,
         ),
         Ok(frame) => {
-            let answer = match Identity::from_context(&ctx.authorizer.fields) {
-                Ok(identity) => dispatch(services, gateway, &id, &identity, frame.request)
+            let identity = Identity::from_context(&ctx.authorizer.fields);
+            let answer = match &identity {
+                Ok(identity) => dispatch(services, gateway, &id, identity, frame.request)
                     .await
                     .unwrap_or_else(|e| {
                         count_refusal(services, &e);
@@ -55,18 +58,27 @@ pub async fn message(
                     )))
                 }
             };
+            let announce = identity
+                .ok()
+                .zip(answer.announce)
+                .map(|(identity, (change, room))| (change, room, identity.user));
             (
                 Reply {
                     message: answer.message,
                     reference: frame.reference,
                 },
                 answer.replay,
+                announce,
             )
         }
     };
     let payload = Bytes::from(reply.to_json());
     if post_retrying(&*services.store, gateway, &id, payload, &services.fanout).await {
         replay_to(services, gateway, &id, replay).await;
+    }
+    // After the reply, whether or not it was delivered: the membership changed either way.
+    if let Some((change, room, user)) = announce {
+        services.announce(gateway, change, &room, &user, &id).await;
     }
     response(200, "")
 }
@@ -115,10 +127,12 @@ async fn replay_to(
     }
 }
 
-/// A reply, and the kept notifications to push after it, in order.
+/// A reply, the kept notifications to push after it, in order, and the room to tell of a
+/// join or leave after both (so a member hears its own join after `subscribed`).
 struct Answer {
     message: ServerMessage,
     replay: Vec<Entry>,
+    announce: Option<(Change, RoomName)>,
 }
 
 impl From<ServerMessage> for Answer {
@@ -126,6 +140,7 @@ impl From<ServerMessage> for Answer {
         Self {
             message,
             replay: Vec::new(),
+            announce: None,
         }
     }
 }
@@ -257,12 +272,29 @@ async fn dispatch(
             if !identity.can_subscribe(&room) {
                 return Err(forbidden(&format!("you may not subscribe to {room}")));
             }
-            if let Some(max) = services.limits.max_rooms_per_connection {
-                check_room_cap(&**store, id, &room, max).await?;
+            let cap = services.limits.max_rooms_per_connection;
+            let announced = services.limits.presence_events.is_some();
+            // Its rooms are read only when a limit or a join event needs them.
+            let rooms = match cap.is_some() || announced {
+                true => store.rooms_of(id).await.map_err(store_error)?,
+                false => Vec::new(),
+            };
+            let member = rooms.contains(&room);
+            if let Some(max) = cap
+                && rooms.len() >= max
+                && !member
+            {
+                return Err(ProtocolError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "a connection may join at most {max} rooms: unsubscribe from one first"
+                    ),
+                ));
             }
             // Joined before the history is read: a notification published meanwhile is
             // either in what is read or fanned out to this connection (or both).
             store.join(id, &room).await.map_err(store_error)?;
+            let announce = (announced && !member).then(|| (Change::Join, room.clone()));
             let channel = Channel::Room(room.clone());
             let (recovered, position, replay) = recover(services, &channel, since.as_ref()).await?;
             Ok(Answer {
@@ -272,6 +304,7 @@ async fn dispatch(
                     position,
                 },
                 replay,
+                announce,
             })
         }
         ClientRequest::Recover { since } => {
@@ -283,6 +316,7 @@ async fn dispatch(
                     position,
                 },
                 replay,
+                announce: None,
             })
         }
         ClientRequest::History { room, limit, since } => {
@@ -294,7 +328,13 @@ async fn dispatch(
                 .map(Answer::from)
         }
         ClientRequest::Unsubscribe { room } => {
-            store.leave(id, &room).await.map_err(store_error)?;
+            let left = store.leave(id, &room).await.map_err(store_error)?;
+            if left.was_member && services.limits.presence_events.is_some() {
+                return Ok(Answer {
+                    announce: Some((Change::Leave, room.clone())),
+                    ..ServerMessage::Unsubscribed { room }.into()
+                });
+            }
             Ok(ServerMessage::Unsubscribed { room }.into())
         }
         ClientRequest::Presence { room } => {
@@ -360,22 +400,6 @@ async fn dispatch(
 /// already joined can always be joined again. Requests of one connection are handled in
 /// order on `herald-local`; on AWS two subscribes of one connection handled at the same
 /// instant may both pass, so the cap can be exceeded by the few in flight, never more.
-async fn check_room_cap(
-    store: &dyn crate::store::ConnectionStore,
-    id: &ConnectionId,
-    room: &crate::protocol::RoomName,
-    max: usize,
-) -> Result<(), ProtocolError> {
-    let rooms = store.rooms_of(id).await.map_err(store_error)?;
-    if rooms.len() >= max && !rooms.contains(room) {
-        return Err(ProtocolError::new(
-            ErrorCode::LimitExceeded,
-            format!("a connection may join at most {max} rooms: unsubscribe from one first"),
-        ));
-    }
-    Ok(())
-}
-
 fn forbidden(message: &str) -> ProtocolError {
     ProtocolError::new(ErrorCode::Forbidden, message)
 }

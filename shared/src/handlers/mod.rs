@@ -31,9 +31,12 @@ pub use stream::{Chunks, STREAM_END_MARGIN, Streamed, stream, time_left};
 pub use webhook::{WebhookRetries, webhook, webhook_id};
 
 use crate::fanout::FanoutConfig;
+use crate::gateway::Gateway;
 use crate::ids::ConnectionId;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::presence_events::{Announcer, Change};
+use crate::protocol::RoomName;
 use crate::shard::Sharding;
 use crate::sinks::mqtt::{DeviceRules, SharedTopicPublisher};
 use crate::sinks::webhook::SharedWebhooks;
@@ -70,6 +73,27 @@ pub struct Services {
 }
 
 impl Services {
+    /// Tells `room`'s members that `user`'s connection `id` joined or left it, when
+    /// presence events are on (`presence_events.rs`).
+    pub async fn announce(
+        &self,
+        gateway: &dyn Gateway,
+        change: Change,
+        room: &RoomName,
+        user: &str,
+        id: &ConnectionId,
+    ) {
+        if let Some(rate) = self.limits.presence_events {
+            let announcer = Announcer {
+                store: &*self.store,
+                gateway,
+                fanout: &self.fanout,
+                rate,
+            };
+            announcer.announce(change, room, user, id).await;
+        }
+    }
+
     /// Services on `store` with these limits and this pacing.
     pub fn new(store: Arc<dyn ConnectionStore>, limits: Limits, fanout: FanoutConfig) -> Self {
         Self {

@@ -71,6 +71,22 @@ pub enum ServerMessage {
     },
     /// Answer to `presence`: who is in a room.
     Presence(Presence),
+    /// A member joined a room (with presence events on, to the room's members).
+    Join {
+        /// The room.
+        room: RoomName,
+        /// Who joined.
+        #[serde(flatten)]
+        member: Member,
+    },
+    /// A member left a room (with presence events on, to the room's members).
+    Leave {
+        /// The room.
+        room: RoomName,
+        /// Who left.
+        #[serde(flatten)]
+        member: Member,
+    },
     /// A refusal.
     Error {
         /// The contract's code.

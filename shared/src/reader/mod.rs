@@ -186,6 +186,20 @@ impl Follow {
     }
 }
 
+/// The presence event a frame of a reader's outbox is (`join` or `leave`, with presence
+/// events on), or `None` for a notification. A presence event moves no cursor: SSE sends it
+/// as its own event type, a long poll (whose answer holds notifications only) skips it.
+pub fn presence_event(frame: &[u8]) -> Option<&'static str> {
+    // Server messages are written with their `type` first.
+    [
+        ("join", &br#"{"type":"join""#[..]),
+        ("leave", &br#"{"type":"leave""#[..]),
+    ]
+    .into_iter()
+    .find(|(_, prefix)| frame.starts_with(prefix))
+    .map(|(kind, _)| kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +207,30 @@ mod tests {
     use crate::store::History;
     use crate::store::{Draft, MemoryStore};
     use bytes::Bytes;
+
+    #[test]
+    fn presence_events_are_told_from_notifications() {
+        let member = crate::protocol::Member {
+            user: "ann".into(),
+            connection_id: crate::ids::ConnectionId::new("c1"),
+        };
+        let room = RoomName::parse("orders").unwrap();
+        let join = crate::protocol::ServerMessage::Join {
+            room: room.clone(),
+            member: member.clone(),
+        };
+        let leave = crate::protocol::ServerMessage::Leave { room, member };
+        assert_eq!(
+            presence_event(&serde_json::to_vec(&join).unwrap()),
+            Some("join")
+        );
+        assert_eq!(
+            presence_event(&serde_json::to_vec(&leave).unwrap()),
+            Some("leave")
+        );
+        let note = br#"{"type":"notification","room":"orders","data":{"type":"join"}}"#;
+        assert_eq!(presence_event(note), None);
+    }
 
     fn draft(room: &str, n: u64) -> Draft {
         Draft {

@@ -465,6 +465,39 @@ fn mqtt_publishes_through_iot_core_and_a_rule_brings_devices_publishes_to_publis
     );
 }
 
+#[test]
+fn presence_events_are_a_parameter_and_let_disconnect_post_only_when_on() {
+    let template = template();
+    let parameter = &template["Parameters"]["PresenceEvents"];
+    assert_eq!(parameter["Default"], "false", "off unless asked for");
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        tagged(&globals["HERALD_PRESENCE_EVENTS"], "Ref"),
+        Some("PresenceEvents")
+    );
+    // Every function that may post to a room has the Management API: the message function
+    // always, the disconnect function (the rooms a connection left) only with events on.
+    let functions = resources_of(&template, "AWS::Serverless::Function");
+    let (_, disconnect) = functions
+        .iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == "disconnect")
+        .expect("a disconnect function");
+    let statements = disconnect["Properties"]["Policies"][0]["Statement"]
+        .as_sequence()
+        .unwrap();
+    let posting: Vec<&Value> = statements
+        .iter()
+        .filter(|s| {
+            serde_yaml::to_string(s)
+                .unwrap()
+                .contains("execute-api:ManageConnections")
+        })
+        .collect();
+    assert_eq!(posting.len(), 1, "{statements:?}");
+    let condition = serde_yaml::to_string(posting[0]).unwrap();
+    assert!(condition.contains("HasPresenceEvents"), "{condition}");
+}
+
 /// The text under a short-form intrinsic (`!Ref X`, `!GetAtt X.Y`) tagged `tag`.
 fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a str> {
     match value {

@@ -30,7 +30,12 @@ async fn connect_refuses_a_user_over_the_limit_with_429() {
     assert_eq!(w.connect("c3", "bob").await, 429);
     assert_eq!(w.connect("c4", "carol").await, 200, "the limit is per user");
     assert_eq!(w.store.count_user("bob").await.unwrap(), 2);
-    handlers::disconnect(&w.services, &route(DISCONNECT, "c1", "bob", None)).await;
+    handlers::disconnect(
+        &w.services,
+        &w.gateway,
+        &route(DISCONNECT, "c1", "bob", None),
+    )
+    .await;
     assert_eq!(
         w.connect("c3", "bob").await,
         200,
@@ -73,7 +78,9 @@ async fn disconnect_forgets_the_connection_and_its_rooms_idempotently() {
     let event = ws_event(fixture(DISCONNECT));
     assert_eq!(event.request_context.disconnect_status_code, Some(1001));
     assert_eq!(
-        handlers::disconnect(&w.services, &event).await.status_code,
+        handlers::disconnect(&w.services, &w.gateway, &event)
+            .await
+            .status_code,
         200
     );
     assert_eq!(
@@ -89,7 +96,9 @@ async fn disconnect_forgets_the_connection_and_its_rooms_idempotently() {
             .is_empty()
     );
     assert_eq!(
-        handlers::disconnect(&w.services, &event).await.status_code,
+        handlers::disconnect(&w.services, &w.gateway, &event)
+            .await
+            .status_code,
         200
     );
 }

@@ -1,5 +1,6 @@
 //! Presence through the message handler (the recorded `subscribe` event re-addressed to
-//! the `presence` action) and through the Invoke API's `{"presence":ROOM}`.
+//! the `presence` action) and through the Invoke API's `{"presence":ROOM}`; join and leave
+//! events with `HERALD_PRESENCE_EVENTS`, once each, within the room's rate.
 
 use super::*;
 
@@ -43,7 +44,12 @@ async fn a_socket_asks_who_is_in_a_room_it_may_join() {
         ]})
     );
 
-    handlers::disconnect(&w.services, &route(DISCONNECT, "p2", "bob", None)).await;
+    handlers::disconnect(
+        &w.services,
+        &w.gateway,
+        &route(DISCONNECT, "p2", "bob", None),
+    )
+    .await;
     w.send("p1", json!({"action": "presence", "room": "orders"}))
         .await;
     assert_eq!(
@@ -85,4 +91,111 @@ async fn the_invoke_api_answers_presence_without_a_type() {
     assert_eq!(empty["count"], 0);
     let err = w.publish(json!({"presence": 42})).await.unwrap_err();
     assert!(matches!(err, PublishError::BadRequest(_)), "{err}");
+}
+
+/// The join and leave events `id` received, as `(type, user, connectionId)`.
+fn events_to(w: &World, id: &str) -> Vec<(String, String, String)> {
+    w.replies(id)
+        .into_iter()
+        .filter(|m| m["type"] == "join" || m["type"] == "leave")
+        .map(|m| {
+            assert_eq!(m["room"], "orders", "{m}");
+            let text = |k: &str| m[k].as_str().unwrap().to_owned();
+            (text("type"), text("user"), text("connectionId"))
+        })
+        .collect()
+}
+
+fn event(kind: &str, user: &str, id: &str) -> (String, String, String) {
+    (kind.into(), user.into(), id.into())
+}
+
+#[tokio::test]
+async fn with_presence_events_a_room_hears_each_join_and_leave_once() {
+    let w = world_with(&[("HERALD_PRESENCE_EVENTS", "1")]);
+    member(&w, "e1", "alice", &["orders"]).await;
+    member(&w, "e2", "bob", &["orders"]).await;
+    // A second subscribe to a room it is in is no join.
+    let subscribe = route(
+        SUBSCRIBE,
+        "e2",
+        "bob",
+        Some(json!({"action": "subscribe", "room": "orders"})),
+    );
+    handlers::message(&w.services, &w.gateway, &subscribe).await;
+    let unsubscribe = route(
+        SUBSCRIBE,
+        "e2",
+        "bob",
+        Some(json!({"action": "unsubscribe", "room": "orders"})),
+    );
+    handlers::message(&w.services, &w.gateway, &unsubscribe).await;
+    // Nor is an unsubscribe from a room it is not in a leave.
+    handlers::message(&w.services, &w.gateway, &unsubscribe).await;
+    handlers::message(&w.services, &w.gateway, &subscribe).await;
+    handlers::disconnect(
+        &w.services,
+        &w.gateway,
+        &route(DISCONNECT, "e2", "bob", None),
+    )
+    .await;
+    // A repeated $disconnect finds nothing to leave.
+    handlers::disconnect(
+        &w.services,
+        &w.gateway,
+        &route(DISCONNECT, "e2", "bob", None),
+    )
+    .await;
+
+    assert_eq!(
+        events_to(&w, "e1"),
+        vec![
+            event("join", "alice", "e1"),
+            event("join", "bob", "e2"),
+            event("leave", "bob", "e2"),
+            event("join", "bob", "e2"),
+            event("leave", "bob", "e2"),
+        ]
+    );
+    // The joiner hears its own join; a leaver is no longer in the room.
+    assert_eq!(
+        events_to(&w, "e2"),
+        vec![event("join", "bob", "e2"), event("join", "bob", "e2")]
+    );
+}
+
+#[tokio::test]
+async fn without_presence_events_nobody_hears_of_joins() {
+    let w = world();
+    member(&w, "q1", "alice", &["orders"]).await;
+    member(&w, "q2", "bob", &["orders"]).await;
+    handlers::disconnect(
+        &w.services,
+        &w.gateway,
+        &route(DISCONNECT, "q2", "bob", None),
+    )
+    .await;
+    assert_eq!(events_to(&w, "q1"), vec![]);
+}
+
+#[tokio::test]
+async fn a_room_hears_at_most_its_rate_of_presence_events() {
+    // One a second, bursts of two: alice's own join and bob's; carol's and dave's are
+    // dropped (the window is two seconds, far longer than this test's joins).
+    let w = world_with(&[
+        ("HERALD_PRESENCE_EVENTS", "true"),
+        ("HERALD_PRESENCE_EVENTS_PER_SECOND", "1"),
+    ]);
+    member(&w, "r1", "alice", &["orders"]).await;
+    member(&w, "r2", "bob", &["orders"]).await;
+    member(&w, "r3", "carol", &["orders"]).await;
+    member(&w, "r4", "dave", &["orders"]).await;
+    assert_eq!(
+        events_to(&w, "r1"),
+        vec![event("join", "alice", "r1"), event("join", "bob", "r2")]
+    );
+    // The dropped events cost nothing else: presence still counts everyone.
+    w.send("r1", json!({"action": "presence", "room": "orders"}))
+        .await;
+    assert_eq!(w.last_reply("r1")["count"], 4);
 }

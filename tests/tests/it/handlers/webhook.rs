@@ -86,7 +86,12 @@ async fn events_of_a_connection_are_queued_and_each_delivered_once_after_a_faile
         200
     );
     services.flush().await;
-    handlers::disconnect(&services, &route(DISCONNECT, FIXTURE_ID, "ann", None)).await;
+    handlers::disconnect(
+        &services,
+        &gateway,
+        &route(DISCONNECT, FIXTURE_ID, "ann", None),
+    )
+    .await;
     services.flush().await;
 
     // The webhook function, fed what the queue gives back, as its event source does.
