@@ -125,7 +125,18 @@ impl<'a> Recipients<'a> {
         Ok(page)
     }
 
+    /// The next recipient to post to: readers on AWS are members with no socket, skipped
+    /// (`reader/membership.rs`).
     async fn next(&mut self, page_size: usize) -> Result<Option<ConnectionId>, StoreError> {
+        loop {
+            match self.next_member(page_size).await? {
+                Some(id) if id.is_reader() => continue,
+                next => return Ok(next),
+            }
+        }
+    }
+
+    async fn next_member(&mut self, page_size: usize) -> Result<Option<ConnectionId>, StoreError> {
         match self {
             Self::Fixed(ids) => Ok(ids.next()),
             Self::Paged {

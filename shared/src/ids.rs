@@ -53,6 +53,9 @@ impl<'de> Deserialize<'de> for ConnectionId {
     }
 }
 
+/// How the ids of readers on AWS begin (see [`ConnectionId::reader`]).
+pub const READER_PREFIX: &str = "reader.";
+
 impl ConnectionId {
     /// Wraps an id received from API Gateway, a client or a store.
     pub fn new(id: impl AsRef<str>) -> Self {
@@ -69,6 +72,18 @@ impl ConnectionId {
             .encode_slice(&random.as_bytes()[..11], &mut text)
             .expect("11 bytes are 16 characters of base64");
         Self::from(std::str::from_utf8(&text[..written]).expect("base64 is ASCII"))
+    }
+
+    /// A fresh id for a reader on AWS (`stream`, `poll`): a member with no socket, which
+    /// fan-out knows by [`READER_PREFIX`] and skips.
+    pub fn reader() -> Self {
+        Self::new(format!("{READER_PREFIX}{}", Self::generate().as_str()))
+    }
+
+    /// Whether this is a reader's id from [`ConnectionId::reader`]: API Gateway's ids are
+    /// base64, which has no `.`.
+    pub fn is_reader(&self) -> bool {
+        self.as_str().starts_with(READER_PREFIX)
     }
 
     /// The id as text.

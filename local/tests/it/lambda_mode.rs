@@ -244,8 +244,9 @@ async fn serve_a_client(signed: bool) {
     assert_eq!(forgotten["delivered"], 0, "{forgotten}");
 }
 
-/// Join and leave events through the function binaries: `message` announces a subscribe,
-/// and `disconnect` (which then posts through the Management API too) a closed socket.
+/// Presence through the function binaries: `message` announces a subscribe, `disconnect`
+/// (which then posts through the Management API too) a closed socket, and a `poll` reader
+/// is a member while it waits.
 #[tokio::test]
 async fn the_function_binaries_announce_joins_and_leaves() {
     let dir = lambda_dir();
@@ -266,6 +267,38 @@ async fn the_function_binaries_announce_joins_and_leaves() {
     assert_eq!(heard(bob.recv().await), (json!("join"), json!("bob")));
     drop(bob);
     assert_eq!(heard(ann.recv().await), (json!("leave"), json!("bob")));
+
+    // A long poll through the `poll` binary is a member while it waits (fan-out skips it:
+    // it reads history), and no longer once it answered.
+    let token = gw.token("dee", &["news"], &[]);
+    let reader = tokio::spawn(async move {
+        common::http_get(
+            addr,
+            &format!("/local/poll?rooms=news&wait=3&token={token}"),
+        )
+        .await
+    });
+    let count = |answer: Value| answer["count"].as_u64().unwrap();
+    let presence = json!({"action": "presence", "room": "news"});
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while count(ann.ask(presence.clone()).await) != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = gw.invoke(json!({"room": "news", "data": 1})).await.unwrap();
+    assert_eq!(published["delivered"], 1, "ann only: {published}");
+    assert_eq!(ann.recv().await["data"], 1);
+    let (status, body) = reader.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""data":1"#), "{body}");
+    assert_eq!(
+        count(ann.ask(presence).await),
+        1,
+        "the poll left with its answer"
+    );
 }
 
 #[tokio::test]

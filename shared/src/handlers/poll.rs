@@ -4,7 +4,8 @@
 //! socket that fan-out could post into, so it reads history instead: it catches up from
 //! the cursor, and while nothing follows it and `wait` has not passed, reads again every
 //! [`POLL_INTERVAL`]. The token is checked here (`?token=` or `Authorization: Bearer`), as
-//! the authorizer checks a WebSocket's.
+//! the authorizer checks a WebSocket's. While it waits, the reader is a member of its rooms
+//! (`reader/membership.rs`).
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use super::Services;
 use crate::auth::Verifier;
 use crate::protocol::{Cursor, Stored};
 use crate::reader::admission::{Admitted, ReadRequest, Refusal, admit};
+use crate::reader::membership::{Membership, rooms_and_user};
 use crate::reader::{CatchUp, PollAnswer, catch_up, parse_wait};
 
 /// How often a waiting poll reads history again: on DynamoDB, a Query per channel each time.
@@ -56,13 +58,36 @@ pub async fn poll(
         Ok(admitted) => admitted,
         Err(refused) => return error(&refused),
     };
+    let (rooms, user) = rooms_and_user(&channels);
+    let source_ip = request.request_context.http.source_ip.clone();
+    let store = &*services.store;
+    let membership =
+        match Membership::begin(store, user.unwrap_or_default(), source_ip, &rooms, wait).await {
+            Ok(membership) => membership,
+            Err(e) => {
+                warn!(error = %e, "poll could not join its rooms");
+                return error(&Refusal::new(503, "the store failed; try again"));
+            }
+        };
+    let answer = wait_for(services, &channels, since, wait).await;
+    membership.end(store).await;
+    answer
+}
+
+/// Catches up from `since`, reading again until something follows or `wait` has passed.
+async fn wait_for(
+    services: &Services,
+    channels: &[crate::store::Channel],
+    since: Option<Cursor>,
+    wait: Duration,
+) -> ApiGatewayV2httpResponse {
     let deadline = Instant::now() + wait;
     let mut since = since;
     loop {
         let caught = catch_up(
             &*services.store,
             services.limits.history,
-            &channels,
+            channels,
             since.as_ref(),
         )
         .await;

@@ -7,7 +7,8 @@
 //! [`POLL_INTERVAL`](super::POLL_INTERVAL) and sends what followed. An invocation cannot
 //! outlive the function's timeout, so the stream ends [`STREAM_END_MARGIN`] before it with a
 //! `retry:`; the browser reconnects with the last id it got and the next invocation resumes
-//! exactly there.
+//! exactly there. While it streams, the reader is a member of its rooms
+//! (`reader/membership.rs`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use super::Services;
 use super::poll::POLL_INTERVAL;
 use crate::auth::Verifier;
 use crate::reader::admission::{Admitted, ReadRequest, Refusal, admit};
+use crate::reader::membership::{Membership, rooms_and_user};
 use crate::reader::sse;
 use crate::reader::{Follow, catch_up};
 use crate::store::Channel;
@@ -84,12 +86,31 @@ pub async fn stream(
             return refusal(&Refusal::new(503, "the store failed; try again"));
         }
     };
+    let (rooms, user) = rooms_and_user(&channels);
+    let source_ip = request.request_context.http.source_ip.clone();
+    let lives = remaining.saturating_sub(STREAM_END_MARGIN);
+    let membership = Membership::begin(
+        &*services.store,
+        user.unwrap_or_default(),
+        source_ip,
+        &rooms,
+        lives,
+    )
+    .await;
+    let membership = match membership {
+        Ok(membership) => membership,
+        Err(e) => {
+            warn!(error = %e, "stream could not join its rooms");
+            return refusal(&Refusal::new(503, "the store failed; try again"));
+        }
+    };
     let mut opening = sse::retry();
     let follow = sse::catch_up_events(&mut opening, first, since);
     let now = Instant::now();
     let reading = Reading {
         services,
         channels,
+        membership: Some(membership),
         follow,
         opening: Some(opening),
         ends_at: now + remaining.saturating_sub(STREAM_END_MARGIN),
@@ -131,6 +152,9 @@ fn refusal(refused: &Refusal) -> Streamed {
 struct Reading {
     services: Services,
     channels: Vec<Channel>,
+    /// Its place among its rooms' members, given up when the stream ends (or, if the
+    /// client leaves first, with its record's expiry).
+    membership: Option<Membership>,
     follow: Follow,
     opening: Option<Vec<u8>>,
     ends_at: Instant,
@@ -147,6 +171,9 @@ impl Reading {
             return Some((Ok(Bytes::from(opening)), self));
         }
         if self.ended {
+            if let Some(membership) = self.membership.take() {
+                membership.end(&*self.services.store).await;
+            }
             return None;
         }
         loop {

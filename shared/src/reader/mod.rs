@@ -17,8 +17,10 @@
 //! | `src/reader/mod.rs` | catching up from a cursor, following live notifications, the long poll's answer and `wait` |
 //! | `src/reader/admission.rs` | a reader's rooms and cursor checked, its token and rooms allowed: one refusal type with its status |
 //! | `src/reader/sse.rs` | Server-Sent Events framing: events, resets, keep-alives, `retry:` |
+//! | `src/reader/membership.rs` | a reader on AWS as a member of its rooms while it reads (presence counts it, fan-out skips it) |
 
 pub mod admission;
+pub mod membership;
 pub mod sse;
 
 use serde::{Deserialize, Serialize};

@@ -112,3 +112,43 @@ async fn a_poll_at_a_cursor_history_no_longer_covers_is_reset() {
     assert_eq!(reset["reset"], true, "{reset}");
     assert_eq!(reset["notifications"], json!([]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_poll_is_a_member_of_its_rooms_that_fan_out_skips() {
+    let w = world();
+    let token = alice_token();
+    let query = [("rooms", "orders"), ("wait", "5")];
+    let waiting = poll_answer(&w, &query, Some(&token));
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let present = w.publish(json!({"presence": "orders"})).await.unwrap();
+        assert_eq!(present["count"], 1, "{present}");
+        assert_eq!(present["members"][0]["user"], "alice");
+        let reader = present["members"][0]["connectionId"].as_str().unwrap();
+        assert!(reader.starts_with(herald::ids::READER_PREFIX), "{reader}");
+        // Nothing can be posted to a reader: fan-out skips it (it reads history instead).
+        let published = w
+            .publish(json!({"room": "orders", "data": 1}))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                &published["delivered"],
+                &published["gone"],
+                &published["failed"]
+            ),
+            (&json!(0), &json!(0), &json!(0)),
+            "{published}"
+        );
+    };
+    let ((status, answer), ()) = tokio::join!(waiting, meanwhile);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["notifications"][0]["data"], 1, "{answer}");
+    let after = w.publish(json!({"presence": "orders"})).await.unwrap();
+    assert_eq!(after["count"], 0, "the poll left with its answer: {after}");
+    assert_eq!(
+        w.gateway.posts().len(),
+        0,
+        "nothing was posted to the reader"
+    );
+}

@@ -188,3 +188,28 @@ async fn a_stream_at_a_cursor_history_no_longer_covers_opens_with_a_reset() {
     assert_eq!(events[0].kind, "reset");
     assert_eq!(events[0].data["cursor"], events[0].id.as_str());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_open_stream_is_a_member_of_its_rooms_until_it_ends() {
+    let w = world();
+    let token = alice_token();
+    let remaining = Duration::from_secs(30);
+    let mut stream = open_stream(&w, &[("rooms", "orders")], Some(&token), None, remaining).await;
+    assert_eq!(stream.status, 200);
+    let present = w.publish(json!({"presence": "orders"})).await.unwrap();
+    assert_eq!(present["count"], 1, "{present}");
+    let reader = present["members"][0]["connectionId"].as_str().unwrap();
+    assert!(reader.starts_with(herald::ids::READER_PREFIX), "{reader}");
+    let published = w
+        .publish(json!({"room": "orders", "data": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        published["delivered"], 0,
+        "fan-out skips a reader: {published}"
+    );
+    assert_eq!(published["gone"], 0, "and does not forget it: {published}");
+    while next_chunk(&mut stream).await.is_some() {}
+    let after = w.publish(json!({"presence": "orders"})).await.unwrap();
+    assert_eq!(after["count"], 0, "the stream left when it ended: {after}");
+}
