@@ -223,8 +223,11 @@ async fn next(State(api): State<Arc<InstanceApi>>) -> Response {
     api.start(Started::Polling);
     let invocation = loop {
         let Some(invocation) = api.invocations.take().await else {
-            // The gateway is stopping: the instance is about to be stopped too.
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            // The gateway is stopping, and its watcher stops this instance next. Nothing
+            // is answered meanwhile, as AWS's API answers nothing without an invocation: a
+            // runtime given an answer with no request id panics, and its exit would race
+            // the stop (and be reported as an instance that exited on its own).
+            return std::future::pending().await;
         };
         if !invocation.answer.is_closed() {
             break invocation;
