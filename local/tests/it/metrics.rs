@@ -24,21 +24,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         samples[f"{s.name}{{{labels}}}"] = s.value
 print(json.dumps(samples))
 "#;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", PARSER])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::python(&["-c", PARSER], text.as_bytes());
     assert!(
         out.status.success(),
         "the scrape did not parse (needs `python3 -m pip install prometheus_client`; \

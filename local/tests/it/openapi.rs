@@ -205,21 +205,8 @@ fn dechunk(mut body: &str) -> String {
 fn check(exchanges: &[Exchange]) {
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/openapi.yaml");
     let checker = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/openapi_check.py");
-    let mut child = std::process::Command::new("python3")
-        .args([checker, spec])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(exchanges).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let input = serde_json::to_string(exchanges).unwrap();
+    let out = common::python(&[checker, spec], input.as_bytes());
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

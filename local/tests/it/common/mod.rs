@@ -412,6 +412,21 @@ impl herald::store::ForwardingStore for CountingStore {
     }
 }
 
+/// Runs `python3 args…` with `input` on its standard input; what it wrote and how it ended.
+pub fn python(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/test needs it)");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// One raw HTTP/1.1 request to `addr` (it should say `connection: close`); the whole answer.
 pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
