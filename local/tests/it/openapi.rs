@@ -7,7 +7,7 @@ use crate::common;
 
 use std::net::SocketAddr;
 
-use common::{Gateway, PATIENCE, settings};
+use common::{Gateway, PATIENCE, settings, settings_with};
 use herald_local::Credentials;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -222,7 +222,8 @@ const INVOKE: &str = "/2015-03-31/functions/publish/invocations";
 
 #[tokio::test]
 async fn the_document_validates_and_real_answers_match_it() {
-    let gw = Gateway::start().await;
+    // Past one recipient a room publish goes out in page jobs: its answer has another shape.
+    let gw = Gateway::start_with(settings_with(&[("HERALD_SHARD_THRESHOLD", "1")])).await;
     let addr = gw.addr;
     let token = gw.token("ann", &["orders"], &["orders"]);
     let bearer = format!("Bearer {token}");
@@ -259,6 +260,18 @@ async fn the_document_validates_and_real_answers_match_it() {
     ] {
         x.push(Ask::new("POST", INVOKE).json(&payload).send(addr).await);
     }
+    // A second member: the next room publish is sharded, answered with `queued_pages`.
+    let mut bo = gw.connect("bo", &["orders"], &[]).await;
+    bo.subscribe("orders").await;
+    let sharded = Ask::new("POST", INVOKE)
+        .json(&json!({"room": "orders", "data": "to both"}))
+        .send(addr)
+        .await;
+    let answer: Value = serde_json::from_str(&sharded.response_body).unwrap();
+    assert_eq!(answer["queued_pages"], 1, "{answer}");
+    x.push(sharded);
+    assert_eq!(bo.recv().await["data"], "to both");
+    drop(bo);
     x.push(
         Ask::new(
             "POST",

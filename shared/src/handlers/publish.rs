@@ -185,6 +185,9 @@ async fn sqs(services: &Services, gateway: &dyn Gateway, event: SqsEvent) -> Sqs
             }
         };
         if let Err(e) = result {
+            if let PublishError::Unavailable(_) = e {
+                services.metrics.store_error();
+            }
             warn!(message_id = %message_id, error = %e, "SQS record not published");
             failures.push(message_id);
         }

@@ -202,3 +202,72 @@ async fn each_invocation_writes_its_counts_as_one_emf_line() {
         "the next invocation's line starts again"
     );
 }
+
+/// A store that cannot list anyone: every read of recipients fails, as a store that cannot
+/// be reached.
+struct ListingDown(Arc<MemoryStore>);
+
+fn down() -> herald::store::StoreError {
+    herald::store::StoreError::Unavailable {
+        backend: "test",
+        source: herald::error::source(std::io::Error::other("listing down")),
+    }
+}
+
+#[async_trait::async_trait]
+impl herald::store::ForwardingStore for ListingDown {
+    fn inner(&self) -> &dyn herald::store::ConnectionStore {
+        &*self.0
+    }
+
+    async fn room_members(
+        &self,
+        _: &RoomName,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<herald::store::Page<ConnectionId>, herald::store::StoreError> {
+        Err(down())
+    }
+
+    async fn user_connections(
+        &self,
+        _: &str,
+    ) -> Result<Vec<ConnectionId>, herald::store::StoreError> {
+        Err(down())
+    }
+}
+
+#[tokio::test]
+async fn store_failures_are_counted_whichever_way_a_publish_came() {
+    let config = Config::from_lookup(|_| None).unwrap();
+    let store = Arc::new(ListingDown(Arc::new(MemoryStore::new())));
+    let services = herald::compose::services(store, &config);
+    let gateway = RecordingGateway::new();
+    let errors = |services: &Services| {
+        let text = services.metrics.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("herald_store_errors_total "))
+            .expect("the store errors counter")
+            .to_owned();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let direct = handlers::publish(&services, &gateway, json!({"room": "orders", "data": 1})).await;
+    assert!(
+        matches!(direct, Err(PublishError::Unavailable(_))),
+        "{direct:?}"
+    );
+    assert_eq!(errors(&services), 1);
+    // Through SQS: the two valid records (a room publish, a batch to a user) fail on the
+    // store and are counted; the bad room name and the body that is not JSON are the
+    // sender's fault, not the store's.
+    let answer = handlers::publish(&services, &gateway, fixture(SQS))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["batchItemFailures"].as_array().unwrap().len(),
+        4,
+        "{answer}"
+    );
+    assert_eq!(errors(&services), 1 + 2, "{answer}");
+}
