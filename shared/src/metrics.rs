@@ -43,6 +43,19 @@ type Labels = Vec<(&'static str, &'static str)>;
 /// Publish durations' buckets: 0.5 ms doubling to about 16 s.
 const DURATION_BUCKETS: (f64, f64, u16) = (0.000_5, 2.0, 16);
 
+/// `herald_publishes_total`'s `target` values.
+const TARGETS: [&str; 4] = ["room", "user", "connections", "broadcast"];
+/// `herald_refusals_total`'s `reason` values, by refusal.
+const REASONS: [(Refusal, &str); 3] = [
+    (Refusal::RateLimited, "rate_limited"),
+    (Refusal::LimitExceeded, "limit_exceeded"),
+    (Refusal::Forbidden, "forbidden"),
+];
+/// `herald_deliveries_total`'s `outcome` values.
+const OUTCOMES: [&str; 3] = ["delivered", "gone", "failed"];
+/// `herald_recoveries_total`'s `recovered` values.
+const RECOVERED: [&str; 2] = ["true", "false"];
+
 /// A client request refused, by the reason the client was told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -236,15 +249,15 @@ impl Metrics {
         failed: u64,
     ) {
         let target = match target {
-            Target::Room(_) => "room",
-            Target::User(_) => "user",
-            Target::Connections(_) => "connections",
-            Target::Broadcast => "broadcast",
+            Target::Room(_) => TARGETS[0],
+            Target::User(_) => TARGETS[1],
+            Target::Connections(_) => TARGETS[2],
+            Target::Broadcast => TARGETS[3],
         };
         self.publishes
             .get_or_create(&vec![("target", target)])
             .inc();
-        for (outcome, n) in [("delivered", delivered), ("gone", gone), ("failed", failed)] {
+        for (outcome, n) in OUTCOMES.into_iter().zip([delivered, gone, failed]) {
             self.deliveries
                 .get_or_create(&vec![("outcome", outcome)])
                 .inc_by(n);
@@ -257,11 +270,10 @@ impl Metrics {
 
     /// A client request was refused.
     pub fn refused(&self, refusal: Refusal) {
-        let reason = match refusal {
-            Refusal::RateLimited => "rate_limited",
-            Refusal::LimitExceeded => "limit_exceeded",
-            Refusal::Forbidden => "forbidden",
-        };
+        let (_, reason) = REASONS
+            .into_iter()
+            .find(|(r, _)| *r == refusal)
+            .expect("every refusal has its reason");
         self.refusals.get_or_create(&vec![("reason", reason)]).inc();
     }
 
@@ -272,7 +284,7 @@ impl Metrics {
 
     /// A recovery after a position: everything missed was there, or not.
     pub fn recovered(&self, all: bool) {
-        let recovered = if all { "true" } else { "false" };
+        let recovered = RECOVERED[usize::from(!all)];
         self.recoveries
             .get_or_create(&vec![("recovered", recovered)])
             .inc();
@@ -298,15 +310,17 @@ pub const EMF_NAMESPACE: &str = "Herald";
 /// The dimension every EMF metric carries: the function's name.
 pub const EMF_DIMENSION: &str = "Function";
 
-/// The cumulative counts one EMF line is the difference of.
+/// The cumulative counts one EMF line is the difference of: [`EMF_COUNTS`] in order, and
+/// the publishes' time in all.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Snapshot {
-    values: [u64; EMF_METRICS.len()],
+    counts: [u64; EMF_COUNTS.len()],
     publish_seconds: f64,
 }
 
-/// Each EMF metric: its name in CloudWatch, and how it is read from [`Metrics`].
-const EMF_METRICS: [&str; 9] = [
+/// The EMF metrics that are counts (unit `Count`), by their name in CloudWatch, in the
+/// order [`Metrics::snapshot`] reads them.
+const EMF_COUNTS: [&str; 8] = [
     "Publishes",
     "Delivered",
     "Gone",
@@ -315,8 +329,9 @@ const EMF_METRICS: [&str; 9] = [
     "HistoryReads",
     "Recoveries",
     "StoreErrors",
-    "PublishMilliseconds",
 ];
+/// The EMF metric of the publishes' time, in milliseconds.
+const EMF_PUBLISH_MS: &str = "PublishMilliseconds";
 
 /// What publishes have done since the process started, as `/metrics` counts it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -334,7 +349,7 @@ pub struct Totals {
 impl Metrics {
     /// The publish and delivery counts, for a reader that wants numbers, not the text format.
     pub fn totals(&self) -> Totals {
-        let [publishes, delivered, gone, failed, ..] = self.snapshot().values;
+        let [publishes, delivered, gone, failed, ..] = self.snapshot().counts;
         Totals {
             publishes,
             delivered,
@@ -344,40 +359,23 @@ impl Metrics {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let family_sum = |family: &Family<Labels, Counter>,
-                          values: &[(&'static str, &'static str)]| {
+        let sum = |family: &Family<Labels, Counter>, key: &'static str, values: &[&'static str]| {
             values
                 .iter()
-                .map(|label| family.get_or_create(&vec![*label]).get())
+                .map(|value| family.get_or_create(&vec![(key, *value)]).get())
                 .sum::<u64>()
         };
-        let targets = [
-            ("target", "room"),
-            ("target", "user"),
-            ("target", "connections"),
-            ("target", "broadcast"),
-        ];
-        let reasons = [
-            ("reason", "forbidden"),
-            ("reason", "rate_limited"),
-            ("reason", "limit_exceeded"),
-        ];
-        let outcome = |o| family_sum(&self.deliveries, &[("outcome", o)]);
-        let recoveries = family_sum(
-            &self.recoveries,
-            &[("recovered", "true"), ("recovered", "false")],
-        );
+        let [delivered, gone, failed] = OUTCOMES.map(|o| sum(&self.deliveries, "outcome", &[o]));
         Snapshot {
-            values: [
-                family_sum(&self.publishes, &targets),
-                outcome("delivered"),
-                outcome("gone"),
-                outcome("failed"),
-                family_sum(&self.refusals, &reasons),
+            counts: [
+                sum(&self.publishes, "target", &TARGETS),
+                delivered,
+                gone,
+                failed,
+                sum(&self.refusals, "reason", &REASONS.map(|(_, reason)| reason)),
                 self.history_reads.get(),
-                recoveries,
+                sum(&self.recoveries, "recovered", &RECOVERED),
                 self.store_errors.get(),
-                0,
             ],
             publish_seconds: self
                 .publish_micros
@@ -393,16 +391,10 @@ impl Metrics {
         let now = self.snapshot();
         let mut last = self.last_emf.lock().unwrap_or_else(|e| e.into_inner());
         let mut line = serde_json::Map::new();
-        let metrics: Vec<serde_json::Value> = EMF_METRICS
+        let metrics: Vec<serde_json::Value> = EMF_COUNTS
             .iter()
-            .map(|name| {
-                let unit = if *name == "PublishMilliseconds" {
-                    "Milliseconds"
-                } else {
-                    "Count"
-                };
-                serde_json::json!({"Name": name, "Unit": unit})
-            })
+            .map(|name| serde_json::json!({"Name": name, "Unit": "Count"}))
+            .chain([serde_json::json!({"Name": EMF_PUBLISH_MS, "Unit": "Milliseconds"})])
             .collect();
         line.insert(
             "_aws".into(),
@@ -416,14 +408,11 @@ impl Metrics {
             }),
         );
         line.insert(EMF_DIMENSION.into(), function.into());
-        for (i, name) in EMF_METRICS.iter().enumerate() {
-            let value = if *name == "PublishMilliseconds" {
-                serde_json::json!(((now.publish_seconds - last.publish_seconds) * 1000.0).max(0.0))
-            } else {
-                serde_json::json!(now.values[i].saturating_sub(last.values[i]))
-            };
-            line.insert((*name).into(), value);
+        for ((name, count), before) in EMF_COUNTS.iter().zip(now.counts).zip(last.counts) {
+            line.insert((*name).into(), count.saturating_sub(before).into());
         }
+        let publish_ms = ((now.publish_seconds - last.publish_seconds) * 1000.0).max(0.0);
+        line.insert(EMF_PUBLISH_MS.into(), publish_ms.into());
         *last = now;
         serde_json::Value::Object(line).to_string()
     }
@@ -495,7 +484,9 @@ mod tests {
             .iter()
             .map(|m| m["Name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, EMF_METRICS);
+        let mut expected = EMF_COUNTS.to_vec();
+        expected.push(EMF_PUBLISH_MS);
+        assert_eq!(names, expected);
         // Every metric a directive names is a member of the line, as EMF requires.
         for name in names {
             assert!(first.get(name).is_some(), "{name}");

@@ -67,7 +67,6 @@ impl Announcer<'_> {
             user: user.to_owned(),
             connection_id: id.clone(),
         };
-        let room = room.clone();
         let message = match change {
             Change::Join => ServerMessage::Join {
                 room: room.clone(),
@@ -80,7 +79,7 @@ impl Announcer<'_> {
         };
         let payload =
             Bytes::from(serde_json::to_vec(&message).expect("a presence event serializes"));
-        let target = Target::Room(room);
+        let target = Target::Room(room.clone());
         if let Err(e) = deliver(self.store, self.gateway, &target, payload, self.fanout).await {
             warn!(error = %e.error, "presence event not delivered to every member");
         }

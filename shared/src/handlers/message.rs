@@ -128,7 +128,8 @@ async fn replay_to(
 }
 
 /// A reply, the kept notifications to push after it, in order, and the room to tell of a
-/// join or leave after both (so a member hears its own join after `subscribed`).
+/// join or leave after both (so a member hears its own join after `subscribed`; told only
+/// with presence events on).
 struct Answer {
     message: ServerMessage,
     replay: Vec<Entry>,
@@ -279,18 +280,10 @@ async fn dispatch(
                 true => store.rooms_of(id).await.map_err(store_error)?,
                 false => Vec::new(),
             };
-            let member = rooms.contains(&room);
-            if let Some(max) = cap
-                && rooms.len() >= max
-                && !member
-            {
-                return Err(ProtocolError::new(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "a connection may join at most {max} rooms: unsubscribe from one first"
-                    ),
-                ));
+            if let Some(max) = cap {
+                check_room_cap(&rooms, &room, max)?;
             }
+            let member = rooms.contains(&room);
             // Joined before the history is read: a notification published meanwhile is
             // either in what is read or fanned out to this connection (or both).
             store.join(id, &room).await.map_err(store_error)?;
@@ -329,13 +322,11 @@ async fn dispatch(
         }
         ClientRequest::Unsubscribe { room } => {
             let left = store.leave(id, &room).await.map_err(store_error)?;
-            if left.was_member && services.limits.presence_events.is_some() {
-                return Ok(Answer {
-                    announce: Some((Change::Leave, room.clone())),
-                    ..ServerMessage::Unsubscribed { room }.into()
-                });
-            }
-            Ok(ServerMessage::Unsubscribed { room }.into())
+            let announce = left.was_member.then(|| (Change::Leave, room.clone()));
+            Ok(Answer {
+                announce,
+                ..ServerMessage::Unsubscribed { room }.into()
+            })
         }
         ClientRequest::Presence { room } => {
             if !identity.can_subscribe(&room) {
@@ -400,6 +391,16 @@ async fn dispatch(
 /// already joined can always be joined again. Requests of one connection are handled in
 /// order on `herald-local`; on AWS two subscribes of one connection handled at the same
 /// instant may both pass, so the cap can be exceeded by the few in flight, never more.
+fn check_room_cap(rooms: &[RoomName], room: &RoomName, max: usize) -> Result<(), ProtocolError> {
+    if rooms.len() >= max && !rooms.contains(room) {
+        return Err(ProtocolError::new(
+            ErrorCode::LimitExceeded,
+            format!("a connection may join at most {max} rooms: unsubscribe from one first"),
+        ));
+    }
+    Ok(())
+}
+
 fn forbidden(message: &str) -> ProtocolError {
     ProtocolError::new(ErrorCode::Forbidden, message)
 }

@@ -19,7 +19,7 @@ use super::Services;
 use crate::auth::Verifier;
 use crate::protocol::{Cursor, Stored};
 use crate::reader::admission::{Admitted, ReadRequest, Refusal, admit};
-use crate::reader::membership::{Membership, rooms_and_user};
+use crate::reader::membership::Membership;
 use crate::reader::{CatchUp, PollAnswer, catch_up, parse_wait};
 
 /// How often a waiting poll reads history again: on DynamoDB, a Query per channel each time.
@@ -58,17 +58,15 @@ pub async fn poll(
         Ok(admitted) => admitted,
         Err(refused) => return error(&refused),
     };
-    let (rooms, user) = rooms_and_user(&channels);
     let source_ip = request.request_context.http.source_ip.clone();
     let store = &*services.store;
-    let membership =
-        match Membership::begin(store, user.unwrap_or_default(), source_ip, &rooms, wait).await {
-            Ok(membership) => membership,
-            Err(e) => {
-                warn!(error = %e, "poll could not join its rooms");
-                return error(&Refusal::new(503, "the store failed; try again"));
-            }
-        };
+    let membership = match Membership::begin(store, &channels, source_ip, wait).await {
+        Ok(membership) => membership,
+        Err(e) => {
+            warn!(error = %e, "poll could not join its rooms");
+            return error(&Refusal::new(503, "the store failed; try again"));
+        }
+    };
     let answer = wait_for(services, &channels, since, wait).await;
     membership.end(store).await;
     answer

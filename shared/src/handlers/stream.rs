@@ -25,7 +25,7 @@ use super::Services;
 use super::poll::POLL_INTERVAL;
 use crate::auth::Verifier;
 use crate::reader::admission::{Admitted, ReadRequest, Refusal, admit};
-use crate::reader::membership::{Membership, rooms_and_user};
+use crate::reader::membership::Membership;
 use crate::reader::sse;
 use crate::reader::{Follow, catch_up};
 use crate::store::Channel;
@@ -86,17 +86,9 @@ pub async fn stream(
             return refusal(&Refusal::new(503, "the store failed; try again"));
         }
     };
-    let (rooms, user) = rooms_and_user(&channels);
     let source_ip = request.request_context.http.source_ip.clone();
     let lives = remaining.saturating_sub(STREAM_END_MARGIN);
-    let membership = Membership::begin(
-        &*services.store,
-        user.unwrap_or_default(),
-        source_ip,
-        &rooms,
-        lives,
-    )
-    .await;
+    let membership = Membership::begin(&*services.store, &channels, source_ip, lives).await;
     let membership = match membership {
         Ok(membership) => membership,
         Err(e) => {

@@ -14,24 +14,10 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::ids::{ConnectionId, now_ms};
-use crate::protocol::RoomName;
-use crate::store::{Connection, ConnectionStore, StoreError};
+use crate::store::{Channel, Connection, ConnectionStore, StoreError};
 
 /// How much longer than the reader may read its record lives: time for its removal to run.
 pub const READER_MARGIN: Duration = Duration::from_secs(30);
-
-/// The rooms and user of a reader's channels (its rooms, then its inbox).
-pub fn rooms_and_user(channels: &[crate::store::Channel]) -> (Vec<RoomName>, Option<&str>) {
-    let mut rooms = Vec::new();
-    let mut user = None;
-    for channel in channels {
-        match channel {
-            crate::store::Channel::Room(room) => rooms.push(room.clone()),
-            crate::store::Channel::User(u) => user = Some(u.as_str()),
-        }
-    }
-    (rooms, user)
-}
 
 /// A reader registered as a member of its rooms; [`Membership::end`] removes it.
 #[must_use = "a membership is ended with `end`, or expires with its record"]
@@ -40,20 +26,24 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Registers `user`'s reader of `rooms`, for at most `lives` (plus the margin).
+    /// Registers the reader of `channels` (its rooms and its user's inbox, as admission
+    /// answers them), for at most `lives` (plus the margin).
     pub async fn begin(
         store: &dyn ConnectionStore,
-        user: &str,
+        channels: &[Channel],
         source_ip: Option<String>,
-        rooms: &[RoomName],
         lives: Duration,
     ) -> Result<Self, StoreError> {
+        let user = channels.iter().find_map(|channel| match channel {
+            Channel::User(user) => Some(user.as_str()),
+            Channel::Room(_) => None,
+        });
         let id = ConnectionId::reader();
         let now = now_ms();
         let lifetime = i64::try_from((lives + READER_MARGIN).as_millis()).unwrap_or(i64::MAX);
         let record = Connection {
             id: id.clone(),
-            user: user.to_owned(),
+            user: user.unwrap_or_default().to_owned(),
             source_ip,
             connected_at: now,
             expires_at: now.saturating_add(lifetime),
@@ -61,7 +51,10 @@ impl Membership {
         };
         store.add(&record).await?;
         let membership = Self { id };
-        for room in rooms {
+        for channel in channels {
+            let Channel::Room(room) = channel else {
+                continue;
+            };
             if let Err(e) = store.join(&membership.id, room).await {
                 membership.end(store).await;
                 return Err(e);
@@ -87,21 +80,17 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::RoomName;
     use crate::store::{MemoryStore, presence};
 
     #[tokio::test]
     async fn a_reader_is_a_member_while_it_reads() {
         let store = MemoryStore::new();
         let room = RoomName::parse("orders").unwrap();
-        let reader = Membership::begin(
-            &store,
-            "ann",
-            None,
-            std::slice::from_ref(&room),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let channels = [Channel::Room(room.clone()), Channel::User("ann".into())];
+        let reader = Membership::begin(&store, &channels, None, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(reader.id().is_reader());
         let now = presence(&store, &room).await.unwrap();
         assert_eq!(now.count, 1);

@@ -137,6 +137,29 @@ fn with_query(mut event: Value, query: &[(&str, &str)], token: Option<&str>) -> 
     event
 }
 
+/// Asserts that alice's reader is the only member of `orders`, and that a publish there
+/// posts nothing: fan-out skips a reader (it reads history instead) and does not forget it.
+async fn alice_reads_orders_unposted(w: &World) {
+    let present = w.publish(json!({"presence": "orders"})).await.unwrap();
+    assert_eq!(present["count"], 1, "{present}");
+    assert_eq!(present["members"][0]["user"], "alice");
+    let reader = present["members"][0]["connectionId"].as_str().unwrap();
+    assert!(reader.starts_with(herald::ids::READER_PREFIX), "{reader}");
+    let published = w
+        .publish(json!({"room": "orders", "data": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &published["delivered"],
+            &published["gone"],
+            &published["failed"]
+        ),
+        (&json!(0), &json!(0), &json!(0)),
+        "{published}"
+    );
+}
+
 fn alice_token() -> String {
     herald::auth::sign_hs256(b"herald-fixture-secret", "alice", &["orders"], &[], 3600).unwrap()
 }

@@ -121,25 +121,7 @@ async fn a_waiting_poll_is_a_member_of_its_rooms_that_fan_out_skips() {
     let waiting = poll_answer(&w, &query, Some(&token));
     let meanwhile = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let present = w.publish(json!({"presence": "orders"})).await.unwrap();
-        assert_eq!(present["count"], 1, "{present}");
-        assert_eq!(present["members"][0]["user"], "alice");
-        let reader = present["members"][0]["connectionId"].as_str().unwrap();
-        assert!(reader.starts_with(herald::ids::READER_PREFIX), "{reader}");
-        // Nothing can be posted to a reader: fan-out skips it (it reads history instead).
-        let published = w
-            .publish(json!({"room": "orders", "data": 1}))
-            .await
-            .unwrap();
-        assert_eq!(
-            (
-                &published["delivered"],
-                &published["gone"],
-                &published["failed"]
-            ),
-            (&json!(0), &json!(0), &json!(0)),
-            "{published}"
-        );
+        alice_reads_orders_unposted(&w).await;
     };
     let ((status, answer), ()) = tokio::join!(waiting, meanwhile);
     assert_eq!(status, 200, "{answer}");

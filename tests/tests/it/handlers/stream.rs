@@ -196,19 +196,7 @@ async fn an_open_stream_is_a_member_of_its_rooms_until_it_ends() {
     let remaining = Duration::from_secs(30);
     let mut stream = open_stream(&w, &[("rooms", "orders")], Some(&token), None, remaining).await;
     assert_eq!(stream.status, 200);
-    let present = w.publish(json!({"presence": "orders"})).await.unwrap();
-    assert_eq!(present["count"], 1, "{present}");
-    let reader = present["members"][0]["connectionId"].as_str().unwrap();
-    assert!(reader.starts_with(herald::ids::READER_PREFIX), "{reader}");
-    let published = w
-        .publish(json!({"room": "orders", "data": 1}))
-        .await
-        .unwrap();
-    assert_eq!(
-        published["delivered"], 0,
-        "fan-out skips a reader: {published}"
-    );
-    assert_eq!(published["gone"], 0, "and does not forget it: {published}");
+    alice_reads_orders_unposted(&w).await;
     while next_chunk(&mut stream).await.is_some() {}
     let after = w.publish(json!({"presence": "orders"})).await.unwrap();
     assert_eq!(after["count"], 0, "the stream left when it ended: {after}");
